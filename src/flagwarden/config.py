@@ -1,0 +1,359 @@
+"""Typed configuration: ``flagwarden.yaml`` and the provider profiles in ``providers/``.
+
+Files are parsed and validated once, here; everything else works on these models.
+Relative paths are resolved against the directory of the file that contains them.
+Values may reference the environment as ``${VAR}`` or ``${VAR:-fallback}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from flagwarden.errors import ConfigError
+
+__all__ = [
+    "CONFIG_ENV",
+    "PROVIDER_ENV",
+    "EnvProfile",
+    "FallbackConfig",
+    "FileProfile",
+    "FlagwardenConfig",
+    "LaunchDarklyProfile",
+    "Profile",
+    "Settings",
+    "ShadowConfig",
+    "SplitProfile",
+    "load_profile",
+    "load_settings",
+]
+
+CONFIG_ENV = "FLAGWARDEN_CONFIG"
+PROVIDER_ENV = "FLAGWARDEN_PROVIDER"
+DEFAULT_CONFIG_NAME = "flagwarden.yaml"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Field names whose values are never echoed back in an error message.
+_SECRET_FIELDS = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
+_PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LaunchDarklyProfile(_Model):
+    """A LaunchDarkly connection (the cloud, a relay proxy, or a local server)."""
+
+    type: Literal["launchdarkly"]
+    name: str = "launchdarkly"
+    sdk_key: SecretStr
+    base_uri: str | None = None
+    stream_uri: str | None = None
+    events_uri: str | None = None
+    stream: bool = True
+    start_wait: float = Field(default=5.0, ge=0)
+    send_events: bool = True
+    initial_reconnect_delay: float = Field(default=1.0, gt=0)
+
+
+class SplitProfile(_Model):
+    """A Split (Harness FME) connection; the URLs point at the cloud, a proxy or a local server."""
+
+    type: Literal["split"]
+    name: str = "split"
+    sdk_key: SecretStr
+    sdk_api_base_url: str | None = None
+    events_api_base_url: str | None = None
+    auth_api_base_url: str | None = None
+    streaming_api_base_url: str | None = None
+    telemetry_api_base_url: str | None = None
+    streaming: bool = True
+    start_wait: float = Field(default=5.0, ge=0)
+    features_refresh_rate: int = Field(default=30, ge=1)
+    segments_refresh_rate: int = Field(default=30, ge=1)
+    impressions_mode: Literal["OPTIMIZED", "DEBUG", "NONE"] = "OPTIMIZED"
+
+
+class EnvProfile(_Model):
+    """Flags from the environment: ``new-scoring-model`` reads ``{prefix}NEW_SCORING_MODEL``."""
+
+    type: Literal["env"]
+    name: str = "env"
+    prefix: str = "FLAGWARDEN_FLAG_"
+
+
+class FileProfile(_Model):
+    """A flagd flag-definition file (JSON or YAML), evaluated in-process and reloaded on change."""
+
+    type: Literal["file"]
+    name: str = "file"
+    path: Path
+    poll_interval: float = Field(default=0.5, gt=0)
+
+
+Profile = Annotated[
+    LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile, Field(discriminator="type")
+]
+
+
+class _ProfileDocument(_Model):
+    profile: Profile
+
+
+class FallbackConfig(_Model):
+    """Where answers come from when the vendor cannot give them."""
+
+    snapshot: str | None = "file:.flagwarden/snapshot.json"
+    env_prefix: str = "FLAGWARDEN_FLAG_"
+    snapshot_debounce: float = Field(default=1.0, ge=0)
+
+    @field_validator("snapshot")
+    @classmethod
+    def _snapshot_scheme(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("file:", "redis://", "rediss://")):
+            return value
+        raise ValueError("expected 'file:PATH' or 'redis://HOST:PORT/DB'")
+
+
+class ShadowConfig(_Model):
+    """A second profile evaluated beside the primary to find disagreements during a migration."""
+
+    provider: str
+    sample_rate: float = Field(default=0.01, ge=0, le=1)
+    queue_size: int = Field(default=10_000, ge=1)
+
+
+class PrometheusConfig(_Model):
+    port: int | None = Field(default=None, ge=0, le=65535)
+    pushgateway: str | None = None
+    job: str = "flagwarden"
+
+
+class ExposureLogConfig(_Model):
+    dedup_window: str = "1h"
+
+
+class TelemetryConfig(_Model):
+    prometheus: PrometheusConfig = PrometheusConfig()
+    exposure_log: ExposureLogConfig = ExposureLogConfig()
+
+
+class FlagwardenConfig(_Model):
+    """``flagwarden.yaml``."""
+
+    provider: str
+    providers_dir: Path = Path("providers")
+    policies_dir: Path = Path("policies")
+    flag_keys: dict[str, dict[str, str]] = {}
+    fallback: FallbackConfig = FallbackConfig()
+    state: str = "sqlite:///.flagwarden/state.db"
+    audit: str = "sqlite:///.flagwarden/audit.db"
+    telemetry: TelemetryConfig = TelemetryConfig()
+    shadow: ShadowConfig | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A validated configuration and where it came from."""
+
+    config: FlagwardenConfig
+    source: Path | None  # None for the embedded default or an in-memory mapping
+    base_dir: Path
+
+    @property
+    def provider_name(self) -> str:
+        return os.environ.get(PROVIDER_ENV) or self.config.provider
+
+    @property
+    def providers_dir(self) -> Path:
+        return _resolve(self.base_dir, self.config.providers_dir)
+
+    @property
+    def policies_dir(self) -> Path:
+        return _resolve(self.base_dir, self.config.policies_dir)
+
+    def snapshot_location(self) -> str | None:
+        """The snapshot store URL, with a ``file:`` path made absolute."""
+        loc = self.config.fallback.snapshot
+        if loc is None or not loc.startswith("file:"):
+            return loc
+        return "file:" + str(_resolve(self.base_dir, Path(loc[len("file:") :])))
+
+    def profile_path(self, name: str) -> Path:
+        for suffix in (".yaml", ".yml"):
+            candidate = self.providers_dir / f"{name}{suffix}"
+            if candidate.exists():
+                return candidate
+        return self.providers_dir / f"{name}.yaml"
+
+    def load_profile(
+        self, name: str
+    ) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
+        path = self.profile_path(name)
+        if not path.exists():
+            known = sorted(p.stem for p in self.providers_dir.glob("*.y*ml"))
+            raise ConfigError(
+                self.source or DEFAULT_CONFIG_NAME,
+                "provider",
+                f"no profile {name!r} in {self.providers_dir}"
+                + (f" (found: {', '.join(known)})" if known else " (the folder has no profiles)"),
+            )
+        return load_profile(path)
+
+    def flag_key_for(self, flag_key: str, profile: Profile) -> str:
+        """How a vendor spells ``flag_key`` (``flag_keys`` aliases, by profile name or type)."""
+        aliases = self.config.flag_keys.get(flag_key)
+        if not aliases:
+            return flag_key
+        return aliases.get(profile.name) or aliases.get(profile.type) or flag_key
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read the file ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        # Position and problem only: YAML's own message quotes the line, which may hold a key.
+        mark = exc.problem_mark
+        pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(path, None, f"malformed YAML at {pos}: {exc.problem}") from None
+    except yaml.YAMLError:
+        raise ConfigError(path, None, "malformed YAML") from None
+
+
+def _interpolate(value: Any, file: Path | str, field: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-fallback}`` in every string of a parsed document."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, fallback = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if fallback is not None:
+                return fallback
+            raise ConfigError(
+                file,
+                field or None,
+                f"environment variable {name} is not set "
+                f"(set it, or give a fallback as ${{{name}:-value}})",
+            )
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {
+            k: _interpolate(v, file, f"{field}.{k}" if field else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, file, f"{field}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _describe(error: ValidationError, file: Path | str) -> ConfigError:
+    """The first problem as a ConfigError: file, field, value (unless secret), expectation."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc[:1] == ["profile"]:
+        loc = loc[1:]
+    if loc[:1] and loc[0] in _PROFILE_TYPES:
+        loc = loc[1:]
+    field = ".".join(str(p) for p in loc) or None
+    kind = first["type"]
+    if kind == "missing":
+        problem = "is required but missing"
+    elif kind == "extra_forbidden":
+        problem = "is not a known field"
+    elif kind == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag")
+        problem = f"unknown type {tag!r}; expected one of {', '.join(_PROFILE_TYPES)}"
+        field = "type"
+    elif kind == "union_tag_not_found":
+        problem = f"is required: one of {', '.join(_PROFILE_TYPES)}"
+        field = "type"
+    else:
+        msg = first["msg"]
+        if field and _SECRET_FIELDS.search(field):
+            problem = msg.lower()
+        else:
+            problem = f"{msg.lower()}, got {first.get('input')!r}"
+    return ConfigError(file, field, problem)
+
+
+def load_profile(path: Path) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
+    """Read and validate one provider profile; its name is the file's stem."""
+    raw = _read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, None, "expected a mapping with at least a 'type' field")
+    data = dict(_interpolate(raw, path))
+    data.setdefault("name", path.stem)
+    if data.get("type") == "file" and isinstance(data.get("path"), str):
+        data["path"] = str(_resolve(path.parent, Path(data["path"])))
+    try:
+        return _ProfileDocument.model_validate({"profile": data}).profile
+    except ValidationError as exc:
+        raise _describe(exc, path) from None
+
+
+def _default_settings() -> Settings:
+    root = Path(str(resources.files("flagwarden") / "defaults"))
+    cfg = FlagwardenConfig(
+        provider="file",
+        providers_dir=root / "providers",
+        policies_dir=Path("policies"),
+    )
+    return Settings(config=cfg, source=None, base_dir=Path.cwd())
+
+
+def load_settings(
+    config: str | Path | Mapping[str, Any] | FlagwardenConfig | None = None,
+) -> Settings:
+    """Find and validate the configuration.
+
+    ``config`` may be a path, a mapping (as parsed from YAML), or a model. Without it:
+    ``$FLAGWARDEN_CONFIG``, else ``./flagwarden.yaml``, else the embedded default
+    (the packaged flag file, SQLite state under ``./.flagwarden``).
+    """
+    if isinstance(config, FlagwardenConfig):
+        return Settings(config=config, source=None, base_dir=Path.cwd())
+    if isinstance(config, Mapping):
+        return Settings(
+            config=_validate_config(dict(config), "<mapping>"), source=None, base_dir=Path.cwd()
+        )
+    if config is None:
+        env = os.environ.get(CONFIG_ENV)
+        if env:
+            config = env
+        elif Path(DEFAULT_CONFIG_NAME).exists():
+            config = DEFAULT_CONFIG_NAME
+        else:
+            return _default_settings()
+    path = Path(config).absolute()
+    if not path.exists():
+        raise ConfigError(path, None, "file not found")
+    raw = _read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, None, "expected a mapping with at least a 'provider' field")
+    return Settings(config=_validate_config(dict(raw), path), source=path, base_dir=path.parent)
+
+
+def _validate_config(raw: dict[str, Any], file: Path | str) -> FlagwardenConfig:
+    try:
+        return FlagwardenConfig.model_validate(_interpolate(raw, file))
+    except ValidationError as exc:
+        raise _describe(exc, file) from None

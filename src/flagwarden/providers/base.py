@@ -1,0 +1,173 @@
+"""What every provider in flagwarden's chain has in common.
+
+A :class:`SourceProvider` is an ordinary OpenFeature provider that also tracks its own status,
+says whether it can answer from memory (``has_data``), and, for vendors, can export its flag
+definitions in the vendor's native format for a last-known-good snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent, ProviderEventDetails
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, FlagValueType, Reason
+from openfeature.provider import AbstractProvider, Metadata, ProviderStatus
+
+__all__ = ["SourceProvider", "error_details", "type_matches"]
+
+_EVENT_FOR_STATUS = {
+    ProviderStatus.READY: ProviderEvent.PROVIDER_READY,
+    ProviderStatus.STALE: ProviderEvent.PROVIDER_STALE,
+    ProviderStatus.ERROR: ProviderEvent.PROVIDER_ERROR,
+    ProviderStatus.FATAL: ProviderEvent.PROVIDER_ERROR,
+}
+
+
+def error_details(
+    default_value: Any, code: ErrorCode, message: str, metadata: Mapping[str, Any] | None = None
+) -> FlagResolutionDetails[Any]:
+    """The caller's default, with the error that made it necessary."""
+    return FlagResolutionDetails(
+        value=default_value,
+        reason=Reason.ERROR,
+        error_code=code,
+        error_message=message,
+        flag_metadata=dict(metadata or {}),
+    )
+
+
+def type_matches(flag_type: FlagType, value: Any) -> bool:
+    """Whether ``value`` is a valid answer for a flag of ``flag_type`` (bool is not an int here)."""
+    if flag_type is FlagType.BOOLEAN:
+        return isinstance(value, bool)
+    if flag_type is FlagType.STRING:
+        return isinstance(value, str)
+    if flag_type is FlagType.INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if flag_type is FlagType.FLOAT:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, Mapping | list)
+
+
+class SourceProvider(AbstractProvider):
+    """Base of flagwarden's providers: one ``resolve`` instead of five, plus status tracking."""
+
+    #: The ``flagwarden.source`` this provider's answers carry when it is the primary.
+    source: ClassVar[str] = "vendor"
+
+    def __init__(self, name: str, kind: str) -> None:
+        super().__init__()
+        self.name = name
+        self.kind = kind
+        self._status = ProviderStatus.NOT_READY
+        self._status_message: str | None = None
+        self._status_lock = threading.Lock()
+
+    # -- status -------------------------------------------------------------------------
+
+    @property
+    def status(self) -> ProviderStatus:
+        return self._status
+
+    @property
+    def status_message(self) -> str | None:
+        return self._status_message
+
+    @property
+    def has_data(self) -> bool:
+        """True when the provider holds flag definitions it can evaluate from memory."""
+        return self._status in (ProviderStatus.READY, ProviderStatus.STALE)
+
+    def _set_status(self, status: ProviderStatus, message: str | None = None) -> None:
+        with self._status_lock:
+            if status == self._status:
+                return
+            self._status = status
+            self._status_message = message
+        event = _EVENT_FOR_STATUS.get(status)
+        if event is not None:
+            code = ErrorCode.PROVIDER_FATAL if status is ProviderStatus.FATAL else None
+            if status in (ProviderStatus.ERROR, ProviderStatus.FATAL):
+                code = code or ErrorCode.GENERAL
+            self.emit(event, ProviderEventDetails(message=message, error_code=code))
+
+    def _configuration_changed(self, flags: list[str] | None = None) -> None:
+        self.emit(
+            ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ProviderEventDetails(flags_changed=flags)
+        )
+
+    def start(self, evaluation_context: EvaluationContext | None = None) -> bool:
+        """Initialize without raising; True when ready. Vendors wait at most ``start_wait``."""
+        try:
+            self.initialize(evaluation_context or EvaluationContext())
+        except Exception as exc:
+            self._set_status(ProviderStatus.ERROR, str(exc))
+        return self._status is ProviderStatus.READY
+
+    def export_snapshot(self) -> dict[str, Any] | None:
+        """The vendor's native flag definitions, or None when this provider has nothing to save."""
+        return None
+
+    def recreate(self) -> SourceProvider:
+        """A fresh, uninitialized provider of the same configuration (used after fork)."""
+        return self
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    @abstractmethod
+    def resolve(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+    ) -> FlagResolutionDetails[Any]:
+        """Evaluate one flag. Must not raise for a flag problem: return an error result."""
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name=f"flagwarden:{self.kind}:{self.name}")
+
+    def resolve_boolean_details(
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[bool]:
+        return self.resolve(FlagType.BOOLEAN, flag_key, default_value, evaluation_context)
+
+    def resolve_string_details(
+        self,
+        flag_key: str,
+        default_value: str,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[str]:
+        return self.resolve(FlagType.STRING, flag_key, default_value, evaluation_context)
+
+    def resolve_integer_details(
+        self,
+        flag_key: str,
+        default_value: int,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[int]:
+        return self.resolve(FlagType.INTEGER, flag_key, default_value, evaluation_context)
+
+    def resolve_float_details(
+        self,
+        flag_key: str,
+        default_value: float,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[float]:
+        return self.resolve(FlagType.FLOAT, flag_key, default_value, evaluation_context)
+
+    def resolve_object_details(
+        self,
+        flag_key: str,
+        default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[Sequence[FlagValueType] | Mapping[str, FlagValueType]]:
+        return self.resolve(FlagType.OBJECT, flag_key, default_value, evaluation_context)

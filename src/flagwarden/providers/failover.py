@@ -1,0 +1,432 @@
+"""The failover chain: environment override > vendor > last-known-good snapshot > default.
+
+Every answer carries ``flagwarden.source`` in its flag metadata and no evaluation ever raises.
+The chain's status is aggregated "worst wins" over its active members, as OpenFeature's
+multi-provider specification describes, except that a member still not ready after its
+``start_wait`` counts as ERROR: OpenFeature refuses to evaluate a NOT_READY provider, and the
+snapshot and the defaults are there precisely to keep answering.
+
+Each outage (from the vendor losing its connection, or never getting one, until it is READY
+again) is tracked as an :class:`~flagwarden.events.OutageWindow` with the evaluations that
+were answered from the vendor's cache, the snapshot, the environment and the defaults, and
+emitted through the event sink when it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent, ProviderEventDetails
+from openfeature.exception import ErrorCode, ProviderNotReadyError
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
+from openfeature.provider import FeatureProvider, Metadata, ProviderStatus
+
+from flagwarden.events import EventSink, OutageWindow
+from flagwarden.providers.base import SourceProvider, error_details
+from flagwarden.providers.env import EnvProvider, EnvValueError, parse_env_value
+from flagwarden.providers.shadow import ShadowComparator
+from flagwarden.providers.snapshot import Snapshot, SnapshotError, SnapshotStore, SnapshotWriter
+
+__all__ = ["FailoverProvider", "aggregate_status"]
+
+_log = structlog.get_logger("flagwarden.failover")
+
+SOURCE = "flagwarden.source"
+_SEVERITY = {
+    ProviderStatus.READY: 0,
+    ProviderStatus.STALE: 1,
+    ProviderStatus.ERROR: 2,
+    ProviderStatus.NOT_READY: 3,
+    ProviderStatus.FATAL: 4,
+}
+_EVENTS = {
+    ProviderStatus.READY: ProviderEvent.PROVIDER_READY,
+    ProviderStatus.STALE: ProviderEvent.PROVIDER_STALE,
+    ProviderStatus.ERROR: ProviderEvent.PROVIDER_ERROR,
+    ProviderStatus.FATAL: ProviderEvent.PROVIDER_ERROR,
+}
+
+
+def aggregate_status(statuses: list[ProviderStatus]) -> ProviderStatus:
+    """The most severe status: FATAL > NOT_READY > ERROR > STALE > READY."""
+    return max(statuses, key=_SEVERITY.__getitem__, default=ProviderStatus.READY)
+
+
+class _KeyMap:
+    """Flag key -> the key a provider spells it with, memoized."""
+
+    def __init__(self, translate: Callable[[str], str] | None) -> None:
+        self._translate = translate
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, flag_key: str) -> str:
+        if self._translate is None:
+            return flag_key
+        found = self._cache.get(flag_key)
+        if found is None:
+            found = self._cache[flag_key] = self._translate(flag_key)
+        return found
+
+
+class FailoverProvider(SourceProvider):
+    """One OpenFeature provider in front of the vendor, its snapshot and the environment."""
+
+    def __init__(
+        self,
+        vendor: SourceProvider,
+        *,
+        events: EventSink,
+        env_prefix: str | None = "FLAGWARDEN_FLAG_",
+        snapshot_store: SnapshotStore | None = None,
+        restore: Callable[[dict[str, Any]], SourceProvider] | None = None,
+        snapshot_debounce: float = 1.0,
+        vendor_key: Callable[[str], str] | None = None,
+        shadow: ShadowComparator | None = None,
+        shadow_key: Callable[[str], str] | None = None,
+    ) -> None:
+        super().__init__(name=vendor.name, kind="failover")
+        self.events = events
+        self._vendor = vendor
+        self._env = EnvProvider(env_prefix) if env_prefix else None
+        self._snapshot_store = snapshot_store if restore is not None else None
+        self._restore = restore
+        self._snapshot_debounce = snapshot_debounce
+        self._snapshot: SourceProvider | None = None
+        self._writer: SnapshotWriter | None = None
+        self._vendor_key = _KeyMap(vendor_key)
+        self._shadow = shadow
+        self._shadow_key = _KeyMap(shadow_key)
+        self._outage: OutageWindow | None = None
+        self._outages: list[OutageWindow] = []
+        self._lock = threading.Lock()
+        self._initialized = False
+        self._closed = False
+        self._bad_env_warned: set[str] = set()
+        if self._snapshot_store is not None:
+            self._writer = SnapshotWriter(
+                self._snapshot_store, self._export, snapshot_debounce, self._snapshot_written
+            )
+
+    # -- introspection -----------------------------------------------------------------
+
+    @property
+    def vendor(self) -> SourceProvider:
+        return self._vendor
+
+    @property
+    def outage(self) -> OutageWindow | None:
+        """The open outage window, if the vendor is out now."""
+        return self._outage
+
+    @property
+    def outages(self) -> list[OutageWindow]:
+        """Closed outage windows, oldest first."""
+        return list(self._outages)
+
+    @property
+    def snapshot_writer(self) -> SnapshotWriter | None:
+        return self._writer
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name=f"flagwarden:{self._vendor.kind}:{self._vendor.name}")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        self._vendor.attach(self._on_vendor_event)
+        if self._env is not None:
+            self._env.initialize(evaluation_context)
+        self._vendor.start(evaluation_context)
+        if not self._vendor.has_data:
+            self._load_snapshot()
+        self._initialized = True
+        if self._vendor.status is ProviderStatus.READY:
+            self._request_snapshot()
+        else:
+            self._open_outage(self._vendor.status_message or "vendor not ready")
+        if self._shadow is not None:
+            self._shadow.start()
+        status = self._aggregate()
+        self._status = status
+        if status is not ProviderStatus.READY:
+            raise ProviderNotReadyError(
+                f"{self._vendor.kind} not ready: {self._vendor.status_message}; "
+                f"serving from {'the snapshot' if self._snapshot else 'defaults'}"
+            )
+
+    def _load_snapshot(self) -> None:
+        if self._snapshot_store is None or self._restore is None or self._snapshot is not None:
+            return
+        try:
+            snapshot = self._snapshot_store.load()
+        except SnapshotError as exc:
+            self.events.emit("flagwarden.snapshot_unreadable", level="error", error=str(exc))
+            return
+        if snapshot is None:
+            self.events.emit(
+                "flagwarden.snapshot_missing",
+                level="warning",
+                location=self._snapshot_store.location,
+            )
+            return
+        if snapshot.vendor != self._vendor.kind:
+            self.events.emit(
+                "flagwarden.snapshot_mismatch",
+                level="warning",
+                snapshot_vendor=snapshot.vendor,
+                vendor=self._vendor.kind,
+            )
+            return
+        restored = self._restore(snapshot.data)
+        if restored.start():
+            self._snapshot = restored
+            self.events.emit(
+                "flagwarden.snapshot_loaded",
+                provider=self._vendor.name,
+                written_at=snapshot.written_at.isoformat(),
+                location=self._snapshot_store.location,
+            )
+        else:
+            restored.shutdown()
+            self.events.emit(
+                "flagwarden.snapshot_unreadable", level="error", error=restored.status_message
+            )
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._shadow is not None:
+            self._shadow.close()
+        if self._writer is not None:
+            self._writer.close(flush=self._vendor.status is ProviderStatus.READY)
+        self._vendor.shutdown()
+        if self._snapshot is not None:
+            self._snapshot.shutdown()
+        with self._lock:
+            if self._outage is not None:
+                self._outage.ended_at = datetime.now(UTC)
+                self._emit_outage(self._outage, ended_by="shutdown")
+                self._outage = None
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def _export(self) -> Snapshot | None:
+        vendor = self._vendor
+        if vendor.status is not ProviderStatus.READY:
+            return None  # never overwrite a good snapshot with stale or missing data
+        data = vendor.export_snapshot()
+        if data is None:
+            return None
+        return Snapshot(
+            vendor=vendor.kind, profile=vendor.name, written_at=datetime.now(UTC), data=data
+        )
+
+    def _snapshot_written(self, snapshot: Snapshot) -> None:
+        _log.debug("flagwarden.snapshot_written", provider=snapshot.profile)
+
+    def _request_snapshot(self) -> None:
+        if self._writer is not None:
+            self._writer.request()
+
+    def write_snapshot(self) -> Snapshot | None:
+        """Write the last-known-good snapshot now; None when the vendor has no fresh data."""
+        return self._writer.write_now() if self._writer is not None else None
+
+    # -- vendor events -----------------------------------------------------------------
+
+    def _on_vendor_event(
+        self, provider: FeatureProvider, event: ProviderEvent, details: ProviderEventDetails
+    ) -> None:
+        if provider is not self._vendor or not self._initialized:
+            return
+        if event is ProviderEvent.PROVIDER_CONFIGURATION_CHANGED:
+            self._request_snapshot()
+            self.emit(event, details)
+            return
+        if event is ProviderEvent.PROVIDER_READY:
+            self._close_outage()
+            self._request_snapshot()
+        else:
+            self._open_outage(details.message or event.value)
+        self._publish_status()
+
+    def _aggregate(self) -> ProviderStatus:
+        statuses = [self._vendor.status]
+        if self._snapshot is not None and not self._vendor.has_data:
+            statuses.append(self._snapshot.status)
+        status = aggregate_status(statuses)
+        return ProviderStatus.ERROR if status is ProviderStatus.NOT_READY else status
+
+    def _publish_status(self) -> None:
+        status = self._aggregate()
+        with self._status_lock:
+            if status is self._status:
+                return
+            self._status = status
+        details = ProviderEventDetails(message=self._vendor.status_message)
+        if status in (ProviderStatus.ERROR, ProviderStatus.FATAL):
+            details.error_code = (
+                ErrorCode.PROVIDER_FATAL if status is ProviderStatus.FATAL else ErrorCode.GENERAL
+            )
+        self.emit(_EVENTS[status], details)
+
+    def _open_outage(self, cause: str) -> None:
+        with self._lock:
+            if self._outage is not None:
+                return
+            self._outage = OutageWindow(
+                provider=self._vendor.name, cause=cause, started_at=datetime.now(UTC)
+            )
+        if not self._vendor.has_data:
+            self._load_snapshot()
+        self.events.emit(
+            "flagwarden.outage_started",
+            level="warning",
+            provider=self._vendor.name,
+            vendor=self._vendor.kind,
+            cause=cause,
+            fallback="vendor_cache"
+            if self._vendor.has_data
+            else ("snapshot" if self._snapshot is not None else "default"),
+        )
+
+    def _close_outage(self) -> None:
+        with self._lock:
+            window, self._outage = self._outage, None
+            if window is None:
+                return
+            window.ended_at = datetime.now(UTC)
+            self._outages.append(window)
+        self._emit_outage(window, ended_by="vendor_ready")
+
+    def _emit_outage(self, window: OutageWindow, *, ended_by: str) -> None:
+        self.events.emit(
+            "flagwarden.outage",
+            level="warning",
+            vendor=self._vendor.kind,
+            ended_by=ended_by,
+            **window.as_fields(),
+        )
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def resolve(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+    ) -> FlagResolutionDetails[Any]:
+        try:
+            details, source = self._resolve(flag_type, flag_key, default_value, evaluation_context)
+        except Exception as exc:  # the chain never raises into a pipeline
+            _log.exception("flagwarden.evaluation_failed", flag=flag_key)
+            details = error_details(
+                default_value, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}"
+            )
+            source = "default"
+        details.flag_metadata = {**details.flag_metadata, SOURCE: source}
+        outage = self._outage
+        if outage is not None:
+            served = outage.served
+            served[source] = served.get(source, 0) + 1
+        return details
+
+    def _resolve(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        context: EvaluationContext | None,
+    ) -> tuple[FlagResolutionDetails[Any], str]:
+        env = self._env
+        if env is not None:
+            raw = env.lookup(flag_key)
+            if raw is not None:
+                try:
+                    value = parse_env_value(flag_type, raw)
+                except EnvValueError as exc:
+                    self._warn_bad_override(flag_key, str(exc))
+                else:
+                    variant = str(value).lower() if isinstance(value, bool) else None
+                    return FlagResolutionDetails(
+                        value=value, reason=Reason.STATIC, variant=variant
+                    ), "env"
+        vendor = self._vendor
+        if vendor.has_data:
+            details = vendor.resolve(flag_type, self._vendor_key(flag_key), default_value, context)
+            source = vendor.source
+            if self._shadow is not None and details.error_code is None:
+                self._shadow.offer(
+                    flag_type,
+                    flag_key,
+                    self._shadow_key(flag_key),
+                    default_value,
+                    context,
+                    details.value,
+                )
+        elif self._snapshot is not None:
+            details = self._snapshot.resolve(
+                flag_type, self._vendor_key(flag_key), default_value, context
+            )
+            source = "snapshot"
+        else:
+            details = error_details(
+                default_value,
+                ErrorCode.PROVIDER_NOT_READY,
+                f"{vendor.kind} has no data and there is no snapshot",
+            )
+            source = "default"
+        if details.error_code is not None:
+            source = "default"
+        return details, source
+
+    # -- fork safety -------------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        """In the parent, just before a fork: keep the vendor's data for the child."""
+        self._fork_data = self._vendor.export_snapshot() if self._restore is not None else None
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the vendor SDK's threads did not survive, so build a new client.
+
+        Until it is ready, the child answers from the data the parent held at the fork.
+        Locks are replaced: one held by a parent thread at fork time would never be released.
+        """
+        self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self.events.after_fork_in_child()
+        old, data = self._vendor, getattr(self, "_fork_data", None)
+        self._fork_data = None
+        vendor = old.recreate()
+        self._vendor = vendor
+        vendor.attach(self._on_vendor_event)
+        had_snapshot, self._snapshot = self._snapshot is not None, None
+        if data is not None and self._restore is not None:
+            restored = self._restore(data)
+            if restored.start():
+                self._snapshot = restored
+        elif had_snapshot:
+            self._load_snapshot()
+        if self._writer is not None:
+            self._writer = SnapshotWriter(
+                self._writer.store, self._export, self._snapshot_debounce, self._snapshot_written
+            )
+        if self._shadow is not None:
+            self._shadow = self._shadow.recreate()
+            self._shadow.start()
+        if self._restore is None:
+            vendor.start()  # file and env sources start in milliseconds
+        else:
+            threading.Thread(target=vendor.start, name="flagwarden-refork", daemon=True).start()
+
+    def _warn_bad_override(self, flag_key: str, problem: str) -> None:
+        if flag_key not in self._bad_env_warned:
+            self._bad_env_warned.add(flag_key)
+            _log.warning("flagwarden.env_override_ignored", flag=flag_key, problem=problem)

@@ -1,0 +1,224 @@
+"""LaunchDarkly, through ``launchdarkly-openfeature-server``.
+
+The published provider gets context conversion, type checks, events and tracking right, so we
+wrap it and fix what it leaves raw: LaunchDarkly's FALLTHROUGH / RULE_MATCH /
+PREREQUISITE_FAILED reasons become OpenFeature reasons (SPLIT when the rule that matched is a
+percentage rollout). We give the SDK our own in-memory feature store, which lets us export its
+flags and segments for a last-known-good snapshot and notice every configuration change; the
+snapshot is replayed through the SDK's own file data source, so a cold start during an outage
+evaluates percentages and targeting exactly as LaunchDarkly would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from ld_openfeature import LaunchDarklyProvider
+from ldclient.config import Config
+from ldclient.feature_store import InMemoryFeatureStore
+from ldclient.integrations import Files
+from ldclient.interfaces import DataSourceState, DataSourceStatus
+from ldclient.versioned_data_kind import FEATURES, SEGMENTS
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
+from openfeature.provider import ProviderStatus
+
+from flagwarden.config import LaunchDarklyProfile
+from flagwarden.providers.base import SourceProvider, error_details
+
+__all__ = ["LaunchDarklyVendor"]
+
+_METHODS = {
+    FlagType.BOOLEAN: "resolve_boolean_details",
+    FlagType.STRING: "resolve_string_details",
+    FlagType.INTEGER: "resolve_integer_details",
+    FlagType.FLOAT: "resolve_float_details",
+    FlagType.OBJECT: "resolve_object_details",
+}
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    return item.to_json_dict() if hasattr(item, "to_json_dict") else dict(item)
+
+
+def _rollout_shape(flag: Mapping[str, Any]) -> tuple[bool, frozenset[int]]:
+    """Whether the fallthrough is a rollout, and which rule indexes are rollouts."""
+    fallthrough = flag.get("fallthrough") or {}
+    rules = flag.get("rules") or []
+    return (
+        "rollout" in fallthrough and fallthrough["rollout"] is not None,
+        frozenset(i for i, rule in enumerate(rules) if rule.get("rollout")),
+    )
+
+
+class _ObservedStore(InMemoryFeatureStore):
+    """The SDK's in-memory store, telling us when its data changes."""
+
+    def __init__(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._on_change = on_change
+
+    def init(self, all_data: Any) -> None:
+        super().init(all_data)
+        flags = {k: _as_dict(v) for k, v in (all_data.get(FEATURES) or {}).items()}
+        self._on_change(flags)
+
+    def upsert(self, kind: Any, item: Any) -> None:
+        super().upsert(kind, item)
+        if kind == FEATURES:
+            flag = _as_dict(item)
+            self._on_change({flag["key"]: flag})
+
+
+class LaunchDarklyVendor(SourceProvider):
+    """A LaunchDarkly connection as a flagwarden source (live, or replaying a snapshot)."""
+
+    source: ClassVar[str] = "vendor"
+
+    def __init__(self, profile: LaunchDarklyProfile, *, snapshot: Mapping[str, Any] | None = None):
+        super().__init__(name=profile.name, kind="launchdarkly")
+        self.profile = profile
+        self._snapshot = snapshot
+        self._provider: LaunchDarklyProvider | None = None
+        self._shapes: dict[str, tuple[bool, frozenset[int]]] = {}
+        self._store = _ObservedStore(self._store_changed)
+        self._initialized = False
+        self._lock = threading.Lock()
+        self._snapshot_file: str | None = None
+
+    # -- construction ------------------------------------------------------------------
+
+    def _config(self) -> Config:
+        p = self.profile
+        if self._snapshot is not None:
+            fd, self._snapshot_file = tempfile.mkstemp(prefix="flagwarden-ld-", suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(self._snapshot), fh)
+            return Config(
+                "flagwarden-snapshot",
+                update_processor_class=Files.new_data_source(paths=[self._snapshot_file]),
+                send_events=False,
+                diagnostic_opt_out=True,
+                feature_store=self._store,
+            )
+        kwargs: dict[str, Any] = {}
+        for field in ("base_uri", "stream_uri", "events_uri"):
+            value = getattr(p, field)
+            if value:
+                kwargs[field] = value.rstrip("/")
+        return Config(
+            p.sdk_key.get_secret_value(),
+            stream=p.stream,
+            send_events=p.send_events,
+            initial_reconnect_delay=p.initial_reconnect_delay,
+            feature_store=self._store,
+            **kwargs,
+        )
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        with self._lock:
+            if self._provider is not None:
+                return
+            start_wait = 5.0 if self._snapshot is not None else self.profile.start_wait
+            # The wrapper builds its LDClient and blocks up to start_wait for the first data.
+            self._provider = LaunchDarklyProvider(self._config(), start_wait=start_wait)
+            status_provider = self._provider.client.data_source_status_provider
+            status_provider.add_listener(self._on_status)
+        if self._provider.client.is_initialized():
+            self._set_status(ProviderStatus.READY)
+        else:
+            status = status_provider.status
+            self._set_status(
+                ProviderStatus.ERROR, self._describe(status, "no data within start_wait")
+            )
+
+    @property
+    def has_data(self) -> bool:
+        return self._store.initialized
+
+    def _on_status(self, status: DataSourceStatus) -> None:
+        state = status.state
+        if state == DataSourceState.VALID:
+            self._set_status(ProviderStatus.READY)
+        elif state == DataSourceState.INTERRUPTED:
+            if self._store.initialized:
+                self._set_status(ProviderStatus.STALE, self._describe(status, "stream interrupted"))
+            else:
+                self._set_status(ProviderStatus.ERROR, self._describe(status, "not connected"))
+        elif state == DataSourceState.OFF:
+            self._set_status(ProviderStatus.ERROR, self._describe(status, "data source off"))
+
+    @staticmethod
+    def _describe(status: DataSourceStatus, fallback: str) -> str:
+        error = status.error
+        if error is None:
+            return f"launchdarkly: {fallback}"
+        detail = error.message or (f"HTTP {error.status_code}" if error.status_code else fallback)
+        return f"launchdarkly: {error.kind}: {detail}"
+
+    def _store_changed(self, flags: dict[str, Any]) -> None:
+        for key, flag in flags.items():
+            self._shapes[key] = _rollout_shape(flag)
+        if self._initialized:
+            self._configuration_changed(sorted(flags))
+        self._initialized = True
+
+    def shutdown(self) -> None:
+        with self._lock:
+            provider, self._provider = self._provider, None
+        if provider is not None:
+            provider.client.data_source_status_provider.remove_listener(self._on_status)
+            provider.client.close()
+        if self._snapshot_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self._snapshot_file)
+
+    def recreate(self) -> LaunchDarklyVendor:
+        return LaunchDarklyVendor(self.profile, snapshot=self._snapshot)
+
+    def export_snapshot(self) -> dict[str, Any] | None:
+        if not self._store.initialized:
+            return None
+        return {
+            "flags": {k: _as_dict(v) for k, v in self._store.all(FEATURES, lambda x: x).items()},
+            "segments": {k: _as_dict(v) for k, v in self._store.all(SEGMENTS, lambda x: x).items()},
+        }
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def resolve(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+    ) -> FlagResolutionDetails[Any]:
+        provider = self._provider
+        if provider is None:
+            return error_details(default_value, ErrorCode.PROVIDER_NOT_READY, "not initialized")
+        details: FlagResolutionDetails[Any] = getattr(provider, _METHODS[flag_type])(
+            flag_key, default_value, evaluation_context
+        )
+        raw = details.reason
+        if raw in ("FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED"):
+            details.reason = self._reason(flag_key, raw, details.flag_metadata)
+            details.flag_metadata = {**details.flag_metadata, "launchdarkly.reason": raw}
+        return details
+
+    def _reason(self, flag_key: str, raw: str, metadata: Mapping[str, Any]) -> str:
+        if raw == "PREREQUISITE_FAILED":
+            # A failed prerequisite serves the flag's off variation: for this context it is off.
+            return Reason.DISABLED
+        fallthrough_rollout, rule_rollouts = self._shapes.get(flag_key, (False, frozenset()))
+        if raw == "FALLTHROUGH":
+            return Reason.SPLIT if fallthrough_rollout else Reason.DEFAULT
+        return (
+            Reason.SPLIT if metadata.get("ruleIndex") in rule_rollouts else Reason.TARGETING_MATCH
+        )

@@ -1,0 +1,201 @@
+"""Building the provider chain from configuration and registering it with OpenFeature."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from openfeature import api
+from openfeature.client import OpenFeatureClient
+
+from flagwarden.config import (
+    EnvProfile,
+    FileProfile,
+    FlagwardenConfig,
+    LaunchDarklyProfile,
+    Profile,
+    Settings,
+    SplitProfile,
+    load_settings,
+)
+from flagwarden.errors import ConfigError
+from flagwarden.events import EventSink
+from flagwarden.providers.base import SourceProvider
+from flagwarden.providers.env import EnvProvider
+from flagwarden.providers.failover import FailoverProvider
+from flagwarden.providers.file import FileProvider
+from flagwarden.providers.shadow import ShadowComparator
+from flagwarden.providers.snapshot import open_snapshot_store
+
+__all__ = ["Runtime", "build_vendor", "configure", "current", "shutdown"]
+
+_log = structlog.get_logger("flagwarden")
+
+CLIENT_DOMAIN = "flagwarden"
+
+
+def _missing_extra(profile: Profile, extra: str, exc: ImportError) -> ConfigError:
+    return ConfigError(
+        None,
+        "type",
+        f"profile {profile.name!r} needs the {extra} SDK: "
+        f"pip install 'flagwarden[{extra}]' (missing {exc.name})",
+    )
+
+
+def build_vendor(profile: Profile) -> SourceProvider:
+    """The provider for one profile (not yet initialized)."""
+    if isinstance(profile, LaunchDarklyProfile):
+        try:
+            from flagwarden.providers.launchdarkly import LaunchDarklyVendor
+        except ImportError as exc:
+            raise _missing_extra(profile, "launchdarkly", exc) from None
+        return LaunchDarklyVendor(profile)
+    if isinstance(profile, SplitProfile):
+        try:
+            from flagwarden.providers.split import SplitVendor
+        except ImportError as exc:
+            raise _missing_extra(profile, "split", exc) from None
+        return SplitVendor(profile)
+    if isinstance(profile, EnvProfile):
+        return EnvProvider(profile.prefix, name=profile.name)
+    if isinstance(profile, FileProfile):
+        return FileProvider(profile.path, name=profile.name, poll_interval=profile.poll_interval)
+    raise ConfigError(None, "type", f"unsupported profile type {profile!r}")
+
+
+def _restorer(profile: Profile) -> Callable[[dict[str, Any]], SourceProvider] | None:
+    """How to evaluate a snapshot of this vendor's definitions offline (None: no snapshots)."""
+    if isinstance(profile, LaunchDarklyProfile):
+        from flagwarden.providers.launchdarkly import LaunchDarklyVendor
+
+        return lambda data: LaunchDarklyVendor(profile, snapshot=data)
+    if isinstance(profile, SplitProfile):
+        from flagwarden.providers.split import SplitVendor
+
+        return lambda data: SplitVendor(profile, snapshot=data)
+    return None
+
+
+@dataclass
+class Runtime:
+    """What ``configure()`` built: the settings, the chain, the event sink and the client."""
+
+    settings: Settings
+    profile: Profile
+    provider: FailoverProvider
+    events: EventSink
+    client: OpenFeatureClient
+
+
+_current: Runtime | None = None
+_lock = threading.RLock()
+_live: weakref.WeakSet[FailoverProvider] = weakref.WeakSet()
+
+
+def current() -> Runtime | None:
+    """The runtime built by the last ``configure()``, if any."""
+    return _current
+
+
+def configure(
+    config: str | Path | Mapping[str, Any] | FlagwardenConfig | None = None,
+) -> OpenFeatureClient:
+    """Read the config, build the provider chain, register it with OpenFeature, return a client.
+
+    ``config`` is a path, a mapping or a model; without it ``$FLAGWARDEN_CONFIG``, then
+    ``./flagwarden.yaml``, then the embedded default (the packaged flag file). Blocks at most
+    the vendor's ``start_wait``; when the vendor cannot be reached the client answers from the
+    last-known-good snapshot (or the defaults) while the SDK keeps retrying.
+
+    Raises :class:`~flagwarden.errors.ConfigError` for a bad configuration; never for a vendor
+    outage.
+    """
+    global _current
+    with _lock:
+        if _current is not None:
+            shutdown()
+        settings = load_settings(config)
+        profile = settings.load_profile(settings.provider_name)
+        events = EventSink()
+        provider = _build_chain(settings, profile, events)
+        try:
+            api.set_provider_and_wait(provider)
+        except Exception as exc:
+            # The vendor is down: the chain already answers from the snapshot or the defaults.
+            _log.warning("flagwarden.provider_degraded", error=str(exc))
+        _live.add(provider)
+        client = api.get_client(CLIENT_DOMAIN)
+        _current = Runtime(settings, profile, provider, events, client)
+        return client
+
+
+def _build_chain(settings: Settings, profile: Profile, events: EventSink) -> FailoverProvider:
+    fallback = settings.config.fallback
+    vendor = build_vendor(profile)
+    restore = _restorer(profile)
+    location = settings.snapshot_location()
+    store = open_snapshot_store(location) if (location and restore is not None) else None
+    shadow = None
+    shadow_profile: Profile | None = None
+    if settings.config.shadow is not None:
+        shadow_profile = settings.load_profile(settings.config.shadow.provider)
+        shadow = ShadowComparator(
+            build_vendor(shadow_profile),
+            settings.config.shadow.sample_rate,
+            settings.config.shadow.queue_size,
+        )
+    return FailoverProvider(
+        vendor,
+        events=events,
+        env_prefix=fallback.env_prefix,
+        snapshot_store=store,
+        restore=restore,
+        snapshot_debounce=fallback.snapshot_debounce,
+        vendor_key=(lambda key: settings.flag_key_for(key, profile))
+        if settings.config.flag_keys
+        else None,
+        shadow=shadow,
+        shadow_key=(lambda key: settings.flag_key_for(key, shadow_profile))
+        if shadow_profile is not None and settings.config.flag_keys
+        else None,
+    )
+
+
+def shutdown() -> None:
+    """Flush what is pending (snapshot, outage windows) and close the vendor SDKs."""
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+        if runtime is None:
+            return
+        _live.discard(runtime.provider)
+        runtime.provider.shutdown()  # synchronously, so the flush is done when we return
+        api.clear_providers()
+
+
+def _before_fork() -> None:
+    for provider in list(_live):
+        try:
+            provider.before_fork()
+        except Exception:
+            _log.exception("flagwarden.before_fork_failed")
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    for provider in list(_live):
+        try:
+            provider.after_fork_in_child()
+        except Exception:
+            _log.exception("flagwarden.after_fork_failed")
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
