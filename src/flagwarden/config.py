@@ -113,7 +113,7 @@ class FallbackConfig(_Model):
     """Where answers come from when the vendor cannot give them."""
 
     snapshot: str | None = "file:.flagwarden/snapshot.json"
-    env_prefix: str = "FLAGWARDEN_FLAG_"
+    env_prefix: str | None = "FLAGWARDEN_FLAG_"  # null turns environment overrides off
     snapshot_debounce: float = Field(default=1.0, ge=0)
 
     @field_validator("snapshot")
@@ -287,11 +287,12 @@ def _describe(error: ValidationError, file: Path | str) -> ConfigError:
         problem = f"is required: one of {', '.join(_PROFILE_TYPES)}"
         field = "type"
     else:
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
+        msg = msg[:1].lower() + msg[1:]
         if field and _SECRET_FIELDS.search(field):
-            problem = msg.lower()
+            problem = msg
         else:
-            problem = f"{msg.lower()}, got {first.get('input')!r}"
+            problem = f"{msg}, got {first.get('input')!r}"
     return ConfigError(file, field, problem)
 
 

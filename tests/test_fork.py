@@ -1,0 +1,136 @@
+"""Forked children get working vendor clients and see changes made after the fork."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import pytest
+from openfeature.evaluation_context import EvaluationContext
+
+import flagwarden
+from tests.conftest import Project
+from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
+from tests.servers.split import SplitServer, split_definition
+
+FLAG = "new-scoring-model"
+
+
+class Setup:
+    def __init__(self, kind: str, project: Project) -> None:
+        self.kind = kind
+        self.project = project
+        self.server: Any = None
+        if kind == "launchdarkly":
+            self.server = LaunchDarklyServer().start()
+            self.server.set_flag(boolean_flag(FLAG, serve=False))
+            project.profile(kind, self.server.profile())
+        elif kind == "split":
+            self.server = SplitServer().start()
+            self.server.set_split(split_definition(FLAG, on_percent=0))
+            project.profile(kind, self.server.profile())
+        else:
+            self.flag_file = project.root / "flags.json"
+            self._write_file(on=False)
+            project.profile(kind, {"type": "file", "path": "../flags.json", "poll_interval": 0.05})
+        project.config(kind)
+
+    def _write_file(self, *, on: bool) -> None:
+        variant = "on" if on else "off"
+        doc = {
+            "flags": {
+                FLAG: {
+                    "state": "ENABLED",
+                    "variants": {"on": True, "off": False},
+                    "defaultVariant": variant,
+                }
+            }
+        }
+        self.flag_file.write_text(json.dumps(doc))
+
+    def turn_on(self) -> None:
+        if self.kind == "launchdarkly":
+            self.server.set_flag(boolean_flag(FLAG, serve=True))
+        elif self.kind == "split":
+            self.server.set_split(split_definition(FLAG, on_percent=100))
+        else:
+            self._write_file(on=True)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@pytest.fixture(params=["launchdarkly", "split", "file"])
+def setup(request: pytest.FixtureRequest, project: Project):
+    s = Setup(request.param, project)
+    yield s
+    s.close()
+
+
+def watch_flag(client: Any, timeout: float = 20.0) -> dict[str, Any]:
+    """In a child: evaluate until the flag turns on; report what was seen."""
+    ctx = EvaluationContext("order-1")
+    first = client.get_boolean_details(FLAG, True, ctx)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        details = client.get_boolean_details(FLAG, False, ctx)
+        if details.value:
+            return {
+                "first": first.value,
+                "first_error": first.error_code,
+                "turned_on": True,
+                "source": details.flag_metadata["flagwarden.source"],
+            }
+        time.sleep(0.05)
+    return {"first": first.value, "first_error": first.error_code, "turned_on": False}
+
+
+@pytest.mark.slow
+def test_os_fork_child_sees_change_made_after_fork(setup: Setup):
+    client = flagwarden.configure(setup.project.root / "flagwarden.yaml")
+    assert client.get_boolean_value(FLAG, True, EvaluationContext("order-1")) is False
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        try:
+            result = watch_flag(client)
+        except BaseException as exc:
+            result = {"exception": repr(exc)}
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    time.sleep(0.5)
+    setup.turn_on()
+    with os.fdopen(read_end) as pipe:
+        result = json.loads(pipe.read() or "{}")
+    os.waitpid(pid, 0)
+    assert result == {
+        "first": False,
+        "first_error": None,
+        "turned_on": True,
+        "source": "file" if setup.kind == "file" else "vendor",
+    }
+
+
+def _pool_task(_: int) -> dict[str, Any]:
+    runtime = flagwarden.current()
+    assert runtime is not None
+    return {**watch_flag(runtime.client), "pid": os.getpid()}
+
+
+@pytest.mark.slow
+def test_prefork_pool_workers_see_change(setup: Setup):
+    flagwarden.configure(setup.project.root / "flagwarden.yaml")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        pending = pool.map_async(_pool_task, range(2))
+        time.sleep(0.5)
+        setup.turn_on()
+        results = pending.get(timeout=60)
+    assert all(r["turned_on"] and r["first"] is False for r in results), results
+    assert len({r["pid"] for r in results}) >= 1
