@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -205,3 +208,65 @@ def test_snapshot_is_native_vendor_format(project: Project, vendor: Vendor):
         ff = doc["data"]["splits"]["ff"]
         assert [s["name"] for s in ff["d"]] == [FLAG] and ff["t"] > 0
         assert doc["data"]["splits"]["rbs"] == {"d": [], "s": -1, "t": -1}
+
+
+def test_snapshot_follows_configuration_changes(project: Project, ld_server: LaunchDarklyServer):
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=30))
+    project.profile("launchdarkly", ld_server.profile())
+    project.config("launchdarkly")
+    flagwarden.configure(project.root / "flagwarden.yaml")
+    runtime = flagwarden.current()
+    wait_for(lambda: runtime.provider.snapshot_writer.writes >= 1)
+
+    def weight() -> int:
+        doc = json.loads(project.snapshot_file.read_text())
+        return doc["data"]["flags"][FLAG]["fallthrough"]["rollout"]["variations"][0]["weight"]
+
+    assert weight() == 30_000
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=60))
+    wait_for(lambda: weight() == 60_000)
+
+
+def test_snapshot_command(project: Project, ld_server: LaunchDarklyServer):
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=30))
+    project.profile("launchdarkly", ld_server.profile(start_wait=0.3))
+    project.config(
+        "launchdarkly",
+        fallback={"snapshot": "file:.flagwarden/snapshot.json", "snapshot_debounce": 60},
+    )
+    command = [sys.executable, "-m", "flagwarden.cli", "snapshot", "-c", "flagwarden.yaml"]
+    result = subprocess.run(command, cwd=project.root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    written = project.snapshot_file.read_bytes()
+    assert json.loads(written)["data"]["flags"][FLAG]
+
+    ld_server.stop()
+    result = subprocess.run(command, cwd=project.root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "not ready" in result.stderr and "left as it is" in result.stderr
+    assert "sdk-test-secret" not in result.stderr + result.stdout
+    assert project.snapshot_file.read_bytes() == written
+
+
+def test_client_status_follows_the_vendor(project: Project, ld_server: LaunchDarklyServer):
+    ld_server.set_flag(boolean_flag(FLAG, serve=True))
+    project.profile("launchdarkly", ld_server.profile())
+    project.config("launchdarkly")
+    client = flagwarden.configure(project.root / "flagwarden.yaml")
+    assert client.get_provider_status() is ProviderStatus.READY
+    ld_server.stop()
+    wait_for(lambda: client.get_provider_status() is ProviderStatus.STALE)
+    assert client.get_boolean_value(FLAG, False, EvaluationContext("k")) is True
+    ld_server.start()
+    wait_for(lambda: client.get_provider_status() is ProviderStatus.READY, timeout=15)
+
+
+def test_aggregate_status_worst_wins():
+    from flagwarden.providers import aggregate_status
+
+    S = ProviderStatus
+    assert aggregate_status([S.READY, S.STALE]) is S.STALE
+    assert aggregate_status([S.STALE, S.ERROR, S.READY]) is S.ERROR
+    assert aggregate_status([S.ERROR, S.NOT_READY]) is S.NOT_READY
+    assert aggregate_status([S.FATAL, S.NOT_READY]) is S.FATAL
+    assert aggregate_status([]) is S.READY

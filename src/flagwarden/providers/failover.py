@@ -108,9 +108,7 @@ class FailoverProvider(SourceProvider):
         self._closed = False
         self._bad_env_warned: set[str] = set()
         if self._snapshot_store is not None:
-            self._writer = SnapshotWriter(
-                self._snapshot_store, self._export, snapshot_debounce, self._snapshot_written
-            )
+            self._writer = SnapshotWriter(self._snapshot_store, self._export, snapshot_debounce)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -226,9 +224,6 @@ class FailoverProvider(SourceProvider):
         return Snapshot(
             vendor=vendor.kind, profile=vendor.name, written_at=datetime.now(UTC), data=data
         )
-
-    def _snapshot_written(self, snapshot: Snapshot) -> None:
-        _log.debug("flagwarden.snapshot_written", provider=snapshot.profile)
 
     def _request_snapshot(self) -> None:
         if self._writer is not None:
@@ -415,9 +410,7 @@ class FailoverProvider(SourceProvider):
         elif had_snapshot:
             self._load_snapshot()
         if self._writer is not None:
-            self._writer = SnapshotWriter(
-                self._writer.store, self._export, self._snapshot_debounce, self._snapshot_written
-            )
+            self._writer = SnapshotWriter(self._writer.store, self._export, self._snapshot_debounce)
         if self._shadow is not None:
             self._shadow = self._shadow.recreate()
             self._shadow.start()

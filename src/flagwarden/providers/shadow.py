@@ -45,7 +45,7 @@ class ShadowComparator:
         return ShadowComparator(self.shadow.recreate(), self.sample_rate, self._queue.maxsize)
 
     def start(self) -> None:
-        self.shadow.start()
+        """Start the comparison thread; the shadow SDK starts there, off the caller's path."""
         self._thread = threading.Thread(target=self._run, name="flagwarden-shadow", daemon=True)
         self._thread.start()
 
@@ -73,6 +73,7 @@ class ShadowComparator:
         SHADOW_COMPARISONS.labels(flag_key, result).inc()
 
     def _run(self) -> None:
+        self.shadow.start()  # comparisons offered meanwhile wait in the queue
         while True:
             item = self._queue.get()
             try:

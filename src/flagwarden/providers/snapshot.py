@@ -159,12 +159,10 @@ class SnapshotWriter:
         store: SnapshotStore,
         export: Callable[[], Snapshot | None],
         debounce: float = 1.0,
-        on_written: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.store = store
         self._export = export
         self.debounce = debounce
-        self._on_written = on_written
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -207,8 +205,6 @@ class SnapshotWriter:
             )
             return None
         self.writes += 1
-        if self._on_written is not None:
-            self._on_written(snapshot)
         return snapshot
 
     def close(self, flush: bool = True) -> None:
