@@ -14,7 +14,16 @@ Pipelines evaluate flags through an ordinary OpenFeature client::
 from __future__ import annotations
 
 from flagwarden.errors import ConfigError, FlagwardenError
+from flagwarden.governance.assign import assign
 from flagwarden.runtime import Runtime, configure, current, shutdown
 
-__all__ = ["ConfigError", "FlagwardenError", "Runtime", "configure", "current", "shutdown"]
+__all__ = [
+    "ConfigError",
+    "FlagwardenError",
+    "Runtime",
+    "assign",
+    "configure",
+    "current",
+    "shutdown",
+]
 __version__ = "0.1.0"

@@ -5,15 +5,23 @@ Exit codes: 0 ok, 1 refused or failed check (with the reason), 2 usage error.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from flagwarden.config import load_profile, load_settings
+from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.config import Settings, load_profile, load_settings
 from flagwarden.errors import ConfigError
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.lint import describe_flag, lint_policy, lint_state, lint_unregistered
+from flagwarden.governance.policy import Policy, load_policies
+from flagwarden.governance.rollout import TransitionRefused, resolve_actor
+from flagwarden.governance.state import FlagState, StateStoreUnavailable, redact_url
 
 app = typer.Typer(
     name="flagwarden",
@@ -22,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
+# Piped output (CI logs, grep) is not squeezed into 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
@@ -41,9 +50,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 @app.command()
-def check(config: ConfigOption = None) -> None:
-    """Validate the configuration and every provider profile."""
+def check(
+    config: ConfigOption = None,
+    strict: Annotated[bool, typer.Option(help="fail on lint warnings too")] = False,
+) -> None:
+    """Validate config, profiles and policies; lint owners, expiry and stale flags."""
     problems: list[str] = []
+    warnings: list[str] = []
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -53,26 +66,53 @@ def check(config: ConfigOption = None) -> None:
     profiles = sorted(providers_dir.glob("*.y*ml")) if providers_dir.is_dir() else []
     if not providers_dir.is_dir():
         problems.append(f"{where}: providers_dir: {providers_dir} is not a directory")
-    names = set()
     for path in profiles:
         try:
             profile = load_profile(path)
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        names.add(profile.name)
         out.print(f"[green]ok[/green] {path} ({profile.type})", highlight=False)
     wanted = [settings.provider_name]
     if settings.config.shadow is not None:
         wanted.append(settings.config.shadow.provider)
     for name in wanted:
-        if name not in names and not any(p.stem == name for p in profiles):
+        if not any(p.stem == name for p in profiles):
             problems.append(f"{where}: provider: no profile {name!r} in {providers_dir}")
-    if problems:
-        for problem in problems:
-            err.print(f"[red]error:[/red] {problem}", highlight=False)
+    policies: dict[str, Policy] = {}
+    try:
+        policies = load_policies(settings.policies_dir)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    for flag, policy in sorted(policies.items()):
+        out.print(f"[green]ok[/green] policy {flag} (owner {policy.owner})", highlight=False)
+        warnings.extend(lint_policy(policy))
+    warnings.extend(_lint_state(settings, policies))
+    for problem in problems:
+        err.print(f"[red]error:[/red] {problem}", highlight=False)
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if problems or (strict and warnings):
         raise typer.Exit(1)
     out.print(f"[green]ok[/green] {where}: provider {settings.provider_name!r}", highlight=False)
+
+
+def _lint_state(settings: Settings, policies: dict[str, Policy]) -> list[str]:
+    """Lints that need the state store and the audit log: stale and unregistered flags."""
+    try:
+        governance = Governance.open(settings, strict=True)
+    except (StateStoreUnavailable, AuditError) as exc:
+        return [f"state or audit store unavailable, stale-flag lints skipped ({exc})"]
+    try:
+        assert governance.store is not None
+        found = lint_state(policies, governance.store.load_all())
+        if governance.audit is not None:
+            found.extend(lint_unregistered(governance.audit, policies))
+        return found
+    except (StateStoreUnavailable, AuditError) as exc:
+        return [f"state or audit store unavailable, stale-flag lints skipped ({exc})"]
+    finally:
+        governance.close()
 
 
 @app.command()
@@ -103,6 +143,176 @@ def snapshot(config: ConfigOption = None) -> None:
         out.print(f"[green]ok[/green] snapshot of {written.profile} written to {location}")
     finally:
         flagwarden.shutdown()
+
+
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="who does this (default: $FLAGWARDEN_ACTOR, else the OS user)"),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="why: recorded in the audit log")]
+
+
+def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -> None:
+    try:
+        settings = load_settings(config)
+        governance = Governance.open(settings, strict=True)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        done = getattr(governance.rollout(), action)(flag, **kwargs)
+    except TransitionRefused as exc:
+        raise _fail(f"refused: {exc}") from None
+    except (StateStoreUnavailable, AuditError) as exc:
+        raise _fail(f"{action} of {flag} could not be stored: {exc}") from None
+    finally:
+        governance.close()
+    b, a = done.before, done.after
+    out.print(
+        f"[green]ok[/green] {action} {flag}: stage {b.stage:g}% -> {a.stage:g}%, "
+        f"killed {b.killed} -> {a.killed}, paused {b.paused} -> {a.paused} (version {a.version})",
+        highlight=False,
+    )
+    for violation in done.violations:
+        err.print(f"[yellow]recorded as a policy violation:[/yellow] {violation}", highlight=False)
+
+
+@app.command()
+def advance(
+    flag: str,
+    reason: ReasonOption,
+    to: Annotated[float | None, typer.Option("--to", help="skip to this approved stage")] = None,
+    force: Annotated[bool, typer.Option("--force", help="break a rule (soak, pause)")] = False,
+    actor: ActorOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move FLAG to its next stage (after the soak time); --to and --force are violations."""
+    _transition(
+        config, "advance", flag, actor=resolve_actor(actor), reason=reason, to=to, force=force
+    )
+
+
+@app.command()
+def rollback(
+    flag: str,
+    reason: ReasonOption,
+    to: Annotated[
+        float | None, typer.Option("--to", help="roll back to this stage (0 = control)")
+    ] = None,
+    actor: ActorOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move FLAG back to its previous stage (or --to)."""
+    _transition(config, "rollback", flag, actor=resolve_actor(actor), reason=reason, to=to)
+
+
+@app.command()
+def kill(
+    flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
+) -> None:
+    """Everyone gets control, now, in every worker."""
+    _transition(config, "kill", flag, actor=resolve_actor(actor), reason=reason)
+
+
+@app.command()
+def revive(
+    flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
+) -> None:
+    """Undo a kill: the stage applies again."""
+    _transition(config, "revive", flag, actor=resolve_actor(actor), reason=reason)
+
+
+@app.command()
+def pause(
+    flag: str,
+    reason: Annotated[str, typer.Option("--reason")] = "paused by hand",
+    actor: ActorOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Freeze FLAG's stage: no advance (manual or automatic) until resumed."""
+    _transition(config, "pause", flag, actor=resolve_actor(actor), reason=reason)
+
+
+@app.command()
+def resume(
+    flag: str,
+    reason: Annotated[str, typer.Option("--reason")] = "resumed by hand",
+    actor: ActorOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Unfreeze a paused FLAG."""
+    _transition(config, "resume", flag, actor=resolve_actor(actor), reason=reason)
+
+
+@app.command()
+def status(
+    flag: Annotated[str | None, typer.Argument()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Stage, killed/paused, soak and owner of each governed flag, and the provider in use."""
+    try:
+        settings = load_settings(config)
+        governance = Governance.open(settings, strict=True)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        assert governance.store is not None
+        states = governance.store.load_all()
+    except StateStoreUnavailable as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        governance.close()
+    flags = sorted(governance.policies) if flag is None else [flag]
+    if flag is not None and flag not in governance.policies:
+        raise _fail(f"{flag!r} has no policy")
+    rows = [describe_flag(governance.policies[f], states.get(f) or FlagState(f)) for f in flags]
+    doc = {
+        "provider": settings.provider_name,
+        "state_store": redact_url(settings.config.state),
+        "flags": rows,
+    }
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    table = Table(title=f"provider {settings.provider_name!r}")
+    for column in ("flag", "stage", "state", "soak left", "owner", "expires", "last change"):
+        table.add_column(column)
+    for row in rows:
+        state = "killed" if row["killed"] else ("paused" if row["paused"] else "live")
+        table.add_row(
+            row["flag"],
+            f"{row['stage']:g}%",
+            state,
+            row["soak_remaining"] or "-",
+            row["owner"],
+            str(row["expires"] or "-"),
+            f"{row['updated_by'] or '-'}: {row['reason'] or ''}",
+        )
+    out.print(table)
+
+
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Check the audit log's hash chain; name the first edited, deleted or moved record."""
+    try:
+        settings = load_settings(config)
+        log = AuditLog(settings.config.audit, settings.base_dir)
+    except (ConfigError, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        result = log.verify()
+    finally:
+        log.close()
+    if not result.ok:
+        raise _fail(f"audit chain broken at record {result.first_bad_seq}: {result.problem}")
+    out.print(
+        f"[green]ok[/green] {result.checked} records, chain head {result.head[:16]}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -155,6 +155,7 @@ class FlagwardenConfig(_Model):
     policies_dir: Path = Path("policies")
     flag_keys: dict[str, dict[str, str]] = {}
     fallback: FallbackConfig = FallbackConfig()
+    unregistered: Literal["allow", "warn", "deny"] = "warn"
     state: str = "sqlite:///.flagwarden/state.db"
     audit: str = "sqlite:///.flagwarden/audit.db"
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -221,7 +222,7 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -237,7 +238,7 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(path, None, "malformed YAML") from None
 
 
-def _interpolate(value: Any, file: Path | str, field: str = "") -> Any:
+def interpolate(value: Any, file: Path | str, field: str = "") -> Any:
     """Replace ``${VAR}`` and ``${VAR:-fallback}`` in every string of a parsed document."""
     if isinstance(value, str):
 
@@ -258,14 +259,14 @@ def _interpolate(value: Any, file: Path | str, field: str = "") -> Any:
         return _VAR.sub(sub, value)
     if isinstance(value, Mapping):
         return {
-            k: _interpolate(v, file, f"{field}.{k}" if field else str(k)) for k, v in value.items()
+            k: interpolate(v, file, f"{field}.{k}" if field else str(k)) for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_interpolate(v, file, f"{field}[{i}]") for i, v in enumerate(value)]
+        return [interpolate(v, file, f"{field}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def _describe(error: ValidationError, file: Path | str) -> ConfigError:
+def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:
     """The first problem as a ConfigError: file, field, value (unless secret), expectation."""
     first = error.errors()[0]
     loc = [str(p) for p in first["loc"]]
@@ -298,17 +299,17 @@ def _describe(error: ValidationError, file: Path | str) -> ConfigError:
 
 def load_profile(path: Path) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
     """Read and validate one provider profile; its name is the file's stem."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise ConfigError(path, None, "expected a mapping with at least a 'type' field")
-    data = dict(_interpolate(raw, path))
+    data = dict(interpolate(raw, path))
     data.setdefault("name", path.stem)
     if data.get("type") == "file" and isinstance(data.get("path"), str):
         data["path"] = str(_resolve(path.parent, Path(data["path"])))
     try:
         return _ProfileDocument.model_validate({"profile": data}).profile
     except ValidationError as exc:
-        raise _describe(exc, path) from None
+        raise describe_validation_error(exc, path) from None
 
 
 def _default_settings() -> Settings:
@@ -347,7 +348,7 @@ def load_settings(
     path = Path(config).absolute()
     if not path.exists():
         raise ConfigError(path, None, "file not found")
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise ConfigError(path, None, "expected a mapping with at least a 'provider' field")
     return Settings(config=_validate_config(dict(raw), path), source=path, base_dir=path.parent)
@@ -355,6 +356,6 @@ def load_settings(
 
 def _validate_config(raw: dict[str, Any], file: Path | str) -> FlagwardenConfig:
     try:
-        return FlagwardenConfig.model_validate(_interpolate(raw, file))
+        return FlagwardenConfig.model_validate(interpolate(raw, file))
     except ValidationError as exc:
-        raise _describe(exc, file) from None
+        raise describe_validation_error(exc, file) from None

@@ -26,6 +26,10 @@ from flagwarden.config import (
 )
 from flagwarden.errors import ConfigError
 from flagwarden.events import EventSink
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.provider import GovernedProvider
+from flagwarden.governance.rollout import Rollout
+from flagwarden.governance.state import StateStore, StateStoreUnavailable
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.env import EnvProvider
 from flagwarden.providers.failover import FailoverProvider
@@ -85,18 +89,40 @@ def _restorer(profile: Profile) -> Callable[[dict[str, Any]], SourceProvider] | 
 
 @dataclass
 class Runtime:
-    """What ``configure()`` built: the settings, the chain, the event sink and the client."""
+    """What ``configure()`` built: settings, the governed chain, events, audit and the client."""
 
     settings: Settings
     profile: Profile
-    provider: FailoverProvider
+    governed: GovernedProvider
+    governance: Governance
     events: EventSink
     client: OpenFeatureClient
+
+    @property
+    def provider(self) -> FailoverProvider:
+        """The failover chain (vendor, snapshot, env) under the policy."""
+        return self.governed.inner
+
+    @property
+    def rollout(self) -> Rollout:
+        """Transitions (advance, rollback, kill...) that this process's cache sees at once."""
+        return Rollout(
+            self.governance.policies,
+            self._store(),
+            self.governance.audit,
+            self.governed.cache,
+        )
+
+    def _store(self) -> StateStore:
+        store = self.governed.cache.store
+        if store is None:
+            raise StateStoreUnavailable(f"{self.settings.config.state}: not available")
+        return store
 
 
 _current: Runtime | None = None
 _lock = threading.RLock()
-_live: weakref.WeakSet[FailoverProvider] = weakref.WeakSet()
+_live: weakref.WeakSet[GovernedProvider] = weakref.WeakSet()
 
 
 def current() -> Runtime | None:
@@ -123,16 +149,17 @@ def configure(
             shutdown()
         settings = load_settings(config)
         profile = settings.load_profile(settings.provider_name)
+        governance = Governance.open(settings, strict=False)
         events = EventSink()
-        provider = _build_chain(settings, profile, events)
+        governed = governance.govern(_build_chain(settings, profile, events), events)
         try:
-            api.set_provider_and_wait(provider)
+            api.set_provider_and_wait(governed)
         except Exception as exc:
             # The vendor is down: the chain already answers from the snapshot or the defaults.
             _log.warning("flagwarden.provider_degraded", error=str(exc))
-        _live.add(provider)
+        _live.add(governed)
         client = api.get_client(CLIENT_DOMAIN)
-        _current = Runtime(settings, profile, provider, events, client)
+        _current = Runtime(settings, profile, governed, governance, events, client)
         return client
 
 
@@ -175,15 +202,16 @@ def shutdown() -> None:
         runtime, _current = _current, None
         if runtime is None:
             return
-        _live.discard(runtime.provider)
-        runtime.provider.shutdown()  # synchronously, so the flush is done when we return
+        _live.discard(runtime.governed)
+        runtime.governed.shutdown()  # synchronously, so the flush is done when we return
         api.clear_providers()
+        runtime.governance.close()
 
 
 def _before_fork() -> None:
-    for provider in list(_live):
+    for governed in list(_live):
         try:
-            provider.before_fork()
+            governed.inner.before_fork()
         except Exception:
             _log.exception("flagwarden.before_fork_failed")
 
@@ -191,9 +219,9 @@ def _before_fork() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()
-    for provider in list(_live):
+    for governed in list(_live):
         try:
-            provider.after_fork_in_child()
+            governed.after_fork_in_child()
         except Exception:
             _log.exception("flagwarden.after_fork_failed")
 

@@ -113,6 +113,13 @@ class SourceProvider(AbstractProvider):
         """The vendor's native flag definitions, or None when this provider has nothing to save."""
         return None
 
+    def depends_on_key(self, flag_key: str) -> bool:
+        """Whether this flag's answer may differ between targeting keys (conservatively True).
+
+        ``assign`` asks the vendor once per batch only when this is False.
+        """
+        return True
+
     def recreate(self) -> SourceProvider:
         """A fresh, uninitialized provider of the same configuration (used after fork)."""
         return self

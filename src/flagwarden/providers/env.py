@@ -117,6 +117,9 @@ class EnvProvider(SourceProvider):
             reader = self._readers[flag_key] = _getenv_fn(self.variable_for(flag_key))
         return reader()
 
+    def depends_on_key(self, flag_key: str) -> bool:
+        return False
+
     def resolve(
         self,
         flag_type: FlagType,

@@ -382,6 +382,16 @@ class FailoverProvider(SourceProvider):
             source = "default"
         return details, source
 
+    def depends_on_key(self, flag_key: str) -> bool:
+        """Whether the source answering now can tell targeting keys apart for this flag."""
+        if self._env is not None and self._env.lookup(flag_key) is not None:
+            return False
+        if self._vendor.has_data:
+            return self._vendor.depends_on_key(self._vendor_key(flag_key))
+        if self._snapshot is not None:
+            return self._snapshot.depends_on_key(self._vendor_key(flag_key))
+        return False
+
     # -- fork safety -------------------------------------------------------------------
 
     def before_fork(self) -> None:

@@ -64,6 +64,14 @@ def read_flag_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _uses_targeting_key(targeting: Any) -> bool:
+    """Whether a flagd targeting rule can tell targeting keys apart (fractional buckets by it)."""
+    if not targeting:
+        return False
+    text = json.dumps(targeting)
+    return any(marker in text for marker in ("targetingKey", "fractional", "$flagd"))
+
+
 class FileProvider(SourceProvider):
     source: ClassVar[str] = "file"
 
@@ -73,6 +81,7 @@ class FileProvider(SourceProvider):
         self.poll_interval = poll_interval
         self._core = FlagdCore()
         self._stamp: tuple[int, int] | None = None
+        self._key_dependent: dict[str, bool] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -87,6 +96,9 @@ class FileProvider(SourceProvider):
         stamp = self._file_stamp()
         data = read_flag_file(self.path)
         changed = self._core.set_flags_and_get_changed_keys(data)
+        self._key_dependent = {
+            key: _uses_targeting_key(flag.get("targeting")) for key, flag in data["flags"].items()
+        }
         self._stamp = stamp
         return changed
 
@@ -125,6 +137,9 @@ class FileProvider(SourceProvider):
         self._set_status(ProviderStatus.READY)
         self._configuration_changed(changed)
         return True
+
+    def depends_on_key(self, flag_key: str) -> bool:
+        return self._key_dependent.get(flag_key, False)
 
     def shutdown(self) -> None:
         self._stop.set()

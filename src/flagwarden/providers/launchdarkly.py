@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ld_openfeature import LaunchDarklyProvider
 from ldclient.config import Config
@@ -48,14 +48,32 @@ def _as_dict(item: Any) -> dict[str, Any]:
     return item.to_json_dict() if hasattr(item, "to_json_dict") else dict(item)
 
 
-def _rollout_shape(flag: Mapping[str, Any]) -> tuple[bool, frozenset[int]]:
-    """Whether the fallthrough is a rollout, and which rule indexes are rollouts."""
+class _FlagShape(NamedTuple):
+    fallthrough_rollout: bool
+    rule_rollouts: frozenset[int]
+    key_dependent: bool
+
+
+def _flag_shape(flag: Mapping[str, Any]) -> _FlagShape:
+    """Which parts of a flag are rollouts, and whether context keys can tell answers apart."""
     fallthrough = flag.get("fallthrough") or {}
     rules = flag.get("rules") or []
-    return (
-        "rollout" in fallthrough and fallthrough["rollout"] is not None,
-        frozenset(i for i, rule in enumerate(rules) if rule.get("rollout")),
+    fallthrough_rollout = bool(fallthrough.get("rollout"))
+    rule_rollouts = frozenset(i for i, rule in enumerate(rules) if rule.get("rollout"))
+    keyed_clause = any(
+        clause.get("attribute") == "key" or clause.get("op") == "segmentMatch"
+        for rule in rules
+        for clause in rule.get("clauses") or []
     )
+    key_dependent = flag.get("on", True) and (
+        fallthrough_rollout
+        or bool(rule_rollouts)
+        or keyed_clause
+        or bool(flag.get("targets"))
+        or bool(flag.get("contextTargets"))
+        or bool(flag.get("prerequisites"))
+    )
+    return _FlagShape(fallthrough_rollout, rule_rollouts, bool(key_dependent))
 
 
 class _ObservedStore(InMemoryFeatureStore):
@@ -91,7 +109,7 @@ class LaunchDarklyVendor(SourceProvider):
         self.profile = profile
         self._snapshot = snapshot
         self._provider: LaunchDarklyProvider | None = None
-        self._shapes: dict[str, tuple[bool, frozenset[int]]] = {}
+        self._shapes: dict[str, _FlagShape] = {}
         self._store = _ObservedStore(self._store_changed)
         self._initialized = False
         self._lock = threading.Lock()
@@ -169,7 +187,7 @@ class LaunchDarklyVendor(SourceProvider):
 
     def _store_changed(self, flags: dict[str, Any]) -> None:
         for key, flag in flags.items():
-            self._shapes[key] = _rollout_shape(flag)
+            self._shapes[key] = _flag_shape(flag)
         if self._initialized:
             self._configuration_changed(sorted(flags))
         self._initialized = True
@@ -183,6 +201,10 @@ class LaunchDarklyVendor(SourceProvider):
         if self._snapshot_file:
             with contextlib.suppress(OSError):
                 os.unlink(self._snapshot_file)
+
+    def depends_on_key(self, flag_key: str) -> bool:
+        shape = self._shapes.get(flag_key)
+        return shape.key_dependent if shape is not None else False
 
     def recreate(self) -> LaunchDarklyVendor:
         return LaunchDarklyVendor(self.profile, snapshot=self._snapshot)
@@ -220,7 +242,8 @@ class LaunchDarklyVendor(SourceProvider):
         if raw == "PREREQUISITE_FAILED":
             # A failed prerequisite serves the flag's off variation: for this context it is off.
             return Reason.DISABLED
-        fallthrough_rollout, rule_rollouts = self._shapes.get(flag_key, (False, frozenset()))
+        shape = self._shapes.get(flag_key)
+        fallthrough_rollout, rule_rollouts = (shape[0], shape[1]) if shape else (False, frozenset())
         if raw == "FALLTHROUGH":
             return Reason.SPLIT if fallthrough_rollout else Reason.DEFAULT
         return (

@@ -109,6 +109,22 @@ def _split_attributes(context: EvaluationContext) -> dict[str, Any]:
     return attributes
 
 
+def split_depends_on_key(split: Mapping[str, Any]) -> bool:
+    """Whether a split's treatment can differ between keys (percentages, key lists, segments)."""
+    if split.get("killed"):
+        return False
+    if (split.get("trafficAllocation") or 100) < 100:
+        return True
+    for condition in split.get("conditions") or []:
+        if sum(1 for p in condition.get("partitions") or [] if p.get("size")) > 1:
+            return True
+        for matcher in (condition.get("matcherGroup") or {}).get("matchers") or []:
+            selector = matcher.get("keySelector") or {}
+            if matcher.get("matcherType") != "ALL_KEYS" and selector.get("attribute") is None:
+                return True
+    return False
+
+
 class _LabelListener:
     """Split's impression listener, called synchronously: hands each call's label back."""
 
@@ -258,6 +274,13 @@ class SplitVendor(SourceProvider):
             done.wait(5)
         if self._snapshot_dir:
             shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+
+    def depends_on_key(self, flag_key: str) -> bool:
+        factory = self._factory
+        if factory is None:
+            return False
+        split = factory._storages["splits"].get(flag_key)
+        return split is not None and split_depends_on_key(split.to_json())
 
     def recreate(self) -> SplitVendor:
         return SplitVendor(self.profile, snapshot=self._snapshot)

@@ -1,0 +1,161 @@
+"""Rollout policies as code: ``policies/<flag>.yaml``, one per governed flag."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flagwarden.config import describe_validation_error, interpolate, read_yaml
+from flagwarden.errors import ConfigError
+
+__all__ = ["Guard", "Policy", "load_policies", "parse_duration"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | int | float) -> timedelta:
+    """``"30m"``, ``"1h"``, ``"2d"``, ``"45s"``, ``"500ms"`` or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 30s, 30m, 1h or 2d, got {value!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Guard(_Model):
+    """A data-quality limit: ``metric`` reads ``record_metric`` values, ``promql`` queries."""
+
+    name: str
+    metric: str | None = None
+    promql: str | None = None
+    max: float | None = None
+    min: float | None = None
+    relative_to_control: bool = False
+    window: timedelta = timedelta(minutes=15)
+    min_samples: int = Field(default=1, ge=1)
+    failure_limit: int = Field(default=1, ge=1)
+
+    _window = field_validator("window", mode="before")(lambda cls, v: parse_duration(v))
+
+    @model_validator(mode="after")
+    def _one_source_one_limit(self) -> Guard:
+        if (self.metric is None) == (self.promql is None):
+            raise ValueError("give exactly one of 'metric' or 'promql'")
+        if self.max is None and self.min is None:
+            raise ValueError("give a 'max' or a 'min' limit")
+        return self
+
+
+class Variants(_Model):
+    control: Any
+    treatment: Any
+
+    @model_validator(mode="after")
+    def _distinct_and_typed(self) -> Variants:
+        if self.control == self.treatment:
+            raise ValueError("control and treatment must differ")
+        if type(self.control) is not type(self.treatment) and not (
+            isinstance(self.control, int | float) and isinstance(self.treatment, int | float)
+        ):
+            raise ValueError(
+                f"control and treatment must have the same type "
+                f"({type(self.control).__name__} vs {type(self.treatment).__name__})"
+            )
+        return self
+
+
+class Policy(_Model):
+    flag: str
+    owner: str
+    description: str = ""
+    expires: date | None = None
+    variants: Variants
+    unit: str = "targeting_key"
+    salt: str | None = None
+    stages: list[float]
+    soak: timedelta = timedelta(0)
+    guards: list[Guard] = []
+    on_breach: Literal["rollback", "pause"] = "rollback"
+    auto_advance: bool = False
+
+    _soak = field_validator("soak", mode="before")(lambda cls, v: parse_duration(v))
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an owner is required (a team or an address)")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, stages: list[float]) -> list[float]:
+        if not stages:
+            raise ValueError("at least one stage is required")
+        for before, after in itertools.pairwise(stages):
+            if after <= before:
+                raise ValueError(f"stages must be strictly ascending ({before} then {after})")
+        if stages[0] <= 0 or stages[-1] > 100:
+            raise ValueError("stages must lie in (0, 100]")
+        return stages
+
+    @model_validator(mode="after")
+    def _unique_guards(self) -> Policy:
+        names = [g.name for g in self.guards]
+        if len(names) != len(set(names)):
+            raise ValueError("guard names must be unique")
+        return self
+
+    @property
+    def bucket_salt(self) -> str:
+        return self.salt if self.salt is not None else self.flag
+
+    def next_stage(self, stage: float) -> float | None:
+        return next((s for s in self.stages if s > stage), None)
+
+    def previous_stage(self, stage: float) -> float:
+        return max((s for s in self.stages if s < stage), default=0.0)
+
+    def is_expired(self, today: date | None = None) -> bool:
+        return self.expires is not None and self.expires < (today or date.today())
+
+
+def load_policy(path: Path) -> Policy:
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            path, None, "expected a mapping with at least 'flag', 'owner', 'variants', 'stages'"
+        )
+    try:
+        return Policy.model_validate(interpolate(dict(raw), path))
+    except ValidationError as exc:
+        raise describe_validation_error(exc, path) from None
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """Every policy in ``directory``, by flag; a missing folder means no governed flags."""
+    if not directory.is_dir():
+        return {}
+    policies: dict[str, Policy] = {}
+    sources: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        policy = load_policy(path)
+        if policy.flag in policies:
+            raise ConfigError(
+                path, "flag", f"{policy.flag!r} already has a policy in {sources[policy.flag]}"
+            )
+        policies[policy.flag] = policy
+        sources[policy.flag] = path
+    return policies

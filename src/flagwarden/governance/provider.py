@@ -1,0 +1,264 @@
+"""The governing provider: the policy decides what is served, whatever the vendor says.
+
+Enforcement lives in a provider, not a hook: OpenFeature after-hooks cannot change the value
+served. For a governed flag: killed -> control for everyone (DISABLED); a treatment answer
+is capped by the policy's stage through deterministic bucketing on the policy's unit; an
+answer that is neither control nor treatment -> control plus a violation. Every answer
+carries ``flagwarden.stage``, ``flagwarden.capped`` and ``flagwarden.killed``. Violations
+are counted in memory and written to the audit log in aggregate, never once per evaluation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent, ProviderEventDetails
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
+from openfeature.provider import FeatureProvider, Metadata
+
+from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.governance.bucketing import bucket, threshold
+from flagwarden.governance.policy import Policy
+from flagwarden.governance.state import FlagState, StateCache
+from flagwarden.providers.base import SourceProvider
+from flagwarden.providers.failover import FailoverProvider
+
+__all__ = ["GovernedProvider", "ViolationLog"]
+
+_log = structlog.get_logger("flagwarden.governance")
+
+STAGE, CAPPED, KILLED = "flagwarden.stage", "flagwarden.capped", "flagwarden.killed"
+Unregistered = Literal["allow", "warn", "deny"]
+
+
+class ViolationLog:
+    """Counts policy violations per flag and kind; flushes them to the audit log periodically."""
+
+    def __init__(self, audit: AuditLog | None, flush_interval: float = 10.0) -> None:
+        self.audit = audit
+        self.flush_interval = flush_interval
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self.totals: Counter[tuple[str, str]] = Counter()
+        self._since = datetime.now(UTC)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def count(self, flag: str, kind: str, n: int = 1) -> None:
+        # A dict increment under the GIL; the lock is only taken by flush's swap.
+        self._counts[(flag, kind)] += n
+
+    def start(self) -> None:
+        if self.audit is not None and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="flagwarden-violations", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the counts since the last flush as one record per flag and kind."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            since, self._since = self._since, datetime.now(UTC)
+        self.totals.update(counts)
+        if self.audit is None or not counts:
+            return 0
+        written = 0
+        for (flag, kind), n in sorted(counts.items()):
+            try:
+                self.audit.append(
+                    "violation",
+                    {
+                        "kind": kind,
+                        "count": n,
+                        "since": since.isoformat(),
+                        "until": self._since.isoformat(),
+                    },
+                    flag=flag,
+                )
+                written += 1
+            except AuditError as exc:
+                _log.error("flagwarden.violation_flush_failed", error=str(exc))
+                with self._lock:
+                    self._counts[(flag, kind)] += n  # keep it for the next flush
+        return written
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = Counter()
+        self._thread = None
+        self._stop = threading.Event()
+        self.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+
+class GovernedProvider(SourceProvider):
+    """The provider registered with OpenFeature: policy first, then the failover chain."""
+
+    def __init__(
+        self,
+        inner: FailoverProvider,
+        policies: Mapping[str, Policy],
+        cache: StateCache,
+        violations: ViolationLog,
+        *,
+        unregistered: Unregistered = "warn",
+        env_killed: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(name=inner.name, kind="governed")
+        self.inner = inner
+        self.policies = dict(policies)
+        self.cache = cache
+        self.violations = violations
+        self.unregistered = unregistered
+        self.env_killed = env_killed
+        self.unregistered_seen: set[str] = set()
+
+    def get_metadata(self) -> Metadata:
+        return self.inner.get_metadata()
+
+    @property
+    def status(self) -> Any:
+        return self.inner.status
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        self.inner.attach(self._forward)
+        self.cache.start()
+        self.violations.start()
+        self.inner.initialize(evaluation_context)
+
+    def _forward(
+        self, provider: FeatureProvider, event: ProviderEvent, details: ProviderEventDetails
+    ) -> None:
+        self.emit(event, details)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+        self.violations.close()
+        self.cache.close()
+
+    def after_fork_in_child(self) -> None:
+        self.inner.after_fork_in_child()
+        self.cache.after_fork_in_child()
+        if self.violations.audit is not None:
+            self.violations.audit.after_fork_in_child()
+        self.violations.after_fork_in_child()
+
+    def state(self, flag: str) -> FlagState:
+        state = self.cache.get(flag)
+        if flag in self.env_killed and not state.killed:
+            return FlagState(
+                flag, stage=state.stage, killed=True, paused=state.paused, version=state.version
+            )
+        return state
+
+    def resolve(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+    ) -> FlagResolutionDetails[Any]:
+        policy = self.policies.get(flag_key)
+        if policy is None:
+            return self._unregistered(flag_type, flag_key, default_value, evaluation_context)
+        details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+        state = self.cache.get(flag_key)
+        killed = state.killed or flag_key in self.env_killed
+        control = policy.variants.control
+        value = details.value
+        served, variant, reason, capped = value, details.variant, details.reason, False
+        decision = self.classify(policy, value, details.error_code)
+        if killed:
+            served, variant, reason = control, "control", Reason.DISABLED
+        elif decision == "treatment":
+            unit = self._unit(policy, evaluation_context)
+            if unit is not None and bucket(policy.bucket_salt, unit) < threshold(state.stage):
+                variant = "treatment"
+            else:
+                served, variant, reason, capped = control, "control", Reason.SPLIT, True
+                self.violations.count(flag_key, "capped" if unit is not None else "missing_unit")
+        elif decision == "control":
+            variant = "control"
+        elif decision == "unknown":
+            served, variant, reason, capped = control, "control", Reason.DEFAULT, True
+            self.violations.count(flag_key, "unknown_variant")
+        if served is not value:
+            details = FlagResolutionDetails(
+                value=served,
+                variant=variant,
+                reason=reason,
+                flag_metadata=details.flag_metadata,
+            )
+        else:
+            details.variant = variant
+            details.reason = reason
+        details.flag_metadata = {
+            **details.flag_metadata,
+            STAGE: state.stage,
+            CAPPED: capped,
+            KILLED: killed,
+        }
+        return details
+
+    @staticmethod
+    def classify(policy: Policy, value: Any, error_code: Any) -> str:
+        """treatment | control | unknown (a vendor answer outside the policy) | other.
+
+        "other" is the caller's own default served after an error: nothing to enforce.
+        """
+        if _same(value, policy.variants.treatment):
+            return "treatment"
+        if _same(value, policy.variants.control):
+            return "control"
+        return "unknown" if error_code is None else "other"
+
+    @staticmethod
+    def _unit(policy: Policy, context: EvaluationContext | None) -> str | None:
+        if context is None:
+            return None
+        if policy.unit == "targeting_key":
+            return context.targeting_key or None
+        value = context.attributes.get(policy.unit)
+        return None if value is None else str(value)
+
+    def _unregistered(
+        self,
+        flag_type: FlagType,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+    ) -> FlagResolutionDetails[Any]:
+        if self.unregistered == "allow":
+            return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+        self.violations.count(flag_key, "unregistered")
+        if flag_key not in self.unregistered_seen:
+            self.unregistered_seen.add(flag_key)
+            _log.warning("flagwarden.unregistered_flag", flag=flag_key, mode=self.unregistered)
+        if self.unregistered == "deny":
+            return FlagResolutionDetails(
+                value=default_value,
+                reason=Reason.DISABLED,
+                flag_metadata={"flagwarden.source": "default", "flagwarden.unregistered": True},
+            )
+        return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+
+
+def _same(value: Any, variant: Any) -> bool:
+    """Equal, and not a bool standing in for a number (True == 1 in Python)."""
+    return bool(value == variant) and isinstance(value, bool) is isinstance(variant, bool)
