@@ -84,3 +84,79 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+# -- governance fixtures ------------------------------------------------------------------
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose tables live in a schema of their own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    schema = f"fw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    import uuid
+
+    import redis
+
+    prefix = f"fwtest{uuid.uuid4().hex[:12]}"
+    yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    client = redis.Redis()
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def state_url(request: pytest.FixtureRequest, project: Project) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{project.root}/.flagwarden/state.db"
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "pg_url")
+
+
+POLICY = {
+    "flag": "new-scoring-model",
+    "owner": "data-platform@example.com",
+    "description": "Score orders with model v2",
+    "expires": "2099-03-01",
+    "variants": {"control": False, "treatment": True},
+    "stages": [1, 5, 25, 50, 100],
+    "soak": "30m",
+}
+
+
+def governed_project(
+    project: Project,
+    *,
+    serve: Any = True,
+    policy: dict[str, Any] | None = None,
+    **config: Any,
+) -> Path:
+    """A project whose flag file serves ``serve`` to everyone, governed by POLICY."""
+    import json
+
+    (project.root / "policies").mkdir(exist_ok=True)
+    doc = {**POLICY, **(policy or {})}
+    (project.root / "policies" / f"{doc['flag']}.yaml").write_text(yaml.safe_dump(doc))
+    variants = {"served": serve, "other": not serve if isinstance(serve, bool) else "x"}
+    flags = {
+        "flags": {
+            doc["flag"]: {"state": "ENABLED", "variants": variants, "defaultVariant": "served"}
+        }
+    }
+    (project.root / "flags.json").write_text(json.dumps(flags))
+    project.profile("file", {"type": "file", "path": "../flags.json", "poll_interval": 0.05})
+    config.setdefault("fallback", {"snapshot": None})
+    return project.config("file", **config)

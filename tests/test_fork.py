@@ -134,3 +134,33 @@ def test_prefork_pool_workers_see_change(setup: Setup):
         results = pending.get(timeout=60)
     assert all(r["turned_on"] and r["first"] is False for r in results), results
     assert len({r["pid"] for r in results}) >= 1
+
+
+@pytest.mark.slow
+def test_forked_child_sees_a_kill_issued_after_the_fork(project: Project):
+    from tests.conftest import governed_project
+
+    config = governed_project(project, serve=True)
+    client = flagwarden.configure(config)
+    flagwarden.current().rollout.advance(FLAG, actor="t", reason="all", to=100, force=True)
+    ctx = EvaluationContext("order-1")
+    assert client.get_boolean_value(FLAG, False, ctx) is True
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        deadline = time.monotonic() + 20
+        seen = "never"
+        while time.monotonic() < deadline:
+            if client.get_boolean_details(FLAG, True, ctx).flag_metadata["flagwarden.killed"]:
+                seen = "killed"
+                break
+            time.sleep(0.02)
+        os.write(write_end, seen.encode())
+        os._exit(0)
+    os.close(write_end)
+    time.sleep(0.3)
+    flagwarden.current().rollout.kill(FLAG, actor="t", reason="after fork")
+    with os.fdopen(read_end) as pipe:
+        assert pipe.read() == "killed"
+    os.waitpid(pid, 0)

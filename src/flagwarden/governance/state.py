@@ -36,6 +36,7 @@ __all__ = [
 _log = structlog.get_logger("flagwarden.state")
 
 ChangeCallback = Callable[[str | None], None]  # a flag, or None for "reload everything"
+ErrorCallback = Callable[[str], None]
 
 
 class StateStoreUnavailable(FlagwardenError):
@@ -120,8 +121,9 @@ class StateStore(ABC):
         """Store ``new`` if the stored version is ``new.version - 1`` (0: absent); True if so."""
 
     @abstractmethod
-    def watch(self, callback: ChangeCallback) -> None:
-        """Call ``callback`` on changes made by anyone, from a background thread."""
+    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
+        """Call ``callback`` on changes made by anyone, from a background thread;
+        ``on_error`` when the store cannot be reached (the watcher keeps retrying)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -196,7 +198,7 @@ class SQLiteStateStore(StateStore):
         except sqlite3.Error as exc:
             raise StateStoreUnavailable(f"{self.url}: {exc}") from None
 
-    def watch(self, callback: ChangeCallback) -> None:
+    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         def poll() -> None:
             try:
                 conn = self._connect()
@@ -286,7 +288,7 @@ class RedisStateStore(StateStore):
         args: list[str | int] = [new.version, new.to_json(), new.flag]
         return bool(self._call(lambda: self._cas(keys=keys, args=args)))
 
-    def watch(self, callback: ChangeCallback) -> None:
+    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         import redis
 
         def listen() -> None:
@@ -305,6 +307,8 @@ class RedisStateStore(StateStore):
                 except (redis.RedisError, OSError, ValueError) as exc:
                     if self._stop.is_set():
                         return
+                    if on_error is not None:
+                        on_error(f"{redact_url(self.url)}: {type(exc).__name__}")
                     _log.warning(
                         "flagwarden.state_watch_reconnecting",
                         store=redact_url(self.url),
@@ -397,7 +401,7 @@ class PostgresStateStore(StateStore):
 
         return bool(self._call(cas))
 
-    def watch(self, callback: ChangeCallback) -> None:
+    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         import psycopg
 
         def listen() -> None:
@@ -414,6 +418,8 @@ class PostgresStateStore(StateStore):
                 except psycopg.Error as exc:
                     if self._stop.is_set():
                         return
+                    if on_error is not None:
+                        on_error(f"{redact_url(self.url)}: {type(exc).__name__}")
                     _log.warning(
                         "flagwarden.state_watch_reconnecting",
                         store=redact_url(self.url),
@@ -482,7 +488,7 @@ class StateCache:
     def start(self) -> None:
         self.refresh(None)
         if self.store is not None:
-            self.store.watch(self.refresh)
+            self.store.watch(self.refresh, self._lost)
 
     def refresh(self, flag: str | None) -> None:
         """Reload one flag (or all) from the store; on failure keep the last known state."""
@@ -517,6 +523,9 @@ class StateCache:
             if current is None or state.version >= current.version:
                 self._states = {**self._states, state.flag: state}
 
+    def _lost(self, error: str) -> None:
+        self._mark(False, error)
+
     def _mark(self, healthy: bool, error: str | None) -> None:
         if healthy == self._healthy:
             return
@@ -538,7 +547,7 @@ class StateCache:
         self._lock = threading.Lock()
         if self.store is not None:
             self.store = self.store.after_fork_in_child()
-            self.store.watch(self.refresh)
+            self.store.watch(self.refresh, self._lost)
 
     def close(self) -> None:
         if self.store is not None:

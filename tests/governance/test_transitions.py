@@ -1,0 +1,171 @@
+"""Transitions on each state backend: rules, refusals, violations, races, audit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from flagwarden.config import load_settings
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.rollout import TransitionRefused, resolve_actor
+from flagwarden.governance.state import FlagState, open_state_store
+from tests.conftest import POLICY, Project, governed_project
+
+FLAG = POLICY["flag"]
+
+
+def cli(project: Project, *args: str, actor: str = "ci-bot") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLAGWARDEN_ACTOR": actor}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flagwarden.cli",
+            *args,
+            "-c",
+            str(project.root / "flagwarden.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.fixture
+def governance(project: Project, state_url: str):
+    governed_project(project, state=state_url)
+    gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
+    yield gov
+    gov.close()
+
+
+def test_advance_rules_and_violations(governance: Governance):
+    rollout = governance.rollout()
+    assert rollout.advance(FLAG, actor="alice", reason="start").after.stage == 1
+    with pytest.raises(TransitionRefused, match="soaked at 1% for 0s of 30m00s"):
+        rollout.advance(FLAG, actor="alice", reason="too soon")
+    later = rollout.state(FLAG).stage_entered_at + timedelta(minutes=31)
+    done = rollout.advance(FLAG, actor="alice", reason="soaked", now=later)
+    assert (done.after.stage, done.violations) == (5, ())
+    forced = rollout.advance(FLAG, actor="bob", reason="hurry", force=True)
+    assert forced.after.stage == 25 and forced.violations[0].startswith("soak_cut_short")
+    skipped = rollout.advance(FLAG, actor="bob", reason="skip", to=100, force=True)
+    assert skipped.after.stage == 100
+    assert any(v.startswith("stage_skipped:50%->100%") for v in skipped.violations)
+    with pytest.raises(TransitionRefused, match="last stage"):
+        rollout.advance(FLAG, actor="bob", reason="more")
+    with pytest.raises(TransitionRefused, match="not an approved stage"):
+        rollout.rollback(FLAG, actor="bob", reason="x", to=30)
+    assert rollout.rollback(FLAG, actor="carol", reason="nulls").after.stage == 50
+    assert rollout.rollback(FLAG, actor="carol", reason="all off", to=0).after.stage == 0
+    with pytest.raises(TransitionRefused, match="already gets control"):
+        rollout.rollback(FLAG, actor="carol", reason="again")
+
+    records = governance.audit.records(flag=FLAG)
+    transitions = [r for r in records if r.kind == "transition"]
+    assert [r.data["action"] for r in transitions] == ["advance"] * 4 + ["rollback"] * 2
+    assert transitions[0].actor == "alice" and transitions[0].data["reason"] == "start"
+    assert (
+        transitions[0].data["before"]["stage"] == 0 and transitions[0].data["after"]["stage"] == 1
+    )
+    violations = [r.data["kind"] for r in records if r.kind == "violation"]
+    assert len(violations) == 3 and any(v.startswith("stage_skipped") for v in violations)
+    assert governance.audit.verify().ok
+
+
+def test_kill_revive_pause_resume(governance: Governance):
+    rollout = governance.rollout()
+    rollout.advance(FLAG, actor="a", reason="go")
+    assert rollout.kill(FLAG, actor="a", reason="null spike").after.killed
+    with pytest.raises(TransitionRefused, match=r"already killed .*null spike"):
+        rollout.kill(FLAG, actor="a", reason="again")
+    with pytest.raises(TransitionRefused, match="revive it"):
+        rollout.advance(FLAG, actor="a", reason="go", force=True)
+    assert not rollout.revive(FLAG, actor="a", reason="fixed").after.killed
+    assert rollout.pause(FLAG, actor="a", reason="investigating").after.paused
+    with pytest.raises(TransitionRefused, match="paused"):
+        rollout.advance(FLAG, actor="a", reason="go")
+    assert rollout.resume(FLAG, actor="a", reason="done").after.paused is False
+    state = rollout.state(FLAG)
+    assert (state.stage, state.version) == (1, 5)  # advance, kill, revive, pause, resume
+
+
+def test_compare_and_set_exactly_one_wins(governance: Governance):
+    store = governance.store
+    base = FlagState(FLAG)
+    first = base.changed(actor="a", reason="a", stage=1)
+    second = base.changed(actor="b", reason="b", stage=5)
+    assert store.compare_and_set(first) is True
+    assert store.compare_and_set(second) is False
+    assert store.load(FLAG).updated_by == "a"
+    other = open_state_store(store.url)  # another connection, as another process would have
+    try:
+        nxt = other.load(FLAG).changed(actor="c", reason="c", stage=5)
+        assert other.compare_and_set(nxt) is True
+        assert store.compare_and_set(first.changed(actor="a", reason="late", stage=25)) is False
+    finally:
+        other.close()
+
+
+@pytest.mark.slow
+def test_racing_cli_advances_one_wins(project: Project, state_url: str):
+    governed_project(project, state=state_url)
+    config = str(project.root / "flagwarden.yaml")
+    env = {**os.environ, "FLAGWARDEN_ACTOR": "racer"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flagwarden.cli",
+                "advance",
+                FLAG,
+                "--reason",
+                f"racer {i}",
+                "-c",
+                config,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(6)
+    ]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results].count(0) == 1, results
+    for rc, stderr in results:
+        if rc:
+            assert rc == 1 and "refused" in stderr
+    result = cli(project, "status", FLAG, "--json")
+    assert '"stage": 1.0' in result.stdout and '"version": 1' in result.stdout
+
+
+def test_cli_exit_codes_and_actor(project: Project):
+    governed_project(project)
+    assert cli(project, "advance", FLAG, "--reason", "go", actor="dana").returncode == 0
+    refused = cli(project, "advance", FLAG, "--reason", "again")
+    assert refused.returncode == 1 and "soaked" in refused.stderr
+    assert cli(project, "advance", FLAG).returncode == 2  # --reason is required
+    assert cli(project, "kill", "no-such-flag", "--reason", "x").returncode == 1
+    assert cli(project, "kill", FLAG, "--reason", "nulls", "--actor", "erin").returncode == 0
+    gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
+    try:
+        actors = [r.actor for r in gov.audit.records() if r.kind == "transition"]
+    finally:
+        gov.close()
+    assert actors == ["dana", "erin"]
+
+
+def test_actor_resolution(monkeypatch):
+    monkeypatch.delenv("FLAGWARDEN_ACTOR", raising=False)
+    assert resolve_actor("x") == "x"
+    monkeypatch.setenv("FLAGWARDEN_ACTOR", "envy")
+    assert resolve_actor(None) == "envy"
+    monkeypatch.delenv("FLAGWARDEN_ACTOR")
+    assert resolve_actor(None)
