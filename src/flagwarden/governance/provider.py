@@ -198,16 +198,10 @@ class GovernedProvider(SourceProvider):
         elif decision == "unknown":
             served, variant, reason, capped = control, "control", Reason.DEFAULT, True
             self.violations.count(flag_key, "unknown_variant")
-        if served is not value:
-            details = FlagResolutionDetails(
-                value=served,
-                variant=variant,
-                reason=reason,
-                flag_metadata=details.flag_metadata,
-            )
-        else:
-            details.variant = variant
-            details.reason = reason
+        # The chain builds a fresh details object per call: update it rather than copy it.
+        details.value = served
+        details.variant = variant
+        details.reason = reason
         details.flag_metadata = {
             **details.flag_metadata,
             STAGE: state.stage,

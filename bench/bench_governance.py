@@ -1,0 +1,199 @@
+"""Governance costs: kill propagation, the governed evaluation, and assign().
+
+Run from the repository root:  python -m bench.bench_governance [--workers 8] [--trials 3]
+
+1. Kill propagation: N worker processes (tests/governance/worker.py) evaluate a governed
+   flag in a loop; this process kills it (the same Rollout.kill the CLI calls); each worker
+   reports when all its units are back on control. Median and worst over all workers and
+   trials, per backend, from the moment the kill is written.
+2. The governed evaluation (policy wrapper + failover chain) against bare OpenFeature with
+   the same flagd-file provider, as a ratio (medians of alternating rounds).
+3. assign() over 100,000 keys against a per-key loop through the client, as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import structlog
+import yaml
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+
+import flagwarden
+from flagwarden.config import load_settings
+from flagwarden.governance.governance import Governance
+from flagwarden.providers.file import FileProvider
+
+FLAG = "new-scoring-model"
+ROOT = Path(__file__).resolve().parent.parent
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+POLICY = {
+    "flag": FLAG,
+    "owner": "bench@example.com",
+    "expires": "2099-01-01",
+    "variants": {"control": False, "treatment": True},
+    "stages": [1, 5, 25, 50, 100],
+    "soak": "0s",
+}
+
+
+def project(root: Path, state: str, audit: str | None = None) -> Path:
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "providers").mkdir(exist_ok=True)
+    (root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
+    flags = {
+        "flags": {
+            FLAG: {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "on",
+            }
+        }
+    }
+    (root / "flags.json").write_text(json.dumps(flags))
+    (root / "providers" / "file.yaml").write_text("type: file\npath: ../flags.json\n")
+    config = {"provider": "file", "fallback": {"snapshot": None}, "state": state}
+    if audit:
+        config["audit"] = audit
+    (root / "flagwarden.yaml").write_text(yaml.safe_dump(config))
+    return root / "flagwarden.yaml"
+
+
+def kill_propagation(config: Path, workers: int) -> list[float]:
+    gov = Governance.open(load_settings(config))
+    rollout = gov.rollout()
+    state = rollout.state(FLAG)
+    if state.killed:
+        rollout.revive(FLAG, actor="bench", reason="next trial")
+    if rollout.state(FLAG).stage < 100:
+        rollout.advance(FLAG, actor="bench", reason="all in", to=100, force=True)
+    gov.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.governance.worker", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # let every worker settle into its loop
+    # The clock starts when the kill is written, not when a CLI process starts (its imports
+    # alone take a second): propagation is what the workers add after the store has it.
+    gov = Governance.open(load_settings(config))
+    killed_at = time.time()
+    gov.rollout().kill(FLAG, actor="bench", reason="bench")
+    gov.close()
+    seen = []
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        seen.append(float(line[1]) - killed_at)
+        proc.wait(30)
+    return seen
+
+
+def per_eval(client: Any, contexts: list[EvaluationContext]) -> float:
+    get = client.get_boolean_value
+    start = time.perf_counter_ns()
+    for ctx in contexts:
+        get(FLAG, False, ctx)
+    return (time.perf_counter_ns() - start) / len(contexts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="flagwarden-bench-gov-"))
+
+    print(f"Kill propagation, {args.workers} worker processes x {args.trials} trials:\n")
+    print("| backend    | median (ms) | worst (ms) |")
+    print("|------------|------------:|-----------:|")
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    backends = {
+        "sqlite": f"sqlite:///{work}/sqlite/.flagwarden/state.db",
+        "redis": f"redis://127.0.0.1:6379/0?prefix=bench{uuid.uuid4().hex[:8]}",
+        "postgresql": f"{PG}?options=-csearch_path%3D{schema}",
+    }
+    try:
+        for name, url in backends.items():
+            config = project(work / name, url)
+            samples: list[float] = []
+            for _ in range(args.trials):
+                samples.extend(kill_propagation(config, args.workers))
+            median, worst = statistics.median(samples) * 1000, max(samples) * 1000
+            print(f"| {name:<10} | {median:11.0f} | {worst:10.0f} |", flush=True)
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    config = project(work / "eval", f"sqlite:///{work}/eval/state.db")
+    gov = Governance.open(load_settings(config))
+    gov.rollout().advance(FLAG, actor="bench", reason="bench", to=25, force=True)
+    gov.close()
+    contexts = [EvaluationContext(f"order-{i}") for i in range(20_000)]
+    bare_t, gov_t = [], []
+    for _ in range(args.rounds):
+        api.set_provider_and_wait(FileProvider(work / "eval" / "flags.json"))
+        client = api.get_client()
+        per_eval(client, contexts[:1000])
+        bare_t.append(per_eval(client, contexts))
+        api.clear_providers()
+        client = flagwarden.configure(config)
+        per_eval(client, contexts[:1000])
+        gov_t.append(per_eval(client, contexts))
+        flagwarden.shutdown()
+    bare, governed = statistics.median(bare_t), statistics.median(gov_t)
+    print("\nGoverned evaluation (policy + failover) vs bare OpenFeature, flagd file provider:\n")
+    print("| bare OF µs | governed µs | ratio |")
+    print("|-----------:|------------:|------:|")
+    print(f"| {bare / 1000:10.1f} | {governed / 1000:11.1f} | {governed / bare:5.2f} |", flush=True)
+
+    client = flagwarden.configure(config)
+    keys = [f"order-{i}" for i in range(100_000)]
+    loop_t, assign_t = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        looped = [
+            client.get_boolean_value(FLAG, False, EvaluationContext(targeting_key=k)) for k in keys
+        ]
+        loop_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        assigned = flagwarden.assign(FLAG, keys, False)
+        assign_t.append(time.perf_counter() - start)
+        assert assigned == looped
+    flagwarden.shutdown()
+    loop, batch = statistics.median(loop_t), statistics.median(assign_t)
+    print("\nassign() vs a per-key loop through the client, 100,000 keys, stage 25%:\n")
+    print("| per-key loop (s) | assign (s) | keys/s (assign) | speed-up |")
+    print("|-----------------:|-----------:|----------------:|---------:|")
+    print(f"| {loop:16.2f} | {batch:10.3f} | {len(keys) / batch:15,.0f} | {loop / batch:8.0f}x |")
+
+
+if __name__ == "__main__":
+    main()
