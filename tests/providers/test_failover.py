@@ -113,6 +113,11 @@ def test_warm_outage_keeps_answers_and_records_the_window(project: Project, vend
     assert len(ended) == 1
     assert ended[0].fields["started_at"] and ended[0].fields["ended_at"]
     assert ended[0].fields["served"]["vendor"] > 0
+    # The window is in the audit log too, for the compliance report.
+    audited = [r for r in runtime.governance.audit.records() if r.kind == "outage"]
+    assert len(audited) == 1
+    assert audited[0].data["started_at"] == ended[0].fields["started_at"]
+    assert audited[0].data["served"] == ended[0].fields["served"]
 
 
 @pytest.mark.slow
