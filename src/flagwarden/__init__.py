@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flagwarden.errors import ConfigError, FlagwardenError
 from flagwarden.governance.assign import assign
-from flagwarden.runtime import Runtime, configure, current, shutdown
+from flagwarden.runtime import Runtime, configure, current, record_metric, shutdown
 
 __all__ = [
     "ConfigError",
@@ -24,6 +24,7 @@ __all__ = [
     "assign",
     "configure",
     "current",
+    "record_metric",
     "shutdown",
 ]
 __version__ = "0.1.0"

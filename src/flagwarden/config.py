@@ -133,18 +133,26 @@ class ShadowConfig(_Model):
 
 
 class PrometheusConfig(_Model):
-    port: int | None = Field(default=None, ge=0, le=65535)
-    pushgateway: str | None = None
+    """Getting metrics out: an HTTP endpoint, Pushgateway pushes, and where guards query."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)  # serve /metrics on this port
+    addr: str = "0.0.0.0"
+    pushgateway: str | None = None  # push at shutdown (batch runs)
     job: str = "flagwarden"
+    query_url: str | None = None  # a Prometheus server's HTTP API, for promql guards
 
 
 class ExposureLogConfig(_Model):
+    enabled: bool = True
     dedup_window: str = "1h"
+    summary_interval: str = "60s"
+    dedup_slots: int = Field(default=1 << 20, ge=1024)
 
 
 class TelemetryConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
     exposure_log: ExposureLogConfig = ExposureLogConfig()
+    log_format: Literal["auto", "json", "console"] = "auto"
 
 
 class FlagwardenConfig(_Model):

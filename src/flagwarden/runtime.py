@@ -27,6 +27,7 @@ from flagwarden.config import (
 from flagwarden.errors import ConfigError
 from flagwarden.events import EventSink
 from flagwarden.governance.governance import Governance
+from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
 from flagwarden.governance.provider import GovernedProvider
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStore, StateStoreUnavailable
@@ -36,8 +37,10 @@ from flagwarden.providers.failover import FailoverProvider
 from flagwarden.providers.file import FileProvider
 from flagwarden.providers.shadow import ShadowComparator
 from flagwarden.providers.snapshot import open_snapshot_store
+from flagwarden.telemetry.metrics import METRIC_VALUE
+from flagwarden.telemetry.telemetry import Telemetry
 
-__all__ = ["Runtime", "build_vendor", "configure", "current", "shutdown"]
+__all__ = ["Runtime", "build_vendor", "configure", "current", "record_metric", "shutdown"]
 
 _log = structlog.get_logger("flagwarden")
 
@@ -95,6 +98,8 @@ class Runtime:
     profile: Profile
     governed: GovernedProvider
     governance: Governance
+    telemetry: Telemetry
+    measurements: MeasurementStore | None
     events: EventSink
     client: OpenFeatureClient
 
@@ -151,16 +156,60 @@ def configure(
         profile = settings.load_profile(settings.provider_name)
         governance = Governance.open(settings, strict=False)
         events = EventSink()
-        governed = governance.govern(_build_chain(settings, profile, events), events)
+        telemetry = Telemetry(settings.config.telemetry, profile.name, governance.audit)
+        governed = governance.govern(
+            _build_chain(settings, profile, events), events, on_state=telemetry.flag_states
+        )
+        telemetry.install(events)
         try:
             api.set_provider_and_wait(governed)
         except Exception as exc:
             # The vendor is down: the chain already answers from the snapshot or the defaults.
             _log.warning("flagwarden.provider_degraded", error=str(exc))
+        telemetry.provider_status(governed.inner.status.value)
         _live.add(governed)
         client = api.get_client(CLIENT_DOMAIN)
-        _current = Runtime(settings, profile, governed, governance, events, client)
+        _current = Runtime(
+            settings,
+            profile,
+            governed,
+            governance,
+            telemetry,
+            _open_measurements(settings),
+            events,
+            client,
+        )
         return client
+
+
+def _open_measurements(settings: Settings) -> MeasurementStore | None:
+    try:
+        return open_measurement_store(settings.config.state, settings.base_dir)
+    except StateStoreUnavailable as exc:
+        _log.error("flagwarden.measurements_unavailable", error=str(exc))
+        return None
+
+
+def record_metric(flag_key: str, name: str, value: float, *, variant: str, count: int = 1) -> None:
+    """Report a data-quality measurement (null rate, rejected rows, drift...) for one variant.
+
+    ``variant`` is ``"control"`` or ``"treatment"``; ``count`` says how many observations
+    ``value`` summarizes (a batch's null rate over 5,000 rows: ``count=5000``), which is what
+    a guard's ``min_samples`` counts. Stored beside the rollout state, so ``flagwarden watch``
+    sees it from anywhere, and exported as the ``flagwarden_data_quality`` gauge. Never raises
+    for a storage problem: it is logged and the pipeline goes on.
+    """
+    if variant not in ("control", "treatment"):
+        raise ValueError(f"variant must be 'control' or 'treatment', got {variant!r}")
+    METRIC_VALUE.labels(flag_key, name, variant).set(value)
+    runtime = _current
+    if runtime is None or runtime.measurements is None:
+        _log.warning("flagwarden.record_metric_not_stored", flag=flag_key, metric=name)
+        return
+    try:
+        runtime.measurements.add(flag_key, name, variant, value, count)
+    except StateStoreUnavailable as exc:
+        _log.error("flagwarden.record_metric_failed", flag=flag_key, metric=name, error=str(exc))
 
 
 def _build_chain(settings: Settings, profile: Profile, events: EventSink) -> FailoverProvider:
@@ -204,8 +253,11 @@ def shutdown() -> None:
             return
         _live.discard(runtime.governed)
         runtime.governed.shutdown()  # synchronously, so the flush is done when we return
+        runtime.telemetry.close()
         api.clear_providers()
         runtime.governance.close()
+        if runtime.measurements is not None:
+            runtime.measurements.close()
 
 
 def _before_fork() -> None:
@@ -219,6 +271,8 @@ def _before_fork() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()
+    if _current is not None:
+        _current.telemetry.after_fork_in_child()
     for governed in list(_live):
         try:
             governed.after_fork_in_child()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -14,6 +15,7 @@ from flagwarden.governance.policy import Policy, load_policies
 from flagwarden.governance.provider import GovernedProvider, ViolationLog
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import (
+    FlagState,
     StateCache,
     StateStore,
     StateStoreUnavailable,
@@ -74,9 +76,14 @@ class Governance:
             )
         return Rollout(self.policies, self.store, self.audit, cache)
 
-    def govern(self, failover: FailoverProvider, events: EventSink) -> GovernedProvider:
+    def govern(
+        self,
+        failover: FailoverProvider,
+        events: EventSink,
+        on_state: Callable[[dict[str, FlagState]], None] | None = None,
+    ) -> GovernedProvider:
         """Wrap the failover chain in the policy enforcement workers evaluate through."""
-        cache = StateCache(self.store, self.policies)
+        cache = StateCache(self.store, self.policies, on_state)
         violations = ViolationLog(self.audit)
         if self.audit is not None:
             events.subscribe(self._audit_event)

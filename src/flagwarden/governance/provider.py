@@ -28,6 +28,8 @@ from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import FailoverProvider
+from flagwarden.telemetry.metrics import CAPPED as CAPPED_EVALUATIONS
+from flagwarden.telemetry.metrics import VIOLATIONS
 
 __all__ = ["GovernedProvider", "ViolationLog"]
 
@@ -71,6 +73,10 @@ class ViolationLog:
             counts, self._counts = self._counts, Counter()
             since, self._since = self._since, datetime.now(UTC)
         self.totals.update(counts)
+        for (flag, kind), n in counts.items():
+            VIOLATIONS.labels(flag, kind).inc(n)
+            if kind == "capped":
+                CAPPED_EVALUATIONS.labels(flag).inc(n)
         if self.audit is None or not counts:
             return 0
         written = 0

@@ -67,6 +67,7 @@ class FlagState:
     updated_by: str | None = None
     reason: str | None = None
     history: tuple[float, ...] = field(default=())
+    guard_failures: dict[str, int] = field(default_factory=dict)  # consecutive breaches
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -81,6 +82,7 @@ class FlagState:
         for key in ("stage_entered_at", "updated_at"):
             doc[key] = datetime.fromisoformat(doc[key]) if doc.get(key) else None
         doc["history"] = tuple(doc.get("history") or ())
+        doc["guard_failures"] = dict(doc.get("guard_failures") or {})
         return cls(**doc)
 
     def summary(self) -> dict[str, Any]:
@@ -466,9 +468,15 @@ def open_state_store(url: str, base_dir: Path | None = None) -> StateStore:
 class StateCache:
     """Every governed flag's state in memory; the evaluation path reads only this."""
 
-    def __init__(self, store: StateStore | None, flags: Iterable[str]) -> None:
+    def __init__(
+        self,
+        store: StateStore | None,
+        flags: Iterable[str],
+        on_update: Callable[[dict[str, FlagState]], None] | None = None,
+    ) -> None:
         self.store = store
         self.flags = frozenset(flags)
+        self.on_update = on_update
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
         self._healthy = True
         self._lock = threading.Lock()
@@ -515,6 +523,7 @@ class StateCache:
             self._states = states  # one assignment: readers see the old dict or the new one
         self.refreshes += 1
         self._mark(True, None)
+        self._updated()
 
     def put(self, state: FlagState) -> None:
         """Take a state this process just stored (no need to wait for the notification)."""
@@ -522,6 +531,14 @@ class StateCache:
             current = self._states.get(state.flag)
             if current is None or state.version >= current.version:
                 self._states = {**self._states, state.flag: state}
+        self._updated()
+
+    def _updated(self) -> None:
+        if self.on_update is not None:
+            try:
+                self.on_update(self._states)
+            except Exception as exc:
+                _log.error("flagwarden.state_listener_failed", error=str(exc))
 
     def _lost(self, error: str) -> None:
         self._mark(False, error)

@@ -264,6 +264,13 @@ class FailoverProvider(SourceProvider):
             if status is self._status:
                 return
             self._status = status
+        self.events.emit(
+            "flagwarden.provider_status",
+            level="info" if status is ProviderStatus.READY else "warning",
+            provider=self._vendor.name,
+            status=status.value,
+            message=self._vendor.status_message,
+        )
         details = ProviderEventDetails(message=self._vendor.status_message)
         if status in (ProviderStatus.ERROR, ProviderStatus.FATAL):
             details.error_code = (

@@ -1,0 +1,162 @@
+"""``flagwarden watch``: evaluate guards, roll back or pause on breach, advance when healthy.
+
+For each governed flag that is live (stage above 0, not killed): evaluate its guards. A guard
+that breaches ``failure_limit`` times in a row triggers ``on_breach`` (rollback to control for
+everyone, or pause). An unreachable guard source pauses (and the watch resumes the rollout
+itself once the source answers again). With ``auto_advance``, a flag whose guards are all
+healthy (not merely inconclusive) and whose soak has passed moves to its next stage. Every
+decision is audited with the measurements that led to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import structlog
+
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.guards import GuardEvaluator, GuardResult
+from flagwarden.governance.policy import Policy
+from flagwarden.governance.rollout import Rollout, TransitionRefused
+from flagwarden.telemetry.metrics import GUARD_BREACHES
+
+__all__ = ["Decision", "Watch"]
+
+_log = structlog.get_logger("flagwarden.watch")
+
+ACTOR = "flagwarden-watch"
+UNREACHABLE = "guard source unreachable"
+
+
+@dataclass
+class Decision:
+    flag: str
+    action: str  # rollback | pause | resume | advance | hold | healthy | skip
+    results: list[GuardResult] = field(default_factory=list)
+    detail: str = ""
+
+
+class Watch:
+    def __init__(self, governance: Governance, evaluator: GuardEvaluator) -> None:
+        self.governance = governance
+        self.evaluator = evaluator
+        self.rollout: Rollout = governance.rollout()
+
+    def tick(self, now: float | None = None) -> list[Decision]:
+        now = time.time() if now is None else now
+        decisions = []
+        for flag, policy in sorted(self.governance.policies.items()):
+            if not policy.guards and not policy.auto_advance:
+                continue
+            try:
+                decisions.append(self._check(policy, now))
+            except TransitionRefused as exc:
+                decisions.append(Decision(flag, "hold", detail=str(exc)))
+        for decision in decisions:
+            _log.info(
+                "flagwarden.watch_decision",
+                flag=decision.flag,
+                action=decision.action,
+                detail=decision.detail,
+                guards=[r.as_dict() for r in decision.results],
+            )
+        return decisions
+
+    def _check(self, policy: Policy, now: float) -> Decision:
+        flag = policy.flag
+        state = self.rollout.state(flag)
+        if state.killed or state.stage <= 0:
+            return Decision(flag, "skip", detail="killed" if state.killed else "not started")
+        results = [self.evaluator.evaluate(policy, guard, now) for guard in policy.guards]
+        measurements = {"guards": [r.as_dict() for r in results]}
+        failures = dict(state.guard_failures)
+        for result in results:
+            if result.verdict == "breach":
+                failures[result.guard] = failures.get(result.guard, 0) + 1
+                GUARD_BREACHES.labels(flag, result.guard).inc()
+            elif result.verdict == "healthy":
+                failures[result.guard] = 0
+        limits = {g.name: g.failure_limit for g in policy.guards}
+        acting = [
+            r for r in results if r.verdict == "breach" and failures[r.guard] >= limits[r.guard]
+        ]
+        breaches = [r for r in results if r.verdict == "breach"]
+        if breaches and self.governance.audit is not None:
+            self.governance.audit.append(
+                "guard",
+                {**measurements, "failures": failures, "acting": [r.guard for r in acting]},
+                flag=flag,
+                actor=ACTOR,
+            )
+        if acting:
+            names = ", ".join(
+                f"{r.guard}={r.value:g} ({r.limit})" for r in acting if r.value is not None
+            )
+            reason = f"guard breach: {names}"
+            details = {**measurements, "failures": failures}
+            if policy.on_breach == "rollback":
+                self.rollout.rollback(flag, actor=ACTOR, reason=reason, to=0, details=details)
+                self._reset_failures(flag)
+                return Decision(flag, "rollback", results, reason)
+            if not state.paused:
+                self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
+            self._reset_failures(flag)
+            return Decision(flag, "pause", results, reason)
+        if failures != state.guard_failures:
+            self._store_failures(flag, failures)
+        unreachable = [r for r in results if r.verdict == "unreachable"]
+        if unreachable:
+            detail = "; ".join(f"{r.guard}: {r.detail}" for r in unreachable)
+            if not state.paused:
+                self.rollout.pause(
+                    flag, actor=ACTOR, reason=f"{UNREACHABLE}: {detail}", details=measurements
+                )
+                return Decision(flag, "pause", results, detail)
+            return Decision(flag, "hold", results, detail)
+        state = self.rollout.state(flag)
+        if (
+            state.paused
+            and state.updated_by == ACTOR
+            and (state.reason or "").startswith(UNREACHABLE)
+        ):
+            self.rollout.resume(flag, actor=ACTOR, reason="guard sources answer again")
+            state = self.rollout.state(flag)
+        if any(r.verdict == "inconclusive" for r in results):
+            return Decision(flag, "hold", results, "not enough data: the stage holds")
+        if not policy.auto_advance or state.paused or policy.next_stage(state.stage) is None:
+            return Decision(flag, "healthy", results)
+        entered = state.stage_entered_at or datetime.now(UTC)
+        if (datetime.fromtimestamp(now, UTC) - entered) < policy.soak:
+            return Decision(flag, "hold", results, "soaking")
+        done = self.rollout.advance(
+            flag,
+            actor=ACTOR,
+            reason="guards healthy and soak passed",
+            now=datetime.fromtimestamp(now, UTC),
+            details=measurements,
+        )
+        return Decision(
+            flag, "advance", results, f"{done.before.stage:g}% -> {done.after.stage:g}%"
+        )
+
+    def _store_failures(self, flag: str, failures: dict[str, int]) -> None:
+        # Not a transition (no new actor or reason): only the counters move on.
+        current = self.rollout.state(flag)
+        self.rollout.store.compare_and_set(
+            replace(current, version=current.version + 1, guard_failures=failures)
+        )
+
+    def _reset_failures(self, flag: str) -> None:
+        self._store_failures(flag, {})
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Tick every ``interval`` seconds until ``stop`` is set (SIGTERM sets it in the CLI)."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # keep watching through a store hiccup
+                _log.error("flagwarden.watch_tick_failed", error=str(exc))
+            stop.wait(interval)

@@ -1,0 +1,187 @@
+"""The exposure hook: one OpenFeature hook that counts and logs every evaluation, cheaply.
+
+* Prometheus: ``feature_flag_evaluations_total`` per flag, variant, reason, provider, error
+  type and flagwarden source (children cached: one dict lookup and one increment a call).
+* structlog: a ``feature_flag.evaluation`` event under OpenFeature's attribute names, once per
+  flag, targeting key and variant within ``dedup_window`` (as LaunchDarkly's index events and
+  Split's optimized impressions do), remembered in a fixed table of slots: memory does not
+  grow with the number of keys. A slot collision can only log an exposure again early, never
+  hide a new one.
+* Summaries: counts per flag, variant, reason and source, logged as ``feature_flag.summary``
+  and appended to the audit log (for the compliance report) every ``summary_interval``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import mmh3
+import structlog
+from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
+from openfeature.hook import Hook, HookContext, HookHints
+
+from flagwarden.telemetry.metrics import EVALUATIONS
+
+__all__ = ["ExposureDeduper", "ExposureHook", "ExposureSummary"]
+
+_log = structlog.get_logger("flagwarden.exposure")
+
+
+class ExposureDeduper:
+    """Has (flag, key, variant) been logged within the window? In a fixed-size table."""
+
+    def __init__(self, window_seconds: float, slots: int = 1 << 20) -> None:
+        self.window = int(window_seconds)
+        self.slots = slots
+        self._fingerprints = array("I", bytes(4 * slots))
+        self._stamps = array("I", bytes(4 * slots))
+        self._epoch = time.monotonic() - 1  # stamps are seconds since this, never 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._fingerprints.itemsize * self.slots + self._stamps.itemsize * self.slots
+
+    def first_in_window(self, flag: str, key: str, variant: str) -> bool:
+        h1, h2 = mmh3.hash64(f"{flag}\x00{key}\x00{variant}".encode(), signed=False)
+        slot = h1 % self.slots
+        fingerprint = (h2 & 0xFFFFFFFF) or 1
+        now = int(time.monotonic() - self._epoch)
+        if self._fingerprints[slot] == fingerprint and now - self._stamps[slot] < self.window:
+            return False
+        self._fingerprints[slot] = fingerprint
+        self._stamps[slot] = now
+        return True
+
+
+class ExposureSummary:
+    """Counts per (flag, variant, reason, source), flushed to the log and the audit periodically."""
+
+    def __init__(
+        self,
+        interval: float,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.interval = interval
+        self._sink = sink
+        self._counts: Counter[tuple[str, str, str, str]] = Counter()
+        self._since = datetime.now(UTC)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, key: tuple[str, str, str, str]) -> None:
+        self._counts[key] += 1
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="flagwarden-summary", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def flush(self) -> dict[str, Any] | None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            since, until = self._since, datetime.now(UTC)
+            self._since = until
+        if not counts:
+            return None
+        rows = [
+            {"flag": flag, "variant": variant, "reason": reason, "source": source, "count": n}
+            for (flag, variant, reason, source), n in sorted(counts.items())
+        ]
+        summary = {"from": since.isoformat(), "to": until.isoformat(), "rows": rows}
+        _log.info("feature_flag.summary", **summary)
+        if self._sink is not None:
+            try:
+                self._sink(summary)
+            except Exception as exc:  # bookkeeping never breaks a pipeline
+                _log.error("flagwarden.summary_sink_failed", error=str(exc))
+        return summary
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = Counter()
+        self._stop = threading.Event()
+        self._thread = None
+        self.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+
+class ExposureHook(Hook):
+    """Counts every evaluation in Prometheus and logs first exposures; never raises."""
+
+    def __init__(
+        self,
+        provider_name: str,
+        deduper: ExposureDeduper | None,
+        summary: ExposureSummary | None,
+    ) -> None:
+        self.provider_name = provider_name
+        self.deduper = deduper
+        self.summary = summary
+        self._children: dict[tuple[str, str, str, str, str], Any] = {}
+
+    def finally_after(
+        self,
+        hook_context: HookContext,
+        details: FlagEvaluationDetails[FlagValueType],
+        hints: HookHints,
+    ) -> None:
+        try:
+            self._observe(hook_context, details)
+        except Exception as exc:  # telemetry must never change an evaluation's outcome
+            _log.error("flagwarden.exposure_hook_failed", error=str(exc))
+
+    def _observe(self, hook_context: HookContext, details: FlagEvaluationDetails[Any]) -> None:
+        flag = details.flag_key
+        variant = details.variant or ""
+        reason = str(details.reason or "")
+        error = details.error_code.value if details.error_code else ""
+        source = str(details.flag_metadata.get("flagwarden.source", ""))
+        key = (flag, variant, reason, error, source)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = EVALUATIONS.labels(
+                flag, variant, reason, self.provider_name, error, source
+            )
+        child.inc()
+        if self.summary is not None:
+            self.summary.add((flag, variant, reason, source))
+        deduper = self.deduper
+        if deduper is None:
+            return
+        targeting_key = hook_context.evaluation_context.targeting_key or ""
+        if deduper.first_in_window(flag, targeting_key, variant):
+            value = details.value
+            _log.info(
+                "feature_flag.evaluation",
+                **{
+                    "feature_flag.key": flag,
+                    "feature_flag.result.variant": variant,
+                    "feature_flag.result.reason": reason,
+                    "feature_flag.result.value": value
+                    if isinstance(value, bool | int | float | str)
+                    else None,
+                    "feature_flag.provider.name": self.provider_name,
+                    "feature_flag.context.id": targeting_key,
+                    "error.type": error or None,
+                    "flagwarden.source": source,
+                    "flagwarden.stage": details.flag_metadata.get("flagwarden.stage"),
+                },
+            )

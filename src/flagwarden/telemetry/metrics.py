@@ -1,0 +1,72 @@
+"""flagwarden's Prometheus metrics, created once at import in the default registry.
+
+Labels are bounded: flag keys, variants, reasons, sources, provider names, error types,
+violation kinds and guard names. Never a targeting key. Label names follow OpenFeature's
+telemetry conventions (spec Appendix D) with dots as underscores.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+__all__ = [
+    "CAPPED",
+    "EVALUATIONS",
+    "FALLBACK_ACTIVE",
+    "FLAG_KILLED",
+    "FLAG_PAUSED",
+    "FLAG_STAGE",
+    "GUARD_BREACHES",
+    "METRIC_VALUE",
+    "PROVIDER_STATE",
+    "VIOLATIONS",
+]
+
+EVALUATIONS = Counter(
+    "feature_flag_evaluations",
+    "Flag evaluations by flag, variant, reason, provider, error type and flagwarden source",
+    [
+        "feature_flag_key",
+        "feature_flag_result_variant",
+        "feature_flag_result_reason",
+        "feature_flag_provider_name",
+        "error_type",
+        "flagwarden_source",
+    ],
+)
+CAPPED = Counter(
+    "flagwarden_capped_evaluations",
+    "Evaluations where the policy served control instead of the vendor's treatment",
+    ["feature_flag_key"],
+)
+VIOLATIONS = Counter(
+    "flagwarden_policy_violations",
+    "Policy violations by flag and kind (capped, unknown_variant, unregistered, forced...)",
+    ["feature_flag_key", "kind"],
+)
+GUARD_BREACHES = Counter(
+    "flagwarden_guard_breaches",
+    "Guard evaluations that found a limit breached",
+    ["feature_flag_key", "guard"],
+)
+FLAG_STAGE = Gauge(
+    "flagwarden_flag_stage_percent", "Approved stage of each governed flag", ["feature_flag_key"]
+)
+FLAG_KILLED = Gauge("flagwarden_flag_killed", "1 when the flag is killed", ["feature_flag_key"])
+FLAG_PAUSED = Gauge("flagwarden_flag_paused", "1 when the rollout is paused", ["feature_flag_key"])
+PROVIDER_STATE = Gauge(
+    "flagwarden_provider_state",
+    "1 for the provider chain's current OpenFeature status",
+    ["feature_flag_provider_name", "state"],
+)
+FALLBACK_ACTIVE = Gauge(
+    "flagwarden_fallback_active",
+    "1 while the vendor is out and answers come from its cache, the snapshot or defaults",
+    ["feature_flag_provider_name"],
+)
+METRIC_VALUE = Gauge(
+    "flagwarden_data_quality",
+    "The last value a pipeline reported with flagwarden.record_metric",
+    ["feature_flag_key", "name", "variant"],
+    multiprocess_mode="max",
+)

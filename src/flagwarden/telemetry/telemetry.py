@@ -1,0 +1,94 @@
+"""A process's telemetry: the exposure hook, summaries, gauges, and metric export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from openfeature import api
+
+from flagwarden.audit.log import AuditLog
+from flagwarden.config import TelemetryConfig
+from flagwarden.events import Event, EventSink
+from flagwarden.governance.policy import parse_duration
+from flagwarden.governance.state import FlagState
+from flagwarden.telemetry.export import push_metrics, serve_metrics
+from flagwarden.telemetry.exposure import ExposureDeduper, ExposureHook, ExposureSummary
+from flagwarden.telemetry.logging import configure_logging
+from flagwarden.telemetry.metrics import (
+    FALLBACK_ACTIVE,
+    FLAG_KILLED,
+    FLAG_PAUSED,
+    FLAG_STAGE,
+    PROVIDER_STATE,
+)
+
+__all__ = ["Telemetry"]
+
+_log = structlog.get_logger("flagwarden.telemetry")
+_STATES = ("NOT_READY", "READY", "STALE", "ERROR", "FATAL")
+
+
+class Telemetry:
+    def __init__(self, config: TelemetryConfig, provider_name: str, audit: AuditLog | None) -> None:
+        configure_logging(config.log_format)
+        self.config = config
+        self.provider_name = provider_name
+        self.audit = audit
+        exposure = config.exposure_log
+        self.summary = ExposureSummary(
+            parse_duration(exposure.summary_interval).total_seconds(), self._audit_summary
+        )
+        deduper = (
+            ExposureDeduper(
+                parse_duration(exposure.dedup_window).total_seconds(), exposure.dedup_slots
+            )
+            if exposure.enabled
+            else None
+        )
+        self.hook = ExposureHook(provider_name, deduper, self.summary)
+        self.metrics_port = 0
+
+    def install(self, events: EventSink) -> None:
+        api.add_hooks([self.hook])
+        events.subscribe(self._on_event)
+        self.summary.start()
+        if self.config.prometheus.port is not None:
+            self.metrics_port = serve_metrics(
+                self.config.prometheus.port, self.config.prometheus.addr
+            )
+
+    def _audit_summary(self, summary: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.append("exposure_summary", summary)
+
+    def _on_event(self, event: Event) -> None:
+        if event.name == "flagwarden.outage_started":
+            FALLBACK_ACTIVE.labels(self.provider_name).set(1)
+        elif event.name == "flagwarden.outage":
+            FALLBACK_ACTIVE.labels(self.provider_name).set(0)
+        elif event.name == "flagwarden.provider_status":
+            self.provider_status(str(event.fields.get("status")))
+
+    def provider_status(self, status: str) -> None:
+        for state in _STATES:
+            PROVIDER_STATE.labels(self.provider_name, state).set(1 if state == status else 0)
+
+    @staticmethod
+    def flag_states(states: dict[str, FlagState]) -> None:
+        """Gauges for each governed flag's stage, killed and paused state."""
+        for flag, state in states.items():
+            FLAG_STAGE.labels(flag).set(state.stage)
+            FLAG_KILLED.labels(flag).set(1 if state.killed else 0)
+            FLAG_PAUSED.labels(flag).set(1 if state.paused else 0)
+
+    def after_fork_in_child(self) -> None:
+        self.summary.after_fork_in_child()
+
+    def close(self) -> None:
+        hooks = [h for h in api.get_hooks() if h is not self.hook]
+        api.clear_hooks()
+        api.add_hooks(hooks)
+        self.summary.close()
+        if self.config.prometheus.pushgateway:
+            push_metrics(self.config.prometheus.pushgateway, self.config.prometheus.job)
