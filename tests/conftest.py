@@ -59,7 +59,7 @@ class Project:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "providers").mkdir(exist_ok=True)
+        (root / "providers").mkdir(parents=True, exist_ok=True)
 
     def profile(self, name: str, doc: dict[str, Any]) -> Path:
         path = self.root / "providers" / f"{name}.yaml"

@@ -291,6 +291,47 @@ def status(
     out.print(table)
 
 
+@app.command()
+def watch(
+    once: Annotated[bool, typer.Option("--once", help="one pass, then exit (for cron)")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between passes")] = 30.0,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate guards; roll back or pause on breach, advance when healthy (auto_advance)."""
+    import signal
+    import threading
+
+    from flagwarden.governance.guards import GuardEvaluator
+    from flagwarden.governance.measurements import open_measurement_store
+    from flagwarden.governance.watch import Watch
+
+    try:
+        settings = load_settings(config)
+        governance = Governance.open(settings, strict=True)
+        measurements = open_measurement_store(settings.config.state, settings.base_dir)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    evaluator = GuardEvaluator(measurements, settings.config.telemetry.prometheus.query_url)
+    watcher = Watch(governance, evaluator)
+    try:
+        if once:
+            for decision in watcher.tick():
+                out.print(
+                    f"{decision.flag}: {decision.action} {decision.detail}".rstrip(),
+                    highlight=False,
+                )
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        out.print(f"watching {len(governance.policies)} flags every {interval:g}s", highlight=False)
+        watcher.run(interval, stop)
+        out.print("stopped", highlight=False)
+    finally:
+        measurements.close()
+        governance.close()
+
+
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

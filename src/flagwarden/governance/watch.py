@@ -124,6 +124,11 @@ class Watch:
         ):
             self.rollout.resume(flag, actor=ACTOR, reason="guard sources answer again")
             state = self.rollout.state(flag)
+        if breaches:
+            counts = ", ".join(
+                f"{r.guard} {failures[r.guard]} of {limits[r.guard]}" for r in breaches
+            )
+            return Decision(flag, "hold", results, f"breaching ({counts}): the stage holds")
         if any(r.verdict == "inconclusive" for r in results):
             return Decision(flag, "hold", results, "not enough data: the stage holds")
         if not policy.auto_advance or state.paused or policy.next_stage(state.stage) is None:

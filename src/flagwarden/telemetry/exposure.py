@@ -31,6 +31,8 @@ from flagwarden.telemetry.metrics import EVALUATIONS
 __all__ = ["ExposureDeduper", "ExposureHook", "ExposureSummary"]
 
 _log = structlog.get_logger("flagwarden.exposure")
+_hash64 = mmh3.hash64  # bound once (note: this build ignores a positional `signed`)
+_monotonic = time.monotonic
 
 
 class ExposureDeduper:
@@ -48,13 +50,14 @@ class ExposureDeduper:
         return self._fingerprints.itemsize * self.slots + self._stamps.itemsize * self.slots
 
     def first_in_window(self, flag: str, key: str, variant: str) -> bool:
-        h1, h2 = mmh3.hash64(f"{flag}\x00{key}\x00{variant}".encode(), signed=False)
+        h1, h2 = _hash64(f"{flag}\x00{key}\x00{variant}".encode(), signed=False)
         slot = h1 % self.slots
         fingerprint = (h2 & 0xFFFFFFFF) or 1
-        now = int(time.monotonic() - self._epoch)
-        if self._fingerprints[slot] == fingerprint and now - self._stamps[slot] < self.window:
+        now = int(_monotonic() - self._epoch)
+        fingerprints = self._fingerprints
+        if fingerprints[slot] == fingerprint and now - self._stamps[slot] < self.window:
             return False
-        self._fingerprints[slot] = fingerprint
+        fingerprints[slot] = fingerprint
         self._stamps[slot] = now
         return True
 
@@ -161,8 +164,9 @@ class ExposureHook(Hook):
                 flag, variant, reason, self.provider_name, error, source
             )
         child.inc()
-        if self.summary is not None:
-            self.summary.add((flag, variant, reason, source))
+        summary = self.summary
+        if summary is not None:
+            summary.add((flag, variant, reason, source))
         deduper = self.deduper
         if deduper is None:
             return

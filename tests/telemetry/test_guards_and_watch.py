@@ -1,0 +1,164 @@
+"""Metric guards, failure limits, relative limits, unreachable Prometheus, auto-advance, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import flagwarden
+from flagwarden.config import load_settings
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.guards import GuardEvaluator
+from flagwarden.governance.measurements import open_measurement_store
+from flagwarden.governance.watch import Watch
+from tests.conftest import POLICY, Project, governed_project
+from tests.servers.launchdarkly import free_port
+
+FLAG = POLICY["flag"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Setup:
+    def __init__(self, project: Project, policy: dict, query_url: str | None = None) -> None:
+        self.config = governed_project(
+            project,
+            serve=True,
+            policy=policy,
+            telemetry={"prometheus": {"query_url": query_url}},
+        )
+        flagwarden.configure(self.config)  # record_metric writes through the runtime
+        settings = load_settings(self.config)
+        self.governance = Governance.open(settings)
+        self.measurements = open_measurement_store(settings.config.state, settings.base_dir)
+        self.watch = Watch(self.governance, GuardEvaluator(self.measurements, query_url, timeout=1))
+        self.rollout = self.governance.rollout()
+
+    def record(self, value: float, count: int, variant: str = "treatment") -> None:
+        flagwarden.record_metric(FLAG, "null_rate", value, variant=variant, count=count)
+
+    def decide(self) -> str:
+        (decision,) = self.watch.tick()
+        return decision.action
+
+    def close(self) -> None:
+        self.measurements.close()
+        self.governance.close()
+
+
+@pytest.fixture
+def setup_factory(project: Project):
+    made: list[Setup] = []
+
+    def make(policy: dict, query_url: str | None = None) -> Setup:
+        made.append(Setup(project, policy, query_url))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+NULL_GUARD = {"name": "null-rate", "metric": "null_rate", "max": 0.02, "min_samples": 1000}
+
+
+def test_metric_guard_holds_with_too_few_samples_then_rolls_back(setup_factory):
+    s = setup_factory({"guards": [NULL_GUARD]})
+    s.rollout.advance(FLAG, actor="t", reason="go", to=25, force=True)
+    s.record(0.5, count=400)  # bad, but only 400 of 1000 observations
+    assert s.decide() == "hold"
+    assert s.rollout.state(FLAG).stage == 25
+    s.record(0.5, count=700)
+    assert s.decide() == "rollback"
+    state = s.rollout.state(FLAG)
+    assert (state.stage, state.updated_by) == (0, "flagwarden-watch")
+    assert "null-rate=0.5" in state.reason
+
+
+def test_failure_limit_counts_consecutive_breaches(setup_factory):
+    s = setup_factory(
+        {"guards": [{**NULL_GUARD, "min_samples": 1, "failure_limit": 3}], "on_breach": "pause"}
+    )
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    s.record(0.5, count=10)
+    assert s.decide() == "hold"
+    assert s.rollout.state(FLAG).guard_failures["null-rate"] == 1
+    assert s.decide() == "hold"
+    assert s.rollout.state(FLAG).guard_failures["null-rate"] == 2
+    assert s.decide() == "pause"
+    assert s.rollout.state(FLAG).paused and s.rollout.state(FLAG).stage == 1
+    guard_records = [r for r in s.governance.audit.records(flag=FLAG) if r.kind == "guard"]
+    assert len(guard_records) == 3 and guard_records[-1].data["acting"] == ["null-rate"]
+
+
+def test_relative_to_control(setup_factory):
+    guard = {**NULL_GUARD, "min_samples": 100, "max": 0.5, "relative_to_control": True}
+    s = setup_factory({"guards": [guard]})
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    s.record(0.012, count=500)
+    assert s.decide() == "hold"  # control has no data yet: inconclusive
+    s.record(0.010, count=500, variant="control")
+    assert s.decide() == "healthy"  # 0.012 <= 0.010 * 1.5
+    s.record(0.030, count=2000)  # the treatment's mean moves to 0.0264
+    assert s.decide() == "rollback"
+
+
+def test_unreachable_prometheus_pauses_then_resumes(setup_factory, prometheus):
+    prometheus.start([])
+    closed = f"http://127.0.0.1:{free_port()}"
+    guard = {"name": "up", "promql": "vector(0)", "max": 1}
+    s = setup_factory({"guards": [guard]}, query_url=closed)
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    assert s.decide() == "pause"
+    state = s.rollout.state(FLAG)
+    assert state.paused and state.stage == 1  # paused, not rolled back
+    assert s.decide() == "hold"
+    s.watch.evaluator.prometheus_url = prometheus.url  # Prometheus answers again
+    assert s.decide() == "healthy"
+    assert not s.rollout.state(FLAG).paused
+
+
+@pytest.mark.slow
+def test_auto_advance_climbs_with_short_soaks(setup_factory):
+    policy = {"guards": [{**NULL_GUARD, "min_samples": 10}], "auto_advance": True, "soak": "1s"}
+    s = setup_factory(policy)
+    s.rollout.advance(FLAG, actor="t", reason="start")
+    s.record(0.001, count=50)
+    assert s.decide() == "hold"  # soaking
+    stages = [s.rollout.state(FLAG).stage]
+    deadline = time.monotonic() + 15
+    while stages[-1] < 25 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        if s.decide() == "advance":
+            stages.append(s.rollout.state(FLAG).stage)
+    assert stages == [1, 5, 25]
+    advances = [
+        r for r in s.governance.audit.records(flag=FLAG) if r.data.get("action") == "advance"
+    ]
+    assert advances[-1].actor == "flagwarden-watch"
+    assert advances[-1].data["guards"][0]["verdict"] == "healthy"
+
+
+def test_watch_stops_cleanly_on_sigterm(project: Project):
+    config = governed_project(project, policy={"guards": [NULL_GUARD]})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flagwarden.cli", "watch", "--interval", "0.2", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout.readline().startswith("watching 1 flags")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "stopped" in proc.stdout.read()
+
+
+def test_record_metric_validates_variant(project: Project):
+    flagwarden.configure(governed_project(project))
+    with pytest.raises(ValueError, match="control"):
+        flagwarden.record_metric(FLAG, "null_rate", 0.1, variant="blue")
