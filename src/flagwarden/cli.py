@@ -357,6 +357,61 @@ def audit_verify(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def report(
+    since: Annotated[str, typer.Option("--since", help="period to cover, e.g. 7d, 24h")] = "7d",
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="file to write")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The compliance report from the audit log: changes, soak, guards, exposures, outages."""
+    from flagwarden.audit.report import build_report, render_html, render_markdown
+    from flagwarden.governance.policy import parse_duration
+
+    if fmt not in ("md", "html", "json"):
+        err.print(f"[red]error:[/red] --format must be md, html or json, not {fmt!r}")
+        raise typer.Exit(2)
+    try:
+        period = parse_duration(since)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --since: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        settings = load_settings(config)
+        governance = Governance.open(settings, strict=True)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        assert governance.store is not None and governance.audit is not None
+        doc = build_report(
+            governance.audit,
+            governance.policies,
+            governance.store.load_all(),
+            since=period,
+            provider=settings.provider_name,
+        )
+    except (StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        governance.close()
+    text = (
+        json.dumps(doc, indent=2, default=str)
+        if fmt == "json"
+        else render_html(doc)
+        if fmt == "html"
+        else render_markdown(doc)
+    )
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(
+            f"[green]ok[/green] {fmt} report written to {output} (digest {doc['digest'][:16]})"
+        )
+    if not doc["audit"]["verified"]:
+        raise _fail(f"the audit chain did not verify: {doc['audit']['problem']}")
+
+
+@app.command()
 def demo(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="folder for the demo's files")

@@ -1,18 +1,24 @@
-"""``flagwarden demo``: the provider layer's story on the embedded default, public API only.
+"""``flagwarden demo``: the whole story on the embedded default, through the public API only.
 
-A synthetic pipeline routes batches of records through ``new-scoring-model``. The flag file
-(a copy of the packaged one, in the demo folder) is edited mid-run and picked up without a
-restart; an environment override then beats everything; every answer says where it came from.
+A synthetic pipeline routes batches of orders through a new transform, ``new-transform``.
+The flag file (the embedded default's provider) turns the transform on for the run; the
+policy's stage decides which records get it. With compressed soak times the rollout climbs
+1% -> 5% -> 25% -> 50% on healthy guards; a flag-source outage in the middle is answered
+from the last-known-good snapshot by a worker that starts during it; at 50% the transform
+starts producing nulls, the guard breaches, and the rollout rolls itself back: every record
+returns to control. A summary table closes the run, and the compliance report (Markdown and
+HTML) lands in the demo folder.
 """
 
 from __future__ import annotations
 
-import os
+import random
 import shutil
 import time
-from collections import Counter
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from openfeature.evaluation_context import EvaluationContext
@@ -20,70 +26,200 @@ from rich.console import Console
 from rich.table import Table
 
 import flagwarden
-from flagwarden.providers.env import env_var_name
+from flagwarden.audit.report import build_report, render_html, render_markdown
 
-FLAG = "new-scoring-model"
-BATCH = 2_000
+FLAG = "new-transform"
+BATCH = 20_000
+SOAK = 1.0  # seconds: the compressed soak time
 
 
-def _batch(client: object, batch_no: int) -> tuple[Counter[bool], Counter[str]]:
-    values: Counter[bool] = Counter()
-    sources: Counter[str] = Counter()
-    for i in range(BATCH):
-        details = client.get_boolean_details(  # type: ignore[attr-defined]
-            FLAG, False, EvaluationContext(targeting_key=f"order-{batch_no}-{i}")
+@dataclass
+class Batch:
+    number: int
+    stage: float
+    treatment: int
+    control: int
+    source: str
+    null_rate: float
+    decision: str
+
+
+def _write_project(root: Path) -> Path:
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "providers").mkdir(parents=True)
+    (root / "policies").mkdir()
+    flags = yaml.safe_load((resources.files("flagwarden") / "defaults" / "flags.yaml").read_text())
+    # The "vendor" turns the transform on for this run; the policy's stage picks the records.
+    flags["flags"][FLAG] = {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
+    }
+    (root / "flags.yaml").write_text(yaml.safe_dump(flags, sort_keys=False))
+    (root / "providers" / "file.yaml").write_text(
+        "type: file\npath: ../flags.yaml\npoll_interval: 0.1\n"
+    )
+    policy = {
+        "flag": FLAG,
+        "owner": "data-platform@example.com",
+        "description": "Route orders through the v2 enrichment transform",
+        "expires": "2099-12-31",
+        "variants": {"control": False, "treatment": True},
+        "stages": [1, 5, 25, 50, 100],
+        "soak": f"{SOAK}s",
+        "guards": [
+            {
+                "name": "null-rate",
+                "metric": "null_rate",
+                "max": 0.02,
+                "min_samples": 100,
+                "window": "3s",
+            }
+        ],
+        "on_breach": "rollback",
+        "auto_advance": True,
+    }
+    (root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    config = {
+        "provider": "file",
+        "fallback": {"snapshot": "file:.flagwarden/snapshot.json", "snapshot_debounce": 0.05},
+        "state": "sqlite:///.flagwarden/state.db",
+        "audit": "sqlite:///.flagwarden/audit.db",
+        "telemetry": {
+            "prometheus": {"port": 0, "addr": "127.0.0.1"},
+            "exposure_log": {"summary_interval": "1s"},
+        },
+    }
+    (root / "flagwarden.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root / "flagwarden.yaml"
+
+
+def _run_batch(number: int, broken: bool, rng: random.Random) -> tuple[Batch, Any]:
+    runtime = flagwarden.current()
+    assert runtime is not None
+    orders = [f"order-{number:03d}-{i:05d}" for i in range(BATCH)]
+    run = EvaluationContext(attributes={"run": f"batch-{number}"})
+    routes = flagwarden.assign(FLAG, orders, False, context=run)
+    treated = sum(routes)
+    # The transform: v2 leaves a null in 8% of records once the bug lands, 0.1% before.
+    rate = 0.08 if broken else 0.001
+    nulls = sum(1 for _ in range(treated) if rng.random() < rate)
+    if treated:
+        flagwarden.record_metric(
+            FLAG, "null_rate", nulls / treated, variant="treatment", count=treated
         )
-        values[details.value] += 1
-        sources[str(details.flag_metadata.get("flagwarden.source"))] += 1
-    return values, sources
-
-
-def _set_rollout(flag_file: Path, percent: int) -> None:
-    doc = yaml.safe_load(flag_file.read_text())
-    doc["flags"][FLAG]["targeting"]["fractional"] = [["on", percent], ["off", 100 - percent]]
-    flag_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    flagwarden.record_metric(FLAG, "null_rate", 0.001, variant="control", count=BATCH - treated)
+    details = runtime.client.get_boolean_details(FLAG, False, EvaluationContext(orders[0]))
+    state = runtime.governed.state(FLAG)
+    batch = Batch(
+        number,
+        state.stage,
+        treated,
+        BATCH - treated,
+        str(details.flag_metadata.get("flagwarden.source")),
+        nulls / treated if treated else 0.0,
+        "",
+    )
+    return batch, runtime
 
 
 def run_demo(output: Path, console: Console) -> int:
-    output.mkdir(parents=True, exist_ok=True)
-    flag_file = output / "flags.yaml"
-    shutil.copyfile(str(resources.files("flagwarden") / "defaults" / "flags.yaml"), flag_file)
-    providers = output / "providers"
-    providers.mkdir(exist_ok=True)
-    (providers / "file.yaml").write_text("type: file\npath: ../flags.yaml\npoll_interval: 0.1\n")
-    config = output / "flagwarden.yaml"
-    config.write_text("provider: file\nproviders_dir: providers\nfallback: {snapshot: null}\n")
+    started = time.monotonic()
+    config = _write_project(output)
+    rng = random.Random(42)
+    console.rule("[bold]flagwarden demo[/bold]: a guarded rollout of new-transform")
+    flagwarden.configure(config)
+    runtime = flagwarden.current()
+    assert runtime is not None
+    port = runtime.telemetry.metrics_port
+    console.print(
+        f"metrics: http://127.0.0.1:{port}/metrics   state, audit, snapshot: {output}/.flagwarden"
+    )
+    runtime.rollout.advance(FLAG, actor="demo", reason="start the rollout at 1%")
 
-    console.rule("[bold]flagwarden demo[/bold]")
-    client = flagwarden.configure(config)
-    table = Table(title=f"{FLAG}: {BATCH} records per batch")
-    for column in ("batch", "what happened", "treatment", "control", "answered by"):
+    batches: list[Batch] = []
+    outage_done = broken = False
+    for number in range(1, 15):
+        stage = flagwarden.current().governed.state(FLAG).stage  # type: ignore[union-attr]
+        note = ""
+        if stage >= 25 and not outage_done:
+            # The flag source goes away, and a new worker starts during the outage.
+            outage_done = True
+            flag_file = output / "flags.yaml"
+            flag_file.rename(output / "flags.yaml.away")
+            flagwarden.shutdown()
+            flagwarden.configure(config)
+            note = "outage: new worker, "
+        if stage >= 50 and not broken:
+            broken = True
+            note += "v2 starts writing nulls, "
+        batch, runtime = _run_batch(number, broken, rng)
+        if note.startswith("outage"):
+            (output / "flags.yaml.away").rename(output / "flags.yaml")  # the source is back
+        time.sleep(SOAK * 1.1)  # the compressed soak
+        decisions = runtime.watch_once()
+        decision = next((d for d in decisions if d.flag == FLAG), None)
+        batch.decision = note + (f"{decision.action} {decision.detail}".strip() if decision else "")
+        batches.append(batch)
+        if decision is not None and decision.action == "rollback":
+            final, runtime = _run_batch(number + 1, broken, rng)
+            final.decision = "every record back on control"
+            batches.append(final)
+            break
+
+    table = Table(title=f"{FLAG}: {BATCH:,} orders per batch")
+    for column in (
+        "batch",
+        "stage",
+        "v2 (treatment)",
+        "v1 (control)",
+        "answered by",
+        "v2 null rate",
+        "what happened",
+    ):
         table.add_column(column)
-
-    def record(batch_no: int, what: str) -> None:
-        values, sources = _batch(client, batch_no)
+    for b in batches:
         table.add_row(
-            str(batch_no),
-            what,
-            str(values[True]),
-            str(values[False]),
-            ", ".join(f"{s}={n}" for s, n in sources.items()),
+            str(b.number),
+            f"{b.stage:g}%",
+            f"{b.treatment:,}",
+            f"{b.control:,}",
+            b.source,
+            f"{b.null_rate:.2%}" if b.treatment else "-",
+            b.decision,
         )
-
-    try:
-        record(1, "flag file: 25% rollout")
-        _set_rollout(flag_file, 50)
-        time.sleep(0.5)  # the file provider polls every 0.1 s here
-        record(2, "flag file edited to 50%, no restart")
-        variable = env_var_name("FLAGWARDEN_FLAG_", FLAG)
-        os.environ[variable] = "false"
-        try:
-            record(3, f"{variable}=false overrides everything")
-        finally:
-            del os.environ[variable]
-        record(4, "override removed")
-    finally:
-        flagwarden.shutdown()
     console.print(table)
-    console.print(f"Demo files are in [bold]{output}[/bold].")
-    return 0
+
+    flagwarden.shutdown()  # flushes exposure summaries and violations into the audit log
+    from flagwarden.config import load_settings
+    from flagwarden.governance.governance import Governance
+
+    governance = Governance.open(load_settings(config))
+    try:
+        assert governance.audit is not None and governance.store is not None
+        report = build_report(
+            governance.audit, governance.policies, governance.store.load_all(), provider="file"
+        )
+    finally:
+        governance.close()
+    (output / "report.md").write_text(render_markdown(report))
+    (output / "report.html").write_text(render_html(report))
+    flag = report["flags"][0]
+    outage = report["outages"][0] if report["outages"] else None
+    path = " -> ".join(f"{t['stage']:g}%" for t in flag["timeline"])
+    console.print(
+        f"\nRolled out {path}; "
+        f"{flag['breaches']} guard breach, {flag['rollbacks']} rollback; "
+        + (
+            f"outage of {outage['duration_seconds']:.1f} s served {outage['served']} "
+            if outage
+            else ""
+        )
+        + f"\naudit chain {'verified' if report['audit']['verified'] else 'BROKEN'}, "
+        f"report digest {report['digest'][:16]}"
+    )
+    console.print(
+        f"Reports: [bold]{output / 'report.md'}[/bold] and [bold]{output / 'report.html'}[/bold] "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    return 0 if report["audit"]["verified"] else 1

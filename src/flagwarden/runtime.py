@@ -27,10 +27,12 @@ from flagwarden.config import (
 from flagwarden.errors import ConfigError
 from flagwarden.events import EventSink
 from flagwarden.governance.governance import Governance
+from flagwarden.governance.guards import GuardEvaluator
 from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
 from flagwarden.governance.provider import GovernedProvider
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStore, StateStoreUnavailable
+from flagwarden.governance.watch import Decision, Watch
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.env import EnvProvider
 from flagwarden.providers.failover import FailoverProvider
@@ -87,6 +89,9 @@ def _restorer(profile: Profile) -> Callable[[dict[str, Any]], SourceProvider] | 
         from flagwarden.providers.split import SplitVendor
 
         return lambda data: SplitVendor(profile, snapshot=data)
+    if isinstance(profile, FileProfile):
+        # A flag file on a shared mount can vanish too: keep its last good definitions.
+        return lambda data: FileProvider(profile.path, name=profile.name, snapshot=data)
     return None
 
 
@@ -117,6 +122,13 @@ class Runtime:
             self.governance.audit,
             self.governed.cache,
         )
+
+    def watch_once(self) -> list[Decision]:
+        """One guard pass, as ``flagwarden watch --once``, seen at once by this process."""
+        evaluator = GuardEvaluator(
+            self.measurements, self.settings.config.telemetry.prometheus.query_url
+        )
+        return Watch(self.governance, evaluator, self.rollout).tick()
 
     def _store(self) -> StateStore:
         store = self.governed.cache.store

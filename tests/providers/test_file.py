@@ -106,3 +106,30 @@ def test_broken_file_at_start_serves_defaults(project):
     client = flagwarden.configure(project.root / "flagwarden.yaml")
     details = client.get_boolean_details("x", True, EvaluationContext("k"))
     assert (details.value, details.flag_metadata["flagwarden.source"]) == (True, "default")
+
+
+def test_cold_start_with_the_flag_file_gone_serves_the_snapshot(project):
+    client, flag_file = setup(project)
+    runtime = flagwarden.current()
+    wait_for(lambda: runtime.provider.snapshot_writer.writes >= 1)
+    keys = [f"order-{i}" for i in range(500)]
+    before = [
+        client.get_boolean_value("new-scoring-model", False, EvaluationContext(k)) for k in keys
+    ]
+    flagwarden.shutdown()
+    flag_file.rename(flag_file.with_suffix(".away"))  # the shared mount is gone
+    client = flagwarden.configure(project.root / "flagwarden.yaml")
+    details = [
+        client.get_boolean_details("new-scoring-model", False, EvaluationContext(k)) for k in keys
+    ]
+    assert [d.value for d in details] == before
+    assert {d.flag_metadata["flagwarden.source"] for d in details} == {"snapshot"}
+    flag_file.with_suffix(".away").rename(flag_file)  # back: answers come from the file again
+    wait_for(
+        lambda: (
+            client.get_boolean_details(
+                "new-scoring-model", False, EvaluationContext("k")
+            ).flag_metadata["flagwarden.source"]
+            == "file"
+        )
+    )

@@ -162,3 +162,14 @@ def test_record_metric_validates_variant(project: Project):
     flagwarden.configure(governed_project(project))
     with pytest.raises(ValueError, match="control"):
         flagwarden.record_metric(FLAG, "null_rate", 0.1, variant="blue")
+
+
+def test_bad_promql_says_what_prometheus_said(prometheus):
+    from flagwarden.governance.policy import Guard, Policy
+
+    prometheus.start([])
+    guard = Guard(name="typo", promql="sum(rate(x[5m])))", max=1)
+    policy = Policy.model_validate({**POLICY, "guards": [guard.model_dump()]})
+    result = GuardEvaluator(None, prometheus.url).evaluate(policy, guard)
+    assert result.verdict == "unreachable"
+    assert "HTTP 400" in result.detail and "parse error" in result.detail

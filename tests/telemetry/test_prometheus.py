@@ -96,7 +96,7 @@ def test_promql_guard_breach_puts_every_worker_on_control(project: Project, prom
         "name": "null-rate",
         "promql": (
             f'max(flagwarden_data_quality{{feature_flag_key="{FLAG}",'
-            'name="null_rate",variant="treatment"}})'
+            'name="null_rate",variant="treatment"})'
         ),
         "max": 0.02,
     }

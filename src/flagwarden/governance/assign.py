@@ -113,18 +113,29 @@ def assign(
     assert policy is not None
     first = base.merge(EvaluationContext(targeting_key=str(values[0])))
     answer = failover.resolve(flag_type, flag_key, default, first)  # the vendor, once per batch
+    source = str(answer.flag_metadata.get("flagwarden.source", ""))
+    error = answer.error_code.value if answer.error_code else ""
+    failover.count_served(source, len(values) - 1)  # resolve counted the first one
+
+    def served(variant: str, reason: str, n: int) -> None:
+        runtime.telemetry.hook.record_batch(flag_key, variant, reason, error, source, n)
+
     state = governed.state(flag_key)
     control, treatment = policy.variants.control, policy.variants.treatment
     n = len(values)
     if state.killed:
+        served("control", "DISABLED", n)
         return rebuild([control] * n)
     decision = governed.classify(policy, answer.value, answer.error_code)
     if decision == "control":
+        served("control", str(answer.reason or ""), n)
         return rebuild([control] * n)
     if decision == "unknown":
         governed.violations.count(flag_key, "unknown_variant", n)
+        served("control", "DEFAULT", n)
         return rebuild([control] * n)
     if decision == "other":
+        served(answer.variant or "", str(answer.reason or ""), n)
         return rebuild([answer.value] * n)
     # The vendor serves the treatment: the stage decides, record by record.
     if policy.unit == "targeting_key":
@@ -133,6 +144,7 @@ def assign(
         attribute = base.attributes.get(policy.unit)
         if attribute is None:
             governed.violations.count(flag_key, "missing_unit", n)
+            served("control", "SPLIT", n)
             return rebuild([control] * n)
         units = [str(attribute)] * n
     limit = threshold(state.stage)
@@ -140,4 +152,6 @@ def assign(
     capped = n - sum(admitted)
     if capped:
         governed.violations.count(flag_key, "capped", capped)
+    served("treatment", str(answer.reason or ""), n - capped)
+    served("control", "SPLIT", capped)
     return rebuild([treatment if ok else control for ok in admitted])

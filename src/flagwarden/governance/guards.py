@@ -123,6 +123,15 @@ class GuardEvaluator:
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 doc = json.load(response)
+        except urllib.error.HTTPError as exc:
+            # Prometheus answers errors with JSON ({"errorType", "error"}): say what it said.
+            try:
+                said = json.load(exc).get("error", "")
+            except (ValueError, OSError):
+                said = ""
+            return GuardResult(
+                guard.name, "unreachable", detail=f"prometheus: HTTP {exc.code} {said}".strip()
+            )
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return GuardResult(
                 guard.name, "unreachable", detail=f"prometheus: {type(exc).__name__}"

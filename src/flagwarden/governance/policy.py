@@ -20,8 +20,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(value: str | int | float) -> timedelta:
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
     """``"30m"``, ``"1h"``, ``"2d"``, ``"45s"``, ``"500ms"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=float(value))
     match = _DURATION.match(str(value))

@@ -40,10 +40,12 @@ class Decision:
 
 
 class Watch:
-    def __init__(self, governance: Governance, evaluator: GuardEvaluator) -> None:
+    def __init__(
+        self, governance: Governance, evaluator: GuardEvaluator, rollout: Rollout | None = None
+    ) -> None:
         self.governance = governance
         self.evaluator = evaluator
-        self.rollout: Rollout = governance.rollout()
+        self.rollout: Rollout = rollout or governance.rollout()
 
     def tick(self, now: float | None = None) -> list[Decision]:
         now = time.time() if now is None else now

@@ -340,6 +340,12 @@ class FailoverProvider(SourceProvider):
             served[source] = served.get(source, 0) + 1
         return details
 
+    def count_served(self, source: str, n: int) -> None:
+        """Count ``n`` answers given outside ``resolve`` (``assign``) in the open outage window."""
+        outage = self._outage
+        if outage is not None and n > 0:
+            outage.served[source] = outage.served.get(source, 0) + n
+
     def _resolve(
         self,
         flag_type: FlagType,

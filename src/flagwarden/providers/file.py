@@ -8,8 +8,12 @@ reported and the previous flags stay in force.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,9 +79,24 @@ def _uses_targeting_key(targeting: Any) -> bool:
 class FileProvider(SourceProvider):
     source: ClassVar[str] = "file"
 
-    def __init__(self, path: Path, *, name: str = "file", poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str = "file",
+        poll_interval: float = 0.5,
+        snapshot: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(name=name, kind="file")
+        self._snapshot_file: str | None = None
+        if snapshot is not None:
+            # Replaying a last-known-good snapshot: the definitions, from a private file.
+            fd, self._snapshot_file = tempfile.mkstemp(prefix="flagwarden-flags-", suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(snapshot), fh)
+            path = Path(self._snapshot_file)
         self.path = Path(path)
+        self._data: dict[str, Any] | None = None
         self.poll_interval = poll_interval
         self._core = FlagdCore()
         self._stamp: tuple[int, int] | None = None
@@ -95,7 +114,9 @@ class FileProvider(SourceProvider):
     def _load(self) -> list[str]:
         stamp = self._file_stamp()
         data = read_flag_file(self.path)
+        pristine = copy.deepcopy(data)  # flagd-core's FlagStore.update mutates its input
         changed = self._core.set_flags_and_get_changed_keys(data)
+        self._data = pristine
         self._key_dependent = {
             key: _uses_targeting_key(flag.get("targeting")) for key, flag in data["flags"].items()
         }
@@ -141,8 +162,14 @@ class FileProvider(SourceProvider):
     def depends_on_key(self, flag_key: str) -> bool:
         return self._key_dependent.get(flag_key, False)
 
+    def export_snapshot(self) -> dict[str, Any] | None:
+        """The flag file as last loaded (flagd format), for a last-known-good snapshot."""
+        return None if self._data is None else dict(self._data)
+
     def shutdown(self) -> None:
         self._stop.set()
+        if self._snapshot_file:
+            Path(self._snapshot_file).unlink(missing_ok=True)
 
     def recreate(self) -> FileProvider:
         return FileProvider(self.path, name=self.name, poll_interval=self.poll_interval)

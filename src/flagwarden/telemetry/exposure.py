@@ -78,8 +78,8 @@ class ExposureSummary:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, key: tuple[str, str, str, str]) -> None:
-        self._counts[key] += 1
+    def add(self, key: tuple[str, str, str, str], n: int = 1) -> None:
+        self._counts[key] += n
 
     def start(self) -> None:
         if self._thread is None:
@@ -150,6 +150,22 @@ class ExposureHook(Hook):
             self._observe(hook_context, details)
         except Exception as exc:  # telemetry must never change an evaluation's outcome
             _log.error("flagwarden.exposure_hook_failed", error=str(exc))
+
+    def record_batch(
+        self, flag: str, variant: str, reason: str, error: str, source: str, n: int
+    ) -> None:
+        """Count ``n`` exposures served by ``assign`` at once (no per-record log lines)."""
+        if n <= 0:
+            return
+        key = (flag, variant, reason, error, source)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = EVALUATIONS.labels(
+                flag, variant, reason, self.provider_name, error, source
+            )
+        child.inc(n)
+        if self.summary is not None:
+            self.summary.add((flag, variant, reason, source), n)
 
     def _observe(self, hook_context: HookContext, details: FlagEvaluationDetails[Any]) -> None:
         flag = details.flag_key
