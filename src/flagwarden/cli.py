@@ -145,6 +145,15 @@ def snapshot(config: ConfigOption = None) -> None:
         flagwarden.shutdown()
 
 
+def _open(config: Path | None) -> tuple[Settings, Governance]:
+    """The settings and the governance stores, or exit 1 saying what is wrong."""
+    try:
+        settings = load_settings(config)
+        return settings, Governance.open(settings, strict=True)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise _fail(str(exc)) from None
+
+
 ActorOption = Annotated[
     str | None,
     typer.Option("--actor", help="who does this (default: $FLAGWARDEN_ACTOR, else the OS user)"),
@@ -153,11 +162,7 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="why: recorded in th
 
 
 def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -> None:
-    try:
-        settings = load_settings(config)
-        governance = Governance.open(settings, strict=True)
-    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
-        raise _fail(str(exc)) from None
+    _, governance = _open(config)
     try:
         done = getattr(governance.rollout(), action)(flag, **kwargs)
     except TransitionRefused as exc:
@@ -250,11 +255,7 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Stage, killed/paused, soak and owner of each governed flag, and the provider in use."""
-    try:
-        settings = load_settings(config)
-        governance = Governance.open(settings, strict=True)
-    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
-        raise _fail(str(exc)) from None
+    settings, governance = _open(config)
     try:
         assert governance.store is not None
         states = governance.store.load_all()
@@ -305,11 +306,11 @@ def watch(
     from flagwarden.governance.measurements import open_measurement_store
     from flagwarden.governance.watch import Watch
 
+    settings, governance = _open(config)
     try:
-        settings = load_settings(config)
-        governance = Governance.open(settings, strict=True)
         measurements = open_measurement_store(settings.config.state, settings.base_dir)
-    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+    except StateStoreUnavailable as exc:
+        governance.close()
         raise _fail(str(exc)) from None
     evaluator = GuardEvaluator(measurements, settings.config.telemetry.prometheus.query_url)
     watcher = Watch(governance, evaluator)
@@ -375,11 +376,7 @@ def report(
     except ValueError as exc:
         err.print(f"[red]error:[/red] --since: {exc}")
         raise typer.Exit(2) from None
-    try:
-        settings = load_settings(config)
-        governance = Governance.open(settings, strict=True)
-    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
-        raise _fail(str(exc)) from None
+    settings, governance = _open(config)
     try:
         assert governance.store is not None and governance.audit is not None
         doc = build_report(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -169,3 +170,31 @@ def test_actor_resolution(monkeypatch):
     assert resolve_actor(None) == "envy"
     monkeypatch.delenv("FLAGWARDEN_ACTOR")
     assert resolve_actor(None)
+
+
+def _open_everything(url: str, start_at: float) -> None:
+    from flagwarden.audit.log import AuditLog
+    from flagwarden.governance.measurements import open_measurement_store
+
+    time.sleep(max(0.0, start_at - time.time()))  # all processes start together
+    store = open_state_store(url)
+    store.load_all()
+    AuditLog(url).close()
+    measurements = open_measurement_store(url)
+    measurements.samples("f", "m", "treatment", 0)
+    measurements.close()
+    store.close()
+
+
+@pytest.mark.slow
+def test_many_processes_create_the_postgres_tables_at_once(pg_url: str):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3
+    procs = [ctx.Process(target=_open_everything, args=(pg_url, start_at)) for _ in range(8)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flagwarden.errors import FlagwardenError
-from flagwarden.governance.state import redact_url
+from flagwarden.governance.state import create_tables, redact_url
 
 __all__ = ["AuditError", "AuditLog", "AuditRecord", "Verification", "open_audit_log"]
 
@@ -98,7 +98,7 @@ class AuditLog:
 
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-            conn.execute(_SCHEMA)
+            create_tables(conn, _SCHEMA)
             return conn
         except psycopg.Error as exc:
             raise AuditError(f"{redact_url(self.url)}: {type(exc).__name__}") from None

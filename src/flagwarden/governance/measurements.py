@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from flagwarden.governance.state import StateStoreUnavailable, redact_url
+from flagwarden.governance.state import StateStoreUnavailable, create_tables, redact_url
 
 __all__ = ["MeasurementStore", "open_measurement_store"]
 
@@ -66,8 +66,6 @@ class _SQLMeasurements(MeasurementStore):
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                    self._conn.execute(_SCHEMA)
-                    self._conn.execute(_INDEX)
                 cursor = self._conn.execute(sql, args)
                 return cursor.fetchall() if fetch else []
             except Exception as exc:
@@ -164,6 +162,8 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
             conn = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(_SCHEMA)
+            conn.execute(_INDEX)
             return conn
 
         return _SQLMeasurements(url, connect_sqlite, "?")
@@ -177,7 +177,10 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg
 
-        return _SQLMeasurements(
-            url, lambda: psycopg.connect(url, autocommit=True, connect_timeout=3), "%s"
-        )
+        def connect_postgres() -> Any:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=3)
+            create_tables(conn, _SCHEMA, _INDEX)
+            return conn
+
+        return _SQLMeasurements(url, connect_postgres, "%s")
     raise StateStoreUnavailable(f"{redact_url(url)}: unsupported store for measurements")

@@ -10,10 +10,9 @@ are counted in memory and written to the audit log in aggregate, never once per 
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -26,6 +25,7 @@ from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.governance.bucketing import bucket, threshold
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache
+from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import FailoverProvider
 from flagwarden.telemetry.metrics import CAPPED as CAPPED_EVALUATIONS
@@ -39,78 +39,34 @@ STAGE, CAPPED, KILLED = "flagwarden.stage", "flagwarden.capped", "flagwarden.kil
 Unregistered = Literal["allow", "warn", "deny"]
 
 
-class ViolationLog:
-    """Counts policy violations per flag and kind; flushes them to the audit log periodically."""
+class ViolationLog(PeriodicCounter[tuple[str, str]]):
+    """Counts policy violations per flag and kind; flushes them to Prometheus and, in
+    aggregate, to the audit log every ``flush_interval`` seconds."""
 
     def __init__(self, audit: AuditLog | None, flush_interval: float = 10.0) -> None:
+        super().__init__(flush_interval, "flagwarden-violations")
         self.audit = audit
-        self.flush_interval = flush_interval
-        self._counts: Counter[tuple[str, str]] = Counter()
         self.totals: Counter[tuple[str, str]] = Counter()
-        self._since = datetime.now(UTC)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def count(self, flag: str, kind: str, n: int = 1) -> None:
-        # A dict increment under the GIL; the lock is only taken by flush's swap.
-        self._counts[(flag, kind)] += n
+        self.add((flag, kind), n)
 
-    def start(self) -> None:
-        if self.audit is not None and self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="flagwarden-violations", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
-
-    def flush(self) -> int:
-        """Write the counts since the last flush as one record per flag and kind."""
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-            since, self._since = self._since, datetime.now(UTC)
+    def _write(self, counts: Counter[tuple[str, str]], since: datetime, until: datetime) -> None:
         self.totals.update(counts)
         for (flag, kind), n in counts.items():
             VIOLATIONS.labels(flag, kind).inc(n)
             if kind == "capped":
                 CAPPED_EVALUATIONS.labels(flag).inc(n)
-        if self.audit is None or not counts:
-            return 0
-        written = 0
+        if self.audit is None:
+            return
         for (flag, kind), n in sorted(counts.items()):
+            window = {"since": since.isoformat(), "until": until.isoformat()}
             try:
-                self.audit.append(
-                    "violation",
-                    {
-                        "kind": kind,
-                        "count": n,
-                        "since": since.isoformat(),
-                        "until": self._since.isoformat(),
-                    },
-                    flag=flag,
-                )
-                written += 1
+                self.audit.append("violation", {"kind": kind, "count": n, **window}, flag=flag)
             except AuditError as exc:
                 _log.error("flagwarden.violation_flush_failed", error=str(exc))
-                with self._lock:
-                    self._counts[(flag, kind)] += n  # keep it for the next flush
-        return written
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = Counter()
-        self._thread = None
-        self._stop = threading.Event()
-        self.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
+                self.totals.subtract({(flag, kind): n})
+                self._requeue(Counter({(flag, kind): n}))
 
 
 class GovernedProvider(SourceProvider):

@@ -214,58 +214,41 @@ class Rollout:
         )
         return self._commit("rollback", before, after, actor=actor, reason=reason, details=details)
 
-    def kill(self, flag: str, *, actor: str, reason: str) -> Transition:
+    def _switch(
+        self,
+        action: str,
+        flag: str,
+        field: str,
+        value: bool,
+        *,
+        actor: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> Transition:
+        """Set ``killed`` or ``paused`` to ``value``; refused when it already is."""
         before = self.state(flag)
-        if before.killed:
-            raise TransitionRefused(
-                f"{flag} is already killed (by {before.updated_by}: {before.reason})"
-            )
-        return self._commit(
-            "kill",
-            before,
-            before.changed(actor=actor, reason=reason, killed=True),
-            actor=actor,
-            reason=reason,
-        )
+        if getattr(before, field) == value:
+            already = f"already {field}" if value else f"not {field}"
+            by = f" (by {before.updated_by}: {before.reason})" if value else ""
+            raise TransitionRefused(f"{flag} is {already}{by}")
+        after = before.changed(actor=actor, reason=reason, **{field: value})
+        return self._commit(action, before, after, actor=actor, reason=reason, details=details)
+
+    def kill(self, flag: str, *, actor: str, reason: str) -> Transition:
+        return self._switch("kill", flag, "killed", True, actor=actor, reason=reason)
 
     def revive(self, flag: str, *, actor: str, reason: str) -> Transition:
-        before = self.state(flag)
-        if not before.killed:
-            raise TransitionRefused(f"{flag} is not killed")
-        return self._commit(
-            "revive",
-            before,
-            before.changed(actor=actor, reason=reason, killed=False),
-            actor=actor,
-            reason=reason,
-        )
+        return self._switch("revive", flag, "killed", False, actor=actor, reason=reason)
 
     def pause(
         self, flag: str, *, actor: str, reason: str, details: dict[str, Any] | None = None
     ) -> Transition:
-        before = self.state(flag)
-        if before.paused:
-            raise TransitionRefused(f"{flag} is already paused")
-        return self._commit(
-            "pause",
-            before,
-            before.changed(actor=actor, reason=reason, paused=True),
-            actor=actor,
-            reason=reason,
-            details=details,
+        return self._switch(
+            "pause", flag, "paused", True, actor=actor, reason=reason, details=details
         )
 
     def resume(self, flag: str, *, actor: str, reason: str) -> Transition:
-        before = self.state(flag)
-        if not before.paused:
-            raise TransitionRefused(f"{flag} is not paused")
-        return self._commit(
-            "resume",
-            before,
-            before.changed(actor=actor, reason=reason, paused=False),
-            actor=actor,
-            reason=reason,
-        )
+        return self._switch("resume", flag, "paused", False, actor=actor, reason=reason)
 
 
 def _human(delta: Any) -> str:

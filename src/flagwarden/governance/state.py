@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,7 @@ __all__ = [
     "StateCache",
     "StateStore",
     "StateStoreUnavailable",
+    "create_tables",
     "open_state_store",
     "redact_url",
 ]
@@ -47,6 +49,22 @@ def redact_url(url: str) -> str:
     """A store URL without its credentials, for messages."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
+_SCHEMA_LOCK = 0x66770001
+
+
+def create_tables(conn: Any, *statements: str) -> None:
+    """Run CREATE ... IF NOT EXISTS statements on PostgreSQL, one process at a time.
+
+    Concurrent ``CREATE TABLE IF NOT EXISTS`` is not race-free in PostgreSQL (two sessions
+    can both decide to create, and one fails on the catalog's unique index), so the creation
+    holds a transaction-scoped advisory lock.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        for statement in statements:
+            conn.execute(statement)
 
 
 def _now() -> datetime:
@@ -228,6 +246,40 @@ class SQLiteStateStore(StateStore):
         self._conn.close()
 
 
+def _keep_listening(
+    name: str,
+    url: str,
+    stop: threading.Event,
+    listen: Callable[[], None],
+    errors: tuple[type[BaseException], ...],
+    on_error: ErrorCallback | None,
+) -> None:
+    """Run ``listen`` on a thread until ``stop``; reconnect with backoff when it fails."""
+
+    def loop() -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                listen()
+            except errors as exc:
+                if stop.is_set():
+                    return
+                if on_error is not None:
+                    on_error(f"{redact_url(url)}: {type(exc).__name__}")
+                _log.warning(
+                    "flagwarden.state_watch_reconnecting",
+                    store=redact_url(url),
+                    error=type(exc).__name__,
+                )
+                if time.monotonic() - began > 10:
+                    backoff = 0.1  # it had been working: retry quickly
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    threading.Thread(target=loop, name=name, daemon=True).start()
+
+
 # -- Redis -------------------------------------------------------------------------------
 
 _CAS_SCRIPT = """
@@ -294,32 +346,23 @@ class RedisStateStore(StateStore):
         import redis
 
         def listen() -> None:
-            backoff = 0.1
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            pubsub.subscribe(self._channel)
+            callback(None)  # anything published while we were away
             while not self._stop.is_set():
-                try:
-                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    self._pubsub = pubsub
-                    pubsub.subscribe(self._channel)
-                    callback(None)  # anything published while we were away
-                    backoff = 0.1
-                    while not self._stop.is_set():
-                        message = pubsub.get_message(timeout=1.0)
-                        if message and message["type"] == "message":
-                            callback(message["data"].decode())
-                except (redis.RedisError, OSError, ValueError) as exc:
-                    if self._stop.is_set():
-                        return
-                    if on_error is not None:
-                        on_error(f"{redact_url(self.url)}: {type(exc).__name__}")
-                    _log.warning(
-                        "flagwarden.state_watch_reconnecting",
-                        store=redact_url(self.url),
-                        error=type(exc).__name__,
-                    )
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                message = pubsub.get_message(timeout=1.0)
+                if message and message["type"] == "message":
+                    callback(message["data"].decode())
 
-        threading.Thread(target=listen, name="flagwarden-state-redis", daemon=True).start()
+        _keep_listening(
+            "flagwarden-state-redis",
+            self.url,
+            self._stop,
+            listen,
+            (redis.RedisError, OSError, ValueError),
+            on_error,
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -344,9 +387,10 @@ class PostgresStateStore(StateStore):
         import psycopg
 
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
-        conn.execute(
+        create_tables(
+            conn,
             "CREATE TABLE IF NOT EXISTS flagwarden_state ("
-            "flag TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL)"
+            "flag TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL)",
         )
         return conn
 
@@ -407,30 +451,16 @@ class PostgresStateStore(StateStore):
         import psycopg
 
         def listen() -> None:
-            backoff = 0.1
-            while not self._stop.is_set():
-                try:
-                    with self._connect() as conn:
-                        conn.execute(f"LISTEN {self.CHANNEL}")
-                        callback(None)
-                        backoff = 0.1
-                        while not self._stop.is_set():
-                            for notify in conn.notifies(timeout=1.0, stop_after=1):
-                                callback(notify.payload)
-                except psycopg.Error as exc:
-                    if self._stop.is_set():
-                        return
-                    if on_error is not None:
-                        on_error(f"{redact_url(self.url)}: {type(exc).__name__}")
-                    _log.warning(
-                        "flagwarden.state_watch_reconnecting",
-                        store=redact_url(self.url),
-                        error=type(exc).__name__,
-                    )
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            with self._connect() as conn:
+                conn.execute(f"LISTEN {self.CHANNEL}")
+                callback(None)  # anything notified while we were away
+                while not self._stop.is_set():
+                    for notify in conn.notifies(timeout=1.0, stop_after=1):
+                        callback(notify.payload)
 
-        threading.Thread(target=listen, name="flagwarden-state-postgres", daemon=True).start()
+        _keep_listening(
+            "flagwarden-state-postgres", self.url, self._stop, listen, (psycopg.Error,), on_error
+        )
 
     def close(self) -> None:
         self._stop.set()

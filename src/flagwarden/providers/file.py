@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +25,7 @@ from openfeature.provider import ProviderStatus
 
 from flagwarden.errors import ConfigError
 from flagwarden.providers.base import SourceProvider, error_details
+from flagwarden.providers.snapshot import write_private_json
 
 __all__ = ["FileProvider", "read_flag_file"]
 
@@ -91,9 +90,7 @@ class FileProvider(SourceProvider):
         self._snapshot_file: str | None = None
         if snapshot is not None:
             # Replaying a last-known-good snapshot: the definitions, from a private file.
-            fd, self._snapshot_file = tempfile.mkstemp(prefix="flagwarden-flags-", suffix=".json")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(dict(snapshot), fh)
+            self._snapshot_file = write_private_json(dict(snapshot), "flagwarden-flags-")
             path = Path(self._snapshot_file)
         self.path = Path(path)
         self._data: dict[str, Any] | None = None

@@ -12,9 +12,7 @@ evaluates percentages and targeting exactly as LaunchDarkly would.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -32,6 +30,7 @@ from openfeature.provider import ProviderStatus
 
 from flagwarden.config import LaunchDarklyProfile
 from flagwarden.providers.base import SourceProvider, error_details
+from flagwarden.providers.snapshot import write_private_json
 
 __all__ = ["LaunchDarklyVendor"]
 
@@ -120,9 +119,7 @@ class LaunchDarklyVendor(SourceProvider):
     def _config(self) -> Config:
         p = self.profile
         if self._snapshot is not None:
-            fd, self._snapshot_file = tempfile.mkstemp(prefix="flagwarden-ld-", suffix=".json")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(dict(self._snapshot), fh)
+            self._snapshot_file = write_private_json(dict(self._snapshot), "flagwarden-ld-")
             return Config(
                 "flagwarden-snapshot",
                 update_processor_class=Files.new_data_source(paths=[self._snapshot_file]),

@@ -30,6 +30,7 @@ __all__ = [
     "SnapshotStore",
     "SnapshotWriter",
     "open_snapshot_store",
+    "write_private_json",
 ]
 
 _log = structlog.get_logger("flagwarden.snapshot")
@@ -75,6 +76,17 @@ class Snapshot:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"{where}: not a flagwarden snapshot ({exc})") from None
+
+
+def write_private_json(data: Any, prefix: str) -> str:
+    """Write ``data`` to a new file only this user can read; returns its path.
+
+    Snapshot replays hand a vendor SDK's offline mode a file of definitions.
+    """
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    return path
 
 
 class SnapshotStore(Protocol):

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import mmh3
@@ -26,6 +25,7 @@ import structlog
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
+from flagwarden.periodic import PeriodicCounter
 from flagwarden.telemetry.metrics import EVALUATIONS
 
 __all__ = ["ExposureDeduper", "ExposureHook", "ExposureSummary"]
@@ -62,7 +62,7 @@ class ExposureDeduper:
         return True
 
 
-class ExposureSummary:
+class ExposureSummary(PeriodicCounter[tuple[str, str, str, str]]):
     """Counts per (flag, variant, reason, source), flushed to the log and the audit periodically."""
 
     def __init__(
@@ -70,35 +70,12 @@ class ExposureSummary:
         interval: float,
         sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.interval = interval
+        super().__init__(interval, "flagwarden-summary")
         self._sink = sink
-        self._counts: Counter[tuple[str, str, str, str]] = Counter()
-        self._since = datetime.now(UTC)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def add(self, key: tuple[str, str, str, str], n: int = 1) -> None:
-        self._counts[key] += n
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="flagwarden-summary", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
-
-    def flush(self) -> dict[str, Any] | None:
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-            since, until = self._since, datetime.now(UTC)
-            self._since = until
-        if not counts:
-            return None
+    def _write(
+        self, counts: Counter[tuple[str, str, str, str]], since: datetime, until: datetime
+    ) -> None:
         rows = [
             {"flag": flag, "variant": variant, "reason": reason, "source": source, "count": n}
             for (flag, variant, reason, source), n in sorted(counts.items())
@@ -110,20 +87,6 @@ class ExposureSummary:
                 self._sink(summary)
             except Exception as exc:  # bookkeeping never breaks a pipeline
                 _log.error("flagwarden.summary_sink_failed", error=str(exc))
-        return summary
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = Counter()
-        self._stop = threading.Event()
-        self._thread = None
-        self.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
 
 
 class ExposureHook(Hook):
