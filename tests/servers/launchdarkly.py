@@ -8,13 +8,14 @@ outage would; ``start()`` brings it back on the same port.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from tests.servers.http import ConnectionTracker
 
 
 def free_port() -> int:
@@ -85,6 +86,7 @@ class LaunchDarklyServer:
         self.stream_connections = 0
         self._lock = threading.Lock()
         self._streams: list[Any] = []
+        self._tracker = ConnectionTracker()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -126,12 +128,7 @@ class LaunchDarklyServer:
     def start(self) -> LaunchDarklyServer:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(self._tracker.handler_base()):  # type: ignore[misc]
             def send_event(self, event: str, data: str) -> None:
                 chunk = f"event: {event}\ndata: {data}\n\n".encode()
                 try:
@@ -199,11 +196,8 @@ class LaunchDarklyServer:
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
-            streams, self._streams = list(self._streams), []
-        for handler in streams:
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            handler.connection.close()
+            self._streams = []
+        self._tracker.cut_all()  # the streams, and any keep-alive polling connection
         self._server = None
 
     def __enter__(self) -> LaunchDarklyServer:

@@ -12,10 +12,11 @@ import copy
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tests.servers.http import ConnectionTracker
 from tests.servers.launchdarkly import free_port
 
 
@@ -118,6 +119,7 @@ class SplitServer:
         self.segments: dict[str, tuple[set[str], int]] = {}
         self.requests: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._tracker = ConnectionTracker()
         self._server: ThreadingHTTPServer | None = None
         for split in splits or []:
             self.set_split(split)
@@ -173,12 +175,7 @@ class SplitServer:
     def start(self) -> SplitServer:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(self._tracker.handler_base()):  # type: ignore[misc]
             def _json(self, payload: Any, status: int = 200) -> None:
                 body = json.dumps(payload).encode()
                 self.send_response(status)
@@ -222,10 +219,12 @@ class SplitServer:
         return self
 
     def stop(self) -> None:
+        """An outage: stop listening and cut the keep-alive connections already open."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self._tracker.cut_all()
 
     def __enter__(self) -> SplitServer:
         return self.start()

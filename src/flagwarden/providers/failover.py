@@ -244,12 +244,13 @@ class FailoverProvider(SourceProvider):
             self._request_snapshot()
             self.emit(event, details)
             return
+        # Status first, then the outage window: whoever sees the window sees the status too.
+        self._publish_status()
         if event is ProviderEvent.PROVIDER_READY:
             self._close_outage()
             self._request_snapshot()
         else:
             self._open_outage(details.message or event.value)
-        self._publish_status()
 
     def _aggregate(self) -> ProviderStatus:
         statuses = [self._vendor.status]
