@@ -69,17 +69,14 @@ def write_project(root: Path, provider: str, profile: dict[str, Any]) -> Path:
     return config
 
 
-def compare(
-    label: str,
-    bare: Callable[[], Any],
-    config: Path,
-    contexts: list[EvaluationContext],
-    rounds: int,
+def alternate(
+    bare: Callable[[], Any], config: Path, contexts: list[EvaluationContext], rounds: int
 ) -> tuple[float, float]:
+    """Median ns per evaluation: bare OpenFeature with ``bare()``'s provider, then the client
+    from ``flagwarden.configure(config)``, alternating round by round so drift hits both."""
     bare_times, fw_times = [], []
     for _ in range(rounds):
-        provider = bare()
-        api.set_provider_and_wait(provider)
+        api.set_provider_and_wait(bare())
         client = api.get_client()
         per_eval_ns(client, contexts[:1000])  # warm up
         bare_times.append(per_eval_ns(client, contexts))
@@ -88,7 +85,17 @@ def compare(
         per_eval_ns(fw, contexts[:1000])
         fw_times.append(per_eval_ns(fw, contexts))
         flagwarden.shutdown()
-    b, f = statistics.median(bare_times), statistics.median(fw_times)
+    return statistics.median(bare_times), statistics.median(fw_times)
+
+
+def compare(
+    label: str,
+    bare: Callable[[], Any],
+    config: Path,
+    contexts: list[EvaluationContext],
+    rounds: int,
+) -> tuple[float, float]:
+    b, f = alternate(bare, config, contexts, rounds)
     print(f"| {label:<12} | {b / 1000:8.1f} | {f / 1000:10.1f} | {f / b:5.2f} |", flush=True)
     return b, f
 

@@ -24,15 +24,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import structlog
 import yaml
-from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
+from bench.bench_eval import alternate
 from flagwarden.config import load_settings
 from flagwarden.governance.governance import Governance
 from flagwarden.providers.file import FileProvider
@@ -113,14 +112,6 @@ def kill_propagation(config: Path, workers: int) -> list[float]:
     return seen
 
 
-def per_eval(client: Any, contexts: list[EvaluationContext]) -> float:
-    get = client.get_boolean_value
-    start = time.perf_counter_ns()
-    for ctx in contexts:
-        get(FLAG, False, ctx)
-    return (time.perf_counter_ns() - start) / len(contexts)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=8)
@@ -157,18 +148,9 @@ def main() -> None:
     gov.rollout().advance(FLAG, actor="bench", reason="bench", to=25, force=True)
     gov.close()
     contexts = [EvaluationContext(f"order-{i}") for i in range(20_000)]
-    bare_t, gov_t = [], []
-    for _ in range(args.rounds):
-        api.set_provider_and_wait(FileProvider(work / "eval" / "flags.json"))
-        client = api.get_client()
-        per_eval(client, contexts[:1000])
-        bare_t.append(per_eval(client, contexts))
-        api.clear_providers()
-        client = flagwarden.configure(config)
-        per_eval(client, contexts[:1000])
-        gov_t.append(per_eval(client, contexts))
-        flagwarden.shutdown()
-    bare, governed = statistics.median(bare_t), statistics.median(gov_t)
+    bare, governed = alternate(
+        lambda: FileProvider(work / "eval" / "flags.json"), config, contexts, args.rounds
+    )
     print("\nGoverned evaluation (policy + failover) vs bare OpenFeature, flagd file provider:\n")
     print("| bare OF µs | governed µs | ratio |")
     print("|-----------:|------------:|------:|")

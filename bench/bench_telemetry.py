@@ -10,44 +10,24 @@ rendering cost is still paid, which is the point).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ld_openfeature import LaunchDarklyProvider
 from ldclient.config import Config
-from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
-import flagwarden
-from bench.bench_governance import FLAG, per_eval, project
+from bench.bench_eval import alternate
+from bench.bench_governance import FLAG, project
 from flagwarden.config import load_settings
 from flagwarden.governance.governance import Governance
 from flagwarden.providers.file import FileProvider
 from flagwarden.telemetry.exposure import ExposureDeduper
-
-
-def compare(
-    config: Path, bare_provider: Callable[[], Any], contexts: list[EvaluationContext], rounds: int
-) -> tuple[float, float]:
-    bare_t, full_t = [], []
-    for _ in range(rounds):
-        api.set_provider_and_wait(bare_provider())
-        client = api.get_client()
-        per_eval(client, contexts[:1000])
-        bare_t.append(per_eval(client, contexts))
-        api.clear_providers()
-        client = flagwarden.configure(config)
-        per_eval(client, contexts[:1000])
-        full_t.append(per_eval(client, contexts))
-        flagwarden.shutdown()
-    return statistics.median(bare_t), statistics.median(full_t)
 
 
 def main() -> None:
@@ -102,7 +82,7 @@ def main() -> None:
     ]
     for name, cfg, bare_provider in setups:
         for label, contexts in workloads.items():
-            bare, full = compare(cfg, bare_provider, contexts, args.rounds)
+            bare, full = alternate(bare_provider, cfg, contexts, args.rounds)
             print(
                 f"| {name:<12} | {label:<32} | {bare / 1000:7.1f} | {full / 1000:10.1f} "
                 f"| {full / bare:5.2f} |",
