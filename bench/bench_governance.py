@@ -24,10 +24,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
 import yaml
+from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
@@ -148,8 +150,18 @@ def main() -> None:
     gov.rollout().advance(FLAG, actor="bench", reason="bench", to=25, force=True)
     gov.close()
     contexts = [EvaluationContext(f"order-{i}") for i in range(20_000)]
+
+    def governed_client() -> Any:
+        client = flagwarden.configure(config)
+        api.clear_hooks()  # the exposure hook is bench_telemetry's: here, policy + failover
+        return client
+
     bare, governed = alternate(
-        lambda: FileProvider(work / "eval" / "flags.json"), config, contexts, args.rounds
+        lambda: FileProvider(work / "eval" / "flags.json"),
+        governed_client,
+        contexts,
+        args.rounds,
+        flagwarden.shutdown,
     )
     print("\nGoverned evaluation (policy + failover) vs bare OpenFeature, flagd file provider:\n")
     print("| bare OF µs | governed µs | ratio |")

@@ -22,6 +22,7 @@ from ldclient.config import Config
 from openfeature.evaluation_context import EvaluationContext
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
+import flagwarden
 from bench.bench_eval import alternate
 from bench.bench_governance import FLAG, project
 from flagwarden.config import load_settings
@@ -82,7 +83,13 @@ def main() -> None:
     ]
     for name, cfg, bare_provider in setups:
         for label, contexts in workloads.items():
-            bare, full = alternate(bare_provider, cfg, contexts, args.rounds)
+            bare, full = alternate(
+                bare_provider,
+                lambda cfg=cfg: flagwarden.configure(cfg),
+                contexts,
+                args.rounds,
+                flagwarden.shutdown,
+            )
             print(
                 f"| {name:<12} | {label:<32} | {bare / 1000:7.1f} | {full / 1000:10.1f} "
                 f"| {full / bare:5.2f} |",
