@@ -137,3 +137,16 @@ def test_html_report_renders_in_headless_chromium(demo: Path, tmp_path: Path):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@pytest.mark.slow
+def test_status_shows_guard_health_and_provider_state(demo: Path):
+    doc = json.loads(cli(demo / "flagwarden.yaml", "status", "--json").stdout)
+    (flag,) = doc["flags"]
+    assert flag["stage"] == 0
+    assert flag["guards"][0]["guard"] == "null-rate" and flag["guards"][0]["verdict"] == "breach"
+    provider = doc["provider"]
+    assert provider["name"] == "file" and provider["snapshot_age_seconds"] is not None
+    assert provider["last_outage"]["served"]["snapshot"] >= 20_000
+    table = cli(demo / "flagwarden.yaml", "status")
+    assert "null-rate: breach" in table.stdout and "last outage" in table.stdout

@@ -9,7 +9,15 @@ from flagwarden.audit.log import AuditLog
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState
 
-__all__ = ["STALE_AFTER", "describe_flag", "lint_policy", "lint_state", "lint_unregistered"]
+__all__ = [
+    "STALE_AFTER",
+    "describe_flag",
+    "guard_health",
+    "lint_policy",
+    "lint_state",
+    "lint_unregistered",
+    "provider_health",
+]
 
 STALE_AFTER = timedelta(days=30)
 
@@ -81,3 +89,26 @@ def describe_flag(policy: Policy, state: FlagState, now: datetime | None = None)
         "updated_by": state.updated_by,
         "reason": state.reason,
     }
+
+
+def guard_health(audit: AuditLog, flag: str) -> list[dict[str, Any]]:
+    """The latest verdict of each of the flag's guards, from the audit log (watch decisions)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in audit.records(flag=flag):
+        for guard in record.data.get("guards", []):
+            latest[guard["guard"]] = {"at": record.at.isoformat(), **guard}
+    return [latest[name] for name in sorted(latest)]
+
+
+def provider_health(
+    audit: AuditLog | None, snapshot: Any, now: datetime | None = None
+) -> dict[str, Any]:
+    """What can be known about the provider without a worker: snapshot age, last outage."""
+    now = now or datetime.now(UTC)
+    health: dict[str, Any] = {"snapshot_written_at": None, "snapshot_age_seconds": None}
+    if snapshot is not None:
+        health["snapshot_written_at"] = snapshot.written_at.isoformat()
+        health["snapshot_age_seconds"] = round((now - snapshot.written_at).total_seconds(), 1)
+    outages = [r for r in audit.records() if r.kind == "outage"] if audit is not None else []
+    health["last_outage"] = dict(outages[-1].data) if outages else None
+    return health
