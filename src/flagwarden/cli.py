@@ -472,6 +472,9 @@ def demo(
 
 
 def main() -> None:
+    from flagwarden.telemetry.logging import configure_logging
+
+    configure_logging()  # log lines go to stderr: stdout is for the command's output
     try:
         app()
     except KeyboardInterrupt:

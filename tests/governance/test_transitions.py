@@ -154,7 +154,11 @@ def test_cli_exit_codes_and_actor(project: Project):
     assert refused.returncode == 1 and "soaked" in refused.stderr
     assert cli(project, "advance", FLAG).returncode == 2  # --reason is required
     assert cli(project, "kill", "no-such-flag", "--reason", "x").returncode == 1
-    assert cli(project, "kill", FLAG, "--reason", "nulls", "--actor", "erin").returncode == 0
+    killed = cli(project, "kill", FLAG, "--reason", "nulls", "--actor", "erin")
+    assert killed.returncode == 0
+    # stdout is the command's own output; the structured log line goes to stderr.
+    assert killed.stdout.startswith("ok kill new-scoring-model")
+    assert '"event": "flagwarden.transition"' in killed.stderr
     gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
     try:
         actors = [r.actor for r in gov.audit.records() if r.kind == "transition"]

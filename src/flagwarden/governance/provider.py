@@ -52,6 +52,12 @@ class ViolationLog(PeriodicCounter[tuple[str, str]]):
         self.add((flag, kind), n)
 
     def _write(self, counts: Counter[tuple[str, str]], since: datetime, until: datetime) -> None:
+        _log.warning(
+            "flagwarden.policy_violations",
+            since=since.isoformat(),
+            until=until.isoformat(),
+            counts=[{"flag": f, "kind": k, "count": n} for (f, k), n in sorted(counts.items())],
+        )
         self.totals.update(counts)
         for (flag, kind), n in counts.items():
             VIOLATIONS.labels(flag, kind).inc(n)

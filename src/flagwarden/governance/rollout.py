@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from flagwarden.audit.log import AuditLog
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.policy import Policy
@@ -23,6 +25,7 @@ from flagwarden.governance.state import FlagState, StateCache, StateStore
 __all__ = ["Rollout", "Transition", "TransitionRefused", "resolve_actor"]
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
+_log = structlog.get_logger("flagwarden.rollout")
 
 
 def resolve_actor(actor: str | None) -> str:
@@ -99,6 +102,16 @@ class Rollout:
             )
         if self.cache is not None:
             self.cache.put(after)
+        _log.info(
+            "flagwarden.transition",
+            flag=before.flag,
+            action=action,
+            actor=actor,
+            reason=reason,
+            before=before.summary(),
+            after=after.summary(),
+            violations=list(violations),
+        )
         if self.audit is not None:
             data = {
                 "action": action,
