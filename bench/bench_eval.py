@@ -74,6 +74,20 @@ def write_project(root: Path, provider: str, profile: dict[str, Any]) -> Path:
     return config
 
 
+def bare_launchdarkly(url: str) -> Callable[[], Any]:
+    """The published LaunchDarkly OpenFeature provider against a local server: the baseline."""
+    from ld_openfeature import LaunchDarklyProvider
+    from ldclient.config import Config
+
+    def build() -> Any:
+        config = Config(
+            "sdk-bench", base_uri=url, stream_uri=url, events_uri=url, send_events=False
+        )
+        return LaunchDarklyProvider(config, start_wait=5)
+
+    return build
+
+
 def alternate(
     bare: Callable[[], Any],
     subject: Callable[[], Any],
@@ -157,25 +171,12 @@ def main() -> None:
     flagd = lambda: FileProvider(flags)  # noqa: E731
     compare("file (flagd)", flagd, flagd, contexts, args.rounds)
 
-    from ld_openfeature import LaunchDarklyProvider
-    from ldclient.config import Config
-
     ld = LaunchDarklyServer().start()
     ld.set_flag(boolean_flag(FLAG, rollout_percent=30))
     ld_profile = {**ld.profile(), "send_events": False}
     ld_cfg = write_project(work / "ld", "launchdarkly", ld_profile)
 
-    def bare_ld() -> Any:
-        return LaunchDarklyProvider(
-            Config(
-                "sdk-bench",
-                base_uri=ld.url,
-                stream_uri=ld.url,
-                events_uri=ld.url,
-                send_events=False,
-            ),
-            start_wait=5,
-        )
+    bare_ld = bare_launchdarkly(ld.url)
 
     ld_source = load_profile(work / "ld" / "providers" / "launchdarkly.yaml")
     ours_ld = lambda: LaunchDarklyVendor(ld_source)  # noqa: E731

@@ -14,16 +14,13 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 import yaml
-from ld_openfeature import LaunchDarklyProvider
-from ldclient.config import Config
 from openfeature.evaluation_context import EvaluationContext
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
 import flagwarden
-from bench.bench_eval import alternate
+from bench.bench_eval import alternate, bare_launchdarkly
 from bench.bench_governance import FLAG, project
 from flagwarden.config import load_settings
 from flagwarden.governance.governance import Governance
@@ -65,21 +62,9 @@ def main() -> None:
     gov.rollout().advance(FLAG, actor="bench", reason="bench", to=25, force=True)
     gov.close()
 
-    def bare_ld() -> Any:
-        return LaunchDarklyProvider(
-            Config(
-                "sdk-bench",
-                base_uri=ld.url,
-                stream_uri=ld.url,
-                events_uri=ld.url,
-                send_events=False,
-            ),
-            start_wait=5,
-        )
-
     setups = [
         ("flagd file", config, lambda: FileProvider(work / "flags.json")),
-        ("launchdarkly", ld_config, bare_ld),
+        ("launchdarkly", ld_config, bare_launchdarkly(ld.url)),
     ]
     for name, cfg, bare_provider in setups:
         for label, contexts in workloads.items():

@@ -22,6 +22,26 @@ FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def cli_kill(config: Path, reason: str) -> subprocess.CompletedProcess[str]:
+    """`flagwarden kill` from another process, as an operator would run it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flagwarden.cli",
+            "kill",
+            FLAG,
+            "--reason",
+            reason,
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def start_workers(config: Path, n: int) -> list[subprocess.Popen[str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return [
@@ -48,22 +68,7 @@ def test_kill_reaches_every_worker(project: Project, state_url: str):
             for worker in workers:
                 assert worker.stdout.readline().strip() == "ready"
             killed_at = time.time()
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "flagwarden.cli",
-                    "kill",
-                    FLAG,
-                    "--reason",
-                    "null spike",
-                    "-c",
-                    str(config),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = cli_kill(config, "null spike")
             assert result.returncode == 0, result.stderr
             seen = []
             for worker in workers:
@@ -137,42 +142,12 @@ def test_store_outage_keeps_last_state_and_kill_fails_loudly(project: Project, p
     wait_for(lambda: not cache.healthy, timeout=10)
     # The last known state still applies: no flapping to control or to the vendor's answer.
     assert client.get_boolean_details(FLAG, False, ctx).flag_metadata["flagwarden.stage"] == 100
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flagwarden.cli",
-            "kill",
-            FLAG,
-            "--reason",
-            "nulls",
-            "-c",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = cli_kill(config, "nulls")
     assert result.returncode == 1
     assert "could not be stored" in result.stderr
 
     restart()
     wait_for(lambda: cache.healthy, timeout=20)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flagwarden.cli",
-            "kill",
-            FLAG,
-            "--reason",
-            "nulls",
-            "-c",
-            str(config),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    assert cli_kill(config, "nulls").returncode == 0
     # The restarted Redis lost everything (no persistence), but the kill was stored now.
     wait_for(lambda: client.get_boolean_value(FLAG, True, ctx) is False, timeout=10)

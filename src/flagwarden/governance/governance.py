@@ -69,12 +69,12 @@ class Governance:
             _log.error("flagwarden.audit_unavailable", error=str(exc))
         return cls(settings, policies, store, audit)
 
-    def rollout(self, cache: StateCache | None = None) -> Rollout:
+    def rollout(self) -> Rollout:
         if self.store is None:
             raise StateStoreUnavailable(
                 f"{redact_url(self.settings.config.state)}: the state store is not available"
             )
-        return Rollout(self.policies, self.store, self.audit, cache)
+        return Rollout(self.policies, self.store, self.audit)
 
     def govern(
         self,
