@@ -62,6 +62,9 @@ def test_prefect_flow_with_component_flags(examples: Path, tmp_path: Path):
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # Prefect's temporary API server gets 20 s to start by default: too short for a busy
+        # two-core machine (its first start runs the database migrations).
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     result = subprocess.run(
         [sys.executable, str(examples / "prefect_flow.py"), "2000"],
