@@ -1,0 +1,5 @@
+"""``python -m flagwarden.cli``."""
+
+from flagwarden.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""Shared parts of the command line: the Typer app, consoles, common options, failure exits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from flagwarden.audit.log import AuditError
+from flagwarden.config import Settings, load_settings
+from flagwarden.errors import ConfigError
+from flagwarden.governance.governance import Governance
+from flagwarden.governance.state import StateStoreUnavailable
+
+__all__ = [
+    "ActorOption",
+    "ConfigOption",
+    "ReasonOption",
+    "app",
+    "err",
+    "fail",
+    "open_project",
+    "out",
+]
+
+app = typer.Typer(
+    name="flagwarden",
+    help="Vendor-neutral, policy-enforcing feature flags for data pipelines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (CI logs, grep) is not squeezed into 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="flagwarden.yaml to use (default: $FLAGWARDEN_CONFIG, ./flagwarden.yaml, embedded)",
+    ),
+]
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="who does this (default: $FLAGWARDEN_ACTOR, else the OS user)"),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="why: recorded in the audit log")]
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(1)
+
+
+def open_project(config: Path | None) -> tuple[Settings, Governance]:
+    """The settings and the governance stores, or exit 1 saying what is wrong."""
+    try:
+        settings = load_settings(config)
+        return settings, Governance.open(settings, strict=True)
+    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
+        raise fail(str(exc)) from None
