@@ -35,7 +35,7 @@ from openfeature.evaluation_context import EvaluationContext
 import flagwarden
 from bench.bench_eval import alternate
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from flagwarden.providers.file import FileProvider
 
 FLAG = "new-scoring-model"

@@ -23,7 +23,7 @@ import flagwarden
 from bench.bench_eval import alternate, bare_launchdarkly
 from bench.bench_governance import FLAG, project
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from flagwarden.providers.file import FileProvider
 from flagwarden.telemetry.exposure import ExposureDeduper
 

@@ -192,7 +192,7 @@ def run_demo(output: Path, console: Console) -> int:
 
     flagwarden.shutdown()  # flushes exposure summaries and violations into the audit log
     from flagwarden.config import load_settings
-    from flagwarden.governance.governance import Governance
+    from flagwarden.governance.project import Governance
 
     governance = Governance.open(load_settings(config))
     try:

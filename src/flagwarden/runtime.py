@@ -26,10 +26,10 @@ from flagwarden.config import (
 )
 from flagwarden.errors import ConfigError
 from flagwarden.events import EventSink
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.governed import GovernedProvider
 from flagwarden.governance.guards import GuardEvaluator
 from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
-from flagwarden.governance.provider import GovernedProvider
+from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStore, StateStoreUnavailable
 from flagwarden.governance.watch import Decision, Watch

@@ -11,9 +11,9 @@ from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
 from flagwarden.governance.lint import lint_state
 from flagwarden.governance.policy import load_policies
+from flagwarden.governance.project import Governance
 from flagwarden.governance.state import FlagState
 from tests.conftest import POLICY, Project, governed_project
 

@@ -14,7 +14,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from tests.conftest import POLICY, Project, governed_project, wait_for
 from tests.servers.launchdarkly import free_port
 

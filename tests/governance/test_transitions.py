@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import TransitionRefused, resolve_actor
 from flagwarden.governance.state import FlagState, open_state_store
 from tests.conftest import POLICY, Project, governed_project

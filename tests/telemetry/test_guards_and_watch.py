@@ -12,9 +12,9 @@ import pytest
 
 import flagwarden
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
 from flagwarden.governance.guards import GuardEvaluator
 from flagwarden.governance.measurements import open_measurement_store
+from flagwarden.governance.project import Governance
 from flagwarden.governance.watch import Watch
 from tests.conftest import POLICY, Project, governed_project
 from tests.servers.launchdarkly import free_port

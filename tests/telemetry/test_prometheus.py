@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flagwarden.config import load_settings
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from tests.conftest import POLICY, Project, governed_project, wait_for
 from tests.servers.launchdarkly import free_port
 

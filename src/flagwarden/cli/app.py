@@ -12,7 +12,7 @@ from rich.console import Console
 from flagwarden.audit.log import AuditError
 from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.governance import Governance
+from flagwarden.governance.project import Governance
 from flagwarden.governance.state import StateStoreUnavailable
 
 __all__ = [

@@ -10,9 +10,9 @@ from flagwarden.audit.log import AuditError
 from flagwarden.cli.app import ConfigOption, app, err, fail, out
 from flagwarden.config import Settings, load_profile, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.governance import Governance
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
 from flagwarden.governance.policy import Policy, load_policies
+from flagwarden.governance.project import Governance
 from flagwarden.governance.state import StateStoreUnavailable
 
 

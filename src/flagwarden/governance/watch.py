@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from flagwarden.governance.governance import Governance
 from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
+from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout, TransitionRefused
 from flagwarden.telemetry.metrics import GUARD_BREACHES
 

@@ -11,8 +11,8 @@ import structlog
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.config import Settings
 from flagwarden.events import Event, EventSink
+from flagwarden.governance.governed import GovernedProvider, ViolationLog
 from flagwarden.governance.policy import Policy, load_policies
-from flagwarden.governance.provider import GovernedProvider, ViolationLog
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import (
     FlagState,
