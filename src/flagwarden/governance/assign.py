@@ -18,6 +18,7 @@ from openfeature.flag_evaluation import FlagType
 
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.bucketing import buckets, threshold
+from flagwarden.governance.enforcement import Ruling, rule, same_value
 
 __all__ = ["assign"]
 
@@ -126,17 +127,17 @@ def assign(
     if state.killed:
         served("control", "DISABLED", n)
         return rebuild([control] * n)
-    decision = governed.classify(policy, answer.value, answer.error_code)
-    if decision == "control":
-        served("control", str(answer.reason or ""), n)
-        return rebuild([control] * n)
-    if decision == "unknown":
+    ruling = rule(policy, False, answer.value, answer.error_code)
+    if ruling is Ruling.VENDOR:
+        if same_value(answer.value, control):
+            served("control", str(answer.reason or ""), n)
+            return rebuild([control] * n)
+        served(answer.variant or "", str(answer.reason or ""), n)
+        return rebuild([answer.value] * n)
+    if ruling is Ruling.UNKNOWN:
         governed.violations.count(flag_key, "unknown_variant", n)
         served("control", "DEFAULT", n)
         return rebuild([control] * n)
-    if decision == "other":
-        served(answer.variant or "", str(answer.reason or ""), n)
-        return rebuild([answer.value] * n)
     # The vendor serves the treatment: the stage decides, record by record.
     if policy.unit == "targeting_key":
         units: list[str] = [str(k) for k in values]

@@ -22,7 +22,7 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import FeatureProvider, Metadata
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.governance.bucketing import bucket, threshold
+from flagwarden.governance.enforcement import Ruling, admitted, rule, same_value, unit_of
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache
 from flagwarden.periodic import PeriodicCounter
@@ -149,21 +149,27 @@ class GovernedProvider(SourceProvider):
         state = self.cache.get(flag_key)
         killed = state.killed or flag_key in self.env_killed
         control = policy.variants.control
-        value = details.value
-        served, variant, reason, capped = value, details.variant, details.reason, False
-        decision = self.classify(policy, value, details.error_code)
-        if killed:
+        served, variant, reason, capped = details.value, details.variant, details.reason, False
+        ruling = rule(policy, killed, details.value, details.error_code)
+        if ruling is Ruling.KILLED:
             served, variant, reason = control, "control", Reason.DISABLED
-        elif decision == "treatment":
-            unit = self._unit(policy, evaluation_context)
-            if unit is not None and bucket(policy.bucket_salt, unit) < threshold(state.stage):
+        elif ruling is Ruling.BUCKET:
+            unit = (
+                None
+                if evaluation_context is None
+                else unit_of(
+                    policy, evaluation_context.targeting_key, evaluation_context.attributes
+                )
+            )
+            if unit is not None and admitted(policy, state.stage, unit):
                 variant = "treatment"
             else:
                 served, variant, reason, capped = control, "control", Reason.SPLIT, True
                 self.violations.count(flag_key, "capped" if unit is not None else "missing_unit")
-        elif decision == "control":
-            variant = "control"
-        elif decision == "unknown":
+        elif ruling is Ruling.VENDOR:
+            if same_value(details.value, control):
+                variant = "control"
+        else:
             served, variant, reason, capped = control, "control", Reason.DEFAULT, True
             self.violations.count(flag_key, "unknown_variant")
         # The chain builds a fresh details object per call: update it rather than copy it.
@@ -177,27 +183,6 @@ class GovernedProvider(SourceProvider):
             KILLED: killed,
         }
         return details
-
-    @staticmethod
-    def classify(policy: Policy, value: Any, error_code: Any) -> str:
-        """treatment | control | unknown (a vendor answer outside the policy) | other.
-
-        "other" is the caller's own default served after an error: nothing to enforce.
-        """
-        if _same(value, policy.variants.treatment):
-            return "treatment"
-        if _same(value, policy.variants.control):
-            return "control"
-        return "unknown" if error_code is None else "other"
-
-    @staticmethod
-    def _unit(policy: Policy, context: EvaluationContext | None) -> str | None:
-        if context is None:
-            return None
-        if policy.unit == "targeting_key":
-            return context.targeting_key or None
-        value = context.attributes.get(policy.unit)
-        return None if value is None else str(value)
 
     def _unregistered(
         self,
@@ -219,8 +204,3 @@ class GovernedProvider(SourceProvider):
                 flag_metadata={"flagwarden.source": "default", "flagwarden.unregistered": True},
             )
         return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
-
-
-def _same(value: Any, variant: Any) -> bool:
-    """Equal, and not a bool standing in for a number (True == 1 in Python)."""
-    return bool(value == variant) and isinstance(value, bool) is isinstance(variant, bool)
