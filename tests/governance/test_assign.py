@@ -34,7 +34,13 @@ def stage(value: float, *, killed: bool = False) -> None:
 
 @pytest.mark.parametrize(
     ("serve", "at", "killed"),
-    [(True, 25, False), (True, 100, True), (False, 50, False), (True, 0, False)],
+    [
+        (True, 25, False),
+        (True, 100, True),
+        (True, 100, False),
+        (False, 50, False),
+        (True, 0, False),
+    ],
 )
 def test_assign_equals_per_key(project: Project, serve, at, killed):
     client = flagwarden.configure(governed_project(project, serve=serve))
@@ -43,6 +49,24 @@ def test_assign_equals_per_key(project: Project, serve, at, killed):
     assert flagwarden.assign(FLAG, KEYS, True) == expected
     if serve and at == 25 and not killed:
         assert 0.2 < sum(expected) / len(KEYS) < 0.3
+
+
+def test_assign_counts_exposures_as_per_key_evaluation_does(project: Project):
+    """Same summary rows (variant, reason, source, arm, capped) whichever way a batch is served."""
+    client = flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    telemetry = flagwarden.current().telemetry
+    telemetry.summary.flush()
+    keys = [*KEYS[:1000], ""]  # an empty key is no unit: control, and a violation
+    per_key(client, keys, False)
+    by_client = telemetry.summary._counts.copy()
+    telemetry.summary._counts.clear()
+    flagwarden.assign(FLAG, keys, False)
+    assert telemetry.summary._counts == by_client
+    assert {key[4:] for key in by_client} == {("treatment", False), ("control", True)}
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert violations.totals == {(FLAG, "missing_unit"): 2}
 
 
 def test_assign_with_a_unit_attribute(project: Project):

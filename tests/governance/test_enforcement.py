@@ -84,16 +84,52 @@ def test_stage_cap_holds_while_vendor_serves_treatment_to_everyone(project):
             details = client.get_boolean_details(FLAG, False, ctx)
             if details.value:
                 admitted.add(i)
-                assert details.variant == "treatment"
+                # The vendor's answer is served as it came: its variant name and reason.
+                assert (details.variant, details.reason) == ("served", Reason.STATIC)
+                assert details.flag_metadata["flagwarden.arm"] == "treatment"
             else:
                 assert details.flag_metadata["flagwarden.capped"] is True
-                assert details.reason == Reason.SPLIT
+                assert details.flag_metadata["flagwarden.arm"] == "control"
+                assert (details.variant, details.reason) == ("control", Reason.SPLIT)
         p = stage / 100
         sigma = math.sqrt(n * p * (1 - p)) or 1
         assert abs(len(admitted) - n * p) < 4 * sigma, (stage, len(admitted))
         assert previous <= admitted  # monotone: in at 5% stays in at 25%
         previous = admitted
     assert details.flag_metadata["flagwarden.stage"] == 100
+    # Capping is the mechanism: counted, never a violation.
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert not violations.totals
+
+
+def test_capping_is_counted_not_a_violation(project):
+    from prometheus_client import REGISTRY
+
+    def capped_total() -> float:
+        value = REGISTRY.get_sample_value(
+            "flagwarden_capped_evaluations_total", {"feature_flag_key": FLAG}
+        )
+        return value or 0.0
+
+    client = configure(project, serve=True)
+    set_stage(5)
+    before = capped_total()
+    answers = [
+        client.get_boolean_value(FLAG, False, EvaluationContext(f"u{i}")) for i in range(400)
+    ]
+    capped = answers.count(False)
+    assert 340 < capped < 400
+    assert capped_total() - before == capped
+    runtime = flagwarden.current()
+    runtime.governed.violations.flush()
+    runtime.telemetry.summary.flush()
+    assert not runtime.governed.violations.totals
+    records = runtime.governance.audit.records()
+    assert not [r for r in records if r.kind == "violation"]
+    (summary,) = [r for r in records if r.kind == "exposure_summary"]
+    rows = {(row["arm"], row["capped"]): row["count"] for row in summary.data["rows"]}
+    assert rows == {("control", True): capped, ("treatment", False): 400 - capped}
 
 
 def test_kill_serves_control_for_everyone(project):
@@ -110,26 +146,67 @@ def test_kill_serves_control_for_everyone(project):
         assert details.flag_metadata["flagwarden.source"] == "file"
 
 
-def test_control_answers_pass_through(project):
+@pytest.mark.parametrize("stage", [5, 100])
+def test_control_answers_pass_through(project, stage):
     client = configure(project, serve=False)
-    set_stage(100)
+    set_stage(stage)
     details = client.get_boolean_details(FLAG, True, EvaluationContext("u"))
-    assert (details.value, details.variant) == (False, "control")
+    assert (details.value, details.variant, details.reason) == (False, "served", Reason.STATIC)
     assert details.flag_metadata["flagwarden.capped"] is False
+    assert details.flag_metadata["flagwarden.arm"] == "control"
 
 
 def test_unknown_variant_is_control_and_a_violation(project):
     policy = {"variants": {"control": "geo-v1", "treatment": "geo-v2"}}
     client = configure(project, serve="geo-v3", policy=policy)
-    set_stage(100)
+    set_stage(50)
     details = client.get_string_details(FLAG, "geo-v2", EvaluationContext("u"))
-    assert (details.value, details.variant) == ("geo-v1", "control")
-    assert details.flag_metadata["flagwarden.capped"] is True
+    assert (details.value, details.variant, details.reason) == ("geo-v1", "control", "DEFAULT")
+    assert details.flag_metadata["flagwarden.capped"] is False
+    assert details.flag_metadata["flagwarden.arm"] == "control"
     violations = flagwarden.current().governed.violations
     violations.flush()
     assert violations.totals[(FLAG, "unknown_variant")] == 1
     records = flagwarden.current().governance.audit.records()
     assert any(r.kind == "violation" and r.data["kind"] == "unknown_variant" for r in records)
+
+
+def test_unknown_variant_at_stage_100_passes_through_and_is_still_a_violation(project):
+    policy = {"variants": {"control": "geo-v1", "treatment": "geo-v2"}}
+    client = configure(project, serve="geo-v3", policy=policy)
+    set_stage(100)
+    details = client.get_string_details(FLAG, "geo-v2", EvaluationContext("u"))
+    assert (details.value, details.variant, details.reason) == ("geo-v3", "served", "STATIC")
+    assert details.flag_metadata["flagwarden.arm"] == "none"
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert violations.totals[(FLAG, "unknown_variant")] == 1
+
+
+def test_missing_unit_is_a_violation_below_100_only(project):
+    client = configure(project, serve=True)
+    set_stage(50)
+    below = client.get_boolean_details(FLAG, True, EvaluationContext())
+    assert below.value is False and below.flag_metadata["flagwarden.capped"] is True
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert violations.totals == {(FLAG, "missing_unit"): 1}
+    set_stage(100)
+    at_100 = client.get_boolean_details(FLAG, False, EvaluationContext())
+    assert (at_100.value, at_100.variant, at_100.reason) == (True, "served", "STATIC")
+    violations.flush()
+    assert violations.totals == {(FLAG, "missing_unit"): 1}
+
+
+def test_paused_at_100_still_admits_everyone_but_enforces_the_arms(project):
+    policy = {"variants": {"control": "geo-v1", "treatment": "geo-v2"}}
+    client = configure(project, serve="geo-v2", policy=policy)
+    rollout = flagwarden.current().rollout
+    set_stage(100)
+    rollout.pause(FLAG, actor="test", reason="hold at 100")
+    details = client.get_string_details(FLAG, "x", EvaluationContext())
+    assert (details.value, details.variant) == ("geo-v2", "served")
+    assert details.flag_metadata["flagwarden.arm"] == "treatment"
 
 
 def test_unit_attribute_buckets_whole_tenants(project):
@@ -143,6 +220,9 @@ def test_unit_attribute_buckets_whole_tenants(project):
         assert answers == {bucket(FLAG, tenant) < 50_000}
     no_tenant = client.get_boolean_details(FLAG, True, EvaluationContext("rec-1"))
     assert no_tenant.value is False and no_tenant.flag_metadata["flagwarden.capped"] is True
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert violations.totals == {(FLAG, "missing_unit"): 1}
 
 
 @pytest.mark.parametrize("mode", ["allow", "warn", "deny"])

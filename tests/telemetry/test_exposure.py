@@ -66,7 +66,15 @@ def test_exposure_events_and_summary_in_json_logs(project: Project):
     assert first["flagwarden.source"] == "file"
     (summary,) = [e for e in events if e["event"] == "feature_flag.summary"]
     assert summary["rows"] == [
-        {"flag": FLAG, "variant": "control", "reason": "SPLIT", "source": "file", "count": 9}
+        {
+            "flag": FLAG,
+            "variant": "control",
+            "reason": "SPLIT",
+            "source": "file",
+            "arm": "control",
+            "capped": True,
+            "count": 9,
+        }
     ]
     # The summary went to the audit log too, for the compliance report.
     from flagwarden.audit.log import AuditLog

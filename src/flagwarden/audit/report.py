@@ -148,11 +148,12 @@ def build_report(
         for at, row in exposure_rows:
             if row["flag"] != flag:
                 continue
-            by_variant[row["variant"]] += row["count"]
+            arm = row.get("arm", row["variant"])
+            by_variant[arm] += row["count"]
             by_source[row["source"]] += row["count"]
             bucket = at  # one point per summary period; coarsened below for long reports
             share[bucket][1] += row["count"]
-            if row["variant"] == "treatment":
+            if arm == "treatment":
                 share[bucket][0] += row["count"]
         stale = bool(
             state.stage >= 100

@@ -18,7 +18,7 @@ from openfeature.flag_evaluation import FlagType
 
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.bucketing import buckets, threshold
-from flagwarden.governance.enforcement import Ruling, rule, same_value
+from flagwarden.governance.enforcement import Ruling, arm_of, outside_policy, rule, unit_of
 
 __all__ = ["assign"]
 
@@ -118,41 +118,50 @@ def assign(
     error = answer.error_code.value if answer.error_code else ""
     failover.count_served(source, len(values) - 1)  # resolve counted the first one
 
-    def served(variant: str, reason: str, n: int) -> None:
-        runtime.telemetry.hook.record_batch(flag_key, variant, reason, error, source, n)
+    def served(variant: str, reason: str, arm: str, n: int, capped: bool = False) -> None:
+        runtime.telemetry.hook.record_batch(
+            flag_key, variant, reason, error, source, n, arm=arm, capped=capped
+        )
 
     state = governed.state(flag_key)
     control, treatment = policy.variants.control, policy.variants.treatment
     n = len(values)
-    if state.killed:
-        served("control", "DISABLED", n)
+    vendor_variant, vendor_reason = answer.variant or "", str(answer.reason or "")
+    ruling = rule(policy, state.stage, state.killed, state.paused, answer.value, answer.error_code)
+    if ruling is Ruling.KILLED:
+        served("control", "DISABLED", "control", n)
         return rebuild([control] * n)
-    ruling = rule(policy, False, answer.value, answer.error_code)
-    if ruling is Ruling.VENDOR:
-        if same_value(answer.value, control):
-            served("control", str(answer.reason or ""), n)
-            return rebuild([control] * n)
-        served(answer.variant or "", str(answer.reason or ""), n)
+    if ruling is Ruling.PASS or ruling is Ruling.VENDOR:
+        if ruling is Ruling.PASS and outside_policy(policy, answer.value, answer.error_code):
+            governed.violations.count(flag_key, "unknown_variant", n)
+        served(vendor_variant, vendor_reason, arm_of(policy, answer.value), n)
         return rebuild([answer.value] * n)
     if ruling is Ruling.UNKNOWN:
         governed.violations.count(flag_key, "unknown_variant", n)
-        served("control", "DEFAULT", n)
+        served("control", "DEFAULT", "control", n)
         return rebuild([control] * n)
     # The vendor serves the treatment: the stage decides, record by record.
+    if state.stage >= 100:  # paused at 100: everyone is inside the stage
+        served(vendor_variant, vendor_reason, "treatment", n)
+        return rebuild([treatment] * n)
     if policy.unit == "targeting_key":
         units: list[str] = [str(k) for k in values]
     else:
-        attribute = base.attributes.get(policy.unit)
-        if attribute is None:
+        unit = unit_of(policy, None, base.attributes)
+        if unit is None:
             governed.violations.count(flag_key, "missing_unit", n)
-            served("control", "SPLIT", n)
+            served("control", "SPLIT", "control", n, capped=True)
             return rebuild([control] * n)
-        units = [str(attribute)] * n
+        units = [unit] * n
     limit = threshold(state.stage)
-    admitted = [b < limit for b in buckets(policy.bucket_salt, units)]
-    capped = n - sum(admitted)
-    if capped:
-        governed.violations.count(flag_key, "capped", capped)
-    served("treatment", str(answer.reason or ""), n - capped)
-    served("control", "SPLIT", capped)
-    return rebuild([treatment if ok else control for ok in admitted])
+    inside = [b < limit for b in buckets(policy.bucket_salt, units)]
+    if policy.unit == "targeting_key" and "" in units:
+        # An empty targeting key is no unit (as for one evaluation): control, and a violation.
+        missing = [i for i, u in enumerate(units) if not u]
+        for i in missing:
+            inside[i] = False
+        governed.violations.count(flag_key, "missing_unit", len(missing))
+    capped = n - sum(inside)
+    served(vendor_variant, vendor_reason, "treatment", n - capped)
+    served("control", "SPLIT", "control", capped, capped=True)
+    return rebuild([treatment if ok else control for ok in inside])

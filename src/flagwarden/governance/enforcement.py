@@ -3,6 +3,12 @@
 Pure functions over a policy, a flag's state and the answer the chain gave: no I/O, no
 clock, no counters. The caller applies the result (one evaluation, or a whole batch) and
 does the bookkeeping (violations, exposures).
+
+The rules, in order: a killed flag serves control to everyone. At stage 100, not paused, the
+answer passes through untouched (value, variant and reason). Below it, a treatment answer is
+served only to units whose bucket is inside the stage (the others get control: *capped*, the
+mechanism, not a violation); a control answer, or the caller's own default after an error,
+passes through; any other answer is outside the policy: control, and a violation.
 """
 
 from __future__ import annotations
@@ -14,14 +20,35 @@ from typing import Any
 from flagwarden.governance.bucketing import bucket, threshold
 from flagwarden.governance.policy import Policy
 
-__all__ = ["Ruling", "admitted", "rule", "same_value", "unit_of"]
+__all__ = [
+    "ARM",
+    "CAPPED",
+    "KILLED",
+    "STAGE",
+    "Ruling",
+    "admitted",
+    "arm_of",
+    "outside_policy",
+    "rule",
+    "same_value",
+    "unit_of",
+]
+
+# flag_metadata keys every governed evaluation carries (with flagwarden.source).
+STAGE, ARM, CAPPED, KILLED = (
+    "flagwarden.stage",
+    "flagwarden.arm",
+    "flagwarden.capped",
+    "flagwarden.killed",
+)
 
 
 class Ruling(Enum):
     """What the policy does with an answer, before looking at the unit."""
 
     KILLED = "killed"  # control for everyone
-    VENDOR = "vendor"  # the answer as it came (control from the vendor, or the caller's default)
+    PASS = "pass"  # stage 100, live: the answer exactly as it came
+    VENDOR = "vendor"  # control from the vendor, or the caller's default after an error
     UNKNOWN = "unknown"  # neither arm: control, and a violation
     BUCKET = "bucket"  # the treatment, for units inside the stage; control for the others
 
@@ -31,15 +58,33 @@ def same_value(value: Any, variant: Any) -> bool:
     return bool(value == variant) and isinstance(value, bool) is isinstance(variant, bool)
 
 
-def rule(policy: Policy, killed: bool, value: Any, error_code: Any) -> Ruling:
+def arm_of(policy: Policy, value: Any) -> str:
+    """``treatment`` or ``control`` when ``value`` is one of the policy's arms, else ``none``."""
+    if same_value(value, policy.variants.treatment):
+        return "treatment"
+    if same_value(value, policy.variants.control):
+        return "control"
+    return "none"
+
+
+def rule(
+    policy: Policy, stage: float, killed: bool, paused: bool, value: Any, error_code: Any
+) -> Ruling:
     """The ruling for an answer ``value`` (``error_code`` set when it is the caller's default)."""
     if killed:
         return Ruling.KILLED
+    if stage >= 100 and not paused:
+        return Ruling.PASS
     if same_value(value, policy.variants.treatment):
         return Ruling.BUCKET
     if same_value(value, policy.variants.control) or error_code is not None:
         return Ruling.VENDOR
     return Ruling.UNKNOWN
+
+
+def outside_policy(policy: Policy, value: Any, error_code: Any) -> bool:
+    """A vendor answer that is neither arm (the caller's default after an error is not)."""
+    return error_code is None and arm_of(policy, value) == "none"
 
 
 def unit_of(policy: Policy, targeting_key: str | None, attributes: Mapping[str, Any]) -> str | None:
@@ -50,6 +95,11 @@ def unit_of(policy: Policy, targeting_key: str | None, attributes: Mapping[str, 
     return None if value is None else str(value)
 
 
-def admitted(policy: Policy, stage: float, unit: str) -> bool:
-    """Whether ``unit`` is inside the stage: it may get the treatment."""
-    return bucket(policy.bucket_salt, unit) < threshold(stage)
+def admitted(policy: Policy, stage: float, unit: str | None) -> bool:
+    """Whether ``unit`` may get the treatment at ``stage``: everyone at 100, else its bucket.
+
+    Below 100 a missing unit is never admitted (it is a violation: the caller must say who).
+    """
+    if stage >= 100:
+        return True
+    return unit is not None and bucket(policy.bucket_salt, unit) < threshold(stage)

@@ -1,11 +1,14 @@
 """The governing provider: the policy decides what is served, whatever the vendor says.
 
 Enforcement lives in a provider, not a hook: OpenFeature after-hooks cannot change the value
-served. For a governed flag: killed -> control for everyone (DISABLED); a treatment answer
-is capped by the policy's stage through deterministic bucketing on the policy's unit; an
-answer that is neither control nor treatment -> control plus a violation. Every answer
-carries ``flagwarden.stage``, ``flagwarden.capped`` and ``flagwarden.killed``. Violations
-are counted in memory and written to the audit log in aggregate, never once per evaluation.
+served. The rules are :mod:`flagwarden.governance.enforcement`'s: killed -> control for
+everyone (DISABLED); stage 100, live -> the vendor's answer untouched; below it a treatment
+answer is capped by the stage through deterministic bucketing on the policy's unit (control,
+reason SPLIT); an answer outside the policy -> control plus a violation. Whenever the vendor's
+answer is served its variant name and reason are kept. Every answer carries
+``flagwarden.stage``, ``flagwarden.arm``, ``flagwarden.capped`` and ``flagwarden.killed``.
+Violations are counted in memory and written to the audit log in aggregate, never once per
+evaluation; capping is counted with the exposures, never as a violation.
 """
 
 from __future__ import annotations
@@ -22,20 +25,29 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import FeatureProvider, Metadata
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.governance.enforcement import Ruling, admitted, rule, same_value, unit_of
+from flagwarden.governance.enforcement import (
+    ARM,
+    CAPPED,
+    KILLED,
+    STAGE,
+    Ruling,
+    admitted,
+    arm_of,
+    outside_policy,
+    rule,
+    unit_of,
+)
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache
 from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import FailoverProvider
-from flagwarden.telemetry.metrics import CAPPED as CAPPED_EVALUATIONS
 from flagwarden.telemetry.metrics import VIOLATIONS
 
 __all__ = ["GovernedProvider", "ViolationLog"]
 
 _log = structlog.get_logger("flagwarden.governance")
 
-STAGE, CAPPED, KILLED = "flagwarden.stage", "flagwarden.capped", "flagwarden.killed"
 Unregistered = Literal["allow", "warn", "deny"]
 
 
@@ -61,8 +73,6 @@ class ViolationLog(PeriodicCounter[tuple[str, str]]):
         self.totals.update(counts)
         for (flag, kind), n in counts.items():
             VIOLATIONS.labels(flag, kind).inc(n)
-            if kind == "capped":
-                CAPPED_EVALUATIONS.labels(flag).inc(n)
         if self.audit is None:
             return
         for (flag, kind), n in sorted(counts.items()):
@@ -148,12 +158,10 @@ class GovernedProvider(SourceProvider):
         details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
         state = self.cache.get(flag_key)
         killed = state.killed or flag_key in self.env_killed
-        control = policy.variants.control
-        served, variant, reason, capped = details.value, details.variant, details.reason, False
-        ruling = rule(policy, killed, details.value, details.error_code)
-        if ruling is Ruling.KILLED:
-            served, variant, reason = control, "control", Reason.DISABLED
-        elif ruling is Ruling.BUCKET:
+        value, error = details.value, details.error_code
+        ruling = rule(policy, state.stage, killed, state.paused, value, error)
+        capped = False
+        if ruling is Ruling.BUCKET:
             unit = (
                 None
                 if evaluation_context is None
@@ -161,28 +169,39 @@ class GovernedProvider(SourceProvider):
                     policy, evaluation_context.targeting_key, evaluation_context.attributes
                 )
             )
-            if unit is not None and admitted(policy, state.stage, unit):
-                variant = "treatment"
+            if admitted(policy, state.stage, unit):
+                arm = "treatment"
             else:
-                served, variant, reason, capped = control, "control", Reason.SPLIT, True
-                self.violations.count(flag_key, "capped" if unit is not None else "missing_unit")
-        elif ruling is Ruling.VENDOR:
-            if same_value(details.value, control):
-                variant = "control"
-        else:
-            served, variant, reason, capped = control, "control", Reason.DEFAULT, True
+                capped, arm = True, "control"
+                self._serve_control(details, policy, Reason.SPLIT)
+                if unit is None:
+                    self.violations.count(flag_key, "missing_unit")
+        elif ruling is Ruling.KILLED:
+            arm = "control"
+            self._serve_control(details, policy, Reason.DISABLED)
+        elif ruling is Ruling.UNKNOWN:
+            arm = "control"
+            self._serve_control(details, policy, Reason.DEFAULT)
             self.violations.count(flag_key, "unknown_variant")
-        # The chain builds a fresh details object per call: update it rather than copy it.
-        details.value = served
-        details.variant = variant
-        details.reason = reason
+        else:  # PASS or VENDOR: the answer as it came
+            arm = arm_of(policy, value)
+            if ruling is Ruling.PASS and outside_policy(policy, value, error):
+                self.violations.count(flag_key, "unknown_variant")
         details.flag_metadata = {
             **details.flag_metadata,
             STAGE: state.stage,
+            ARM: arm,
             CAPPED: capped,
             KILLED: killed,
         }
         return details
+
+    @staticmethod
+    def _serve_control(details: FlagResolutionDetails[Any], policy: Policy, reason: str) -> None:
+        # The chain builds a fresh details object per call: update it rather than copy it.
+        details.value = policy.variants.control
+        details.variant = "control"
+        details.reason = reason
 
     def _unregistered(
         self,

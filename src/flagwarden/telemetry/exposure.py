@@ -7,8 +7,11 @@
   Split's optimized impressions do), remembered in a fixed table of slots: memory does not
   grow with the number of keys. A slot collision can only log an exposure again early, never
   hide a new one.
-* Summaries: counts per flag, variant, reason and source, logged as ``feature_flag.summary``
-  and appended to the audit log (for the compliance report) every ``summary_interval``.
+* Capping: ``flagwarden_capped_evaluations_total`` per flag counts the answers where the
+  stage served control instead of the vendor's treatment (the mechanism, not a violation).
+* Summaries: counts per flag, variant, reason, source, policy arm and capped, logged as
+  ``feature_flag.summary`` and appended to the audit log (for the compliance report) every
+  ``summary_interval``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
 from flagwarden.periodic import PeriodicCounter
-from flagwarden.telemetry.metrics import EVALUATIONS
+from flagwarden.telemetry.metrics import CAPPED, EVALUATIONS
 
 __all__ = ["ExposureDeduper", "ExposureHook", "ExposureSummary"]
 
 _log = structlog.get_logger("flagwarden.exposure")
+CAPPED_KEY = "flagwarden.capped"
 _hash64 = mmh3.hash64  # bound once (note: this build ignores a positional `signed`)
 _monotonic = time.monotonic
 
@@ -62,8 +66,13 @@ class ExposureDeduper:
         return True
 
 
-class ExposureSummary(PeriodicCounter[tuple[str, str, str, str]]):
-    """Counts per (flag, variant, reason, source), flushed to the log and the audit periodically."""
+SummaryKey = tuple[str, str, str, str, str, bool]  # flag, variant, reason, source, arm, capped
+
+
+class ExposureSummary(PeriodicCounter[SummaryKey]):
+    """Counts per (flag, variant, reason, source, arm, capped), flushed to the log and the audit
+    periodically. ``arm`` is the policy arm (control, treatment, none; empty for a flag without
+    a policy)."""
 
     def __init__(
         self,
@@ -73,12 +82,18 @@ class ExposureSummary(PeriodicCounter[tuple[str, str, str, str]]):
         super().__init__(interval, "flagwarden-summary")
         self._sink = sink
 
-    def _write(
-        self, counts: Counter[tuple[str, str, str, str]], since: datetime, until: datetime
-    ) -> None:
+    def _write(self, counts: Counter[SummaryKey], since: datetime, until: datetime) -> None:
         rows = [
-            {"flag": flag, "variant": variant, "reason": reason, "source": source, "count": n}
-            for (flag, variant, reason, source), n in sorted(counts.items())
+            {
+                "flag": flag,
+                "variant": variant,
+                "reason": reason,
+                "source": source,
+                "arm": arm,
+                "capped": capped,
+                "count": n,
+            }
+            for (flag, variant, reason, source, arm, capped), n in sorted(counts.items())
         ]
         summary = {"from": since.isoformat(), "to": until.isoformat(), "rows": rows}
         _log.info("feature_flag.summary", **summary)
@@ -102,6 +117,7 @@ class ExposureHook(Hook):
         self.deduper = deduper
         self.summary = summary
         self._children: dict[tuple[str, str, str, str, str], Any] = {}
+        self._capped: dict[str, Any] = {}
 
     def finally_after(
         self,
@@ -115,11 +131,33 @@ class ExposureHook(Hook):
             _log.error("flagwarden.exposure_hook_failed", error=str(exc))
 
     def record_batch(
-        self, flag: str, variant: str, reason: str, error: str, source: str, n: int
+        self,
+        flag: str,
+        variant: str,
+        reason: str,
+        error: str,
+        source: str,
+        n: int,
+        *,
+        arm: str = "",
+        capped: bool = False,
     ) -> None:
         """Count ``n`` exposures served by ``assign`` at once (no per-record log lines)."""
         if n <= 0:
             return
+        self._count(flag, variant, reason, error, source, arm, capped, n)
+
+    def _count(
+        self,
+        flag: str,
+        variant: str,
+        reason: str,
+        error: str,
+        source: str,
+        arm: str,
+        capped: bool,
+        n: int,
+    ) -> None:
         key = (flag, variant, reason, error, source)
         child = self._children.get(key)
         if child is None:
@@ -127,25 +165,24 @@ class ExposureHook(Hook):
                 flag, variant, reason, self.provider_name, error, source
             )
         child.inc(n)
-        if self.summary is not None:
-            self.summary.add((flag, variant, reason, source), n)
+        if capped:
+            counter = self._capped.get(flag)
+            if counter is None:
+                counter = self._capped[flag] = CAPPED.labels(flag)
+            counter.inc(n)
+        summary = self.summary
+        if summary is not None:
+            summary.add((flag, variant, reason, source, arm, capped), n)
 
     def _observe(self, hook_context: HookContext, details: FlagEvaluationDetails[Any]) -> None:
         flag = details.flag_key
         variant = details.variant or ""
         reason = str(details.reason or "")
         error = details.error_code.value if details.error_code else ""
-        source = str(details.flag_metadata.get("flagwarden.source", ""))
-        key = (flag, variant, reason, error, source)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = EVALUATIONS.labels(
-                flag, variant, reason, self.provider_name, error, source
-            )
-        child.inc()
-        summary = self.summary
-        if summary is not None:
-            summary.add((flag, variant, reason, source))
+        metadata = details.flag_metadata
+        source = str(metadata.get("flagwarden.source", ""))
+        arm = str(metadata.get("flagwarden.arm", ""))
+        self._count(flag, variant, reason, error, source, arm, metadata.get(CAPPED_KEY) is True, 1)
         deduper = self.deduper
         if deduper is None:
             return
@@ -165,6 +202,7 @@ class ExposureHook(Hook):
                     "feature_flag.context.id": targeting_key,
                     "error.type": error or None,
                     "flagwarden.source": source,
-                    "flagwarden.stage": details.flag_metadata.get("flagwarden.stage"),
+                    "flagwarden.stage": metadata.get("flagwarden.stage"),
+                    "flagwarden.arm": arm or None,
                 },
             )

@@ -41,7 +41,7 @@ CAPPED = Counter(
 )
 VIOLATIONS = Counter(
     "flagwarden_policy_violations",
-    "Policy violations by flag and kind (capped, unknown_variant, unregistered, forced...)",
+    "Policy violations by flag and kind (unknown_variant, missing_unit, unregistered, forced...)",
     ["feature_flag_key", "kind"],
 )
 GUARD_BREACHES = Counter(
