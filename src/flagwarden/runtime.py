@@ -208,8 +208,9 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
     ``variant`` is ``"control"`` or ``"treatment"``; ``count`` says how many observations
     ``value`` summarizes (a batch's null rate over 5,000 rows: ``count=5000``), which is what
     a guard's ``min_samples`` counts. Stored beside the rollout state, so ``flagwarden watch``
-    sees it from anywhere, and exported as the ``flagwarden_data_quality`` gauge. Never raises
-    for a storage problem: it is logged and the pipeline goes on.
+    sees it from anywhere, stamped with the flag's current stage (guards judge only what was
+    measured at the stage the flag is at), and exported as the ``flagwarden_data_quality``
+    gauge. Never raises for a storage problem: it is logged and the pipeline goes on.
     """
     if variant not in ("control", "treatment"):
         raise ValueError(f"variant must be 'control' or 'treatment', got {variant!r}")
@@ -218,8 +219,15 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
     if runtime is None or runtime.measurements is None:
         _log.warning("flagwarden.record_metric_not_stored", flag=flag_key, metric=name)
         return
+    stage: float | None = None
+    epoch: int | None = None
+    if flag_key in runtime.governed.policies:
+        # Stamped with the stage this worker serves now (from memory): a guard judges only
+        # what was measured at the stage the flag is at.
+        state = runtime.governed.state(flag_key)
+        stage, epoch = state.stage, state.stage_version or None
     try:
-        runtime.measurements.add(flag_key, name, variant, value, count)
+        runtime.measurements.add(flag_key, name, variant, value, count, stage=stage, epoch=epoch)
     except StateStoreUnavailable as exc:
         _log.error("flagwarden.record_metric_failed", flag=flag_key, metric=name, error=str(exc))
 

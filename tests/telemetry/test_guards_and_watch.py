@@ -15,8 +15,9 @@ from flagwarden.config import load_settings
 from flagwarden.governance.guards import GuardEvaluator
 from flagwarden.governance.measurements import open_measurement_store
 from flagwarden.governance.project import Governance
+from flagwarden.governance.state import FlagState
 from flagwarden.governance.watch import Watch
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, wait_for
 from tests.servers.launchdarkly import free_port
 
 FLAG = POLICY["flag"]
@@ -110,7 +111,7 @@ def test_relative_to_control(setup_factory):
 def test_unreachable_prometheus_pauses_then_resumes(setup_factory, prometheus):
     prometheus.start([])
     closed = f"http://127.0.0.1:{free_port()}"
-    guard = {"name": "up", "promql": "vector(0)", "max": 1}
+    guard = {"name": "up", "promql": "vector(0)", "max": 1, "window": "0s"}
     s = setup_factory({"guards": [guard]}, query_url=closed)
     s.rollout.advance(FLAG, actor="t", reason="go")
     assert s.decide() == "pause"
@@ -135,6 +136,9 @@ def test_auto_advance_climbs_with_short_soaks(setup_factory):
         time.sleep(0.3)
         if s.decide() == "advance":
             stages.append(s.rollout.state(FLAG).stage)
+            # Each stage is judged on what is measured at it: the pipeline keeps reporting.
+            wait_for(lambda: flagwarden.current().governed.state(FLAG).stage == stages[-1])
+            s.record(0.001, count=50)
     assert stages == [1, 5, 25]
     advances = [
         r for r in s.governance.audit.records(flag=FLAG) if r.data.get("action") == "advance"
@@ -170,6 +174,104 @@ def test_bad_promql_says_what_prometheus_said(prometheus):
     prometheus.start([])
     guard = Guard(name="typo", promql="sum(rate(x[5m])))", max=1)
     policy = Policy.model_validate({**POLICY, "guards": [guard.model_dump()]})
-    result = GuardEvaluator(None, prometheus.url).evaluate(policy, guard)
+    result = GuardEvaluator(None, prometheus.url).evaluate(policy, guard, FlagState(FLAG))
     assert result.verdict == "unreachable"
     assert "HTTP 400" in result.detail and "parse error" in result.detail
+
+
+def test_a_rollback_and_a_re_advance_start_a_clean_window(setup_factory):
+    """Roll back on a breach, fix the cause, advance again: the next watch judges new data."""
+    policy = {"guards": [NULL_GUARD], "auto_advance": True, "soak": "0s"}
+    s = setup_factory(policy)
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    s.record(0.5, count=1000)  # the bug
+    assert s.decide() == "rollback"
+    assert s.rollout.state(FLAG).stage == 0
+    s.rollout.advance(FLAG, actor="t", reason="fixed the null bug")  # back to 1%
+    wait_for(lambda: flagwarden.current().governed.state(FLAG).stage == 1)
+    # The bad samples are still inside the guard's 15-minute window, but from another stage.
+    assert s.decide() == "hold"  # nothing measured at this stage yet
+    s.record(0.001, count=1000)
+    assert s.decide() == "advance"
+    assert s.rollout.state(FLAG).stage == 5
+
+
+def test_samples_stamped_with_an_old_stage_are_not_judged(setup_factory):
+    s = setup_factory({"guards": [NULL_GUARD]})
+    s.rollout.advance(FLAG, actor="t", reason="go", to=25, force=True)
+    state = s.rollout.state(FLAG)
+    # A worker that has not yet seen the change reports under the stage before it.
+    s.measurements.add(FLAG, "null_rate", "treatment", 0.9, 5000, stage=0, epoch=1234)
+    assert s.decide() == "hold"
+    s.measurements.add(
+        FLAG, "null_rate", "treatment", 0.9, 5000, stage=25, epoch=state.stage_version
+    )
+    assert s.decide() == "rollback"
+
+
+def test_stage_aware_limits_tighten_as_exposure_grows(setup_factory):
+    guard = {**NULL_GUARD, "min_samples": 100, "max": {1: 0.05, 25: 0.03, 100: 0.02}}
+    s = setup_factory({"guards": [guard]})
+    s.rollout.advance(FLAG, actor="t", reason="go", to=5, force=True)
+    s.record(0.04, count=500)
+    (decision,) = s.watch.tick()
+    assert decision.action == "healthy"
+    assert (decision.results[0].upper, decision.results[0].stage) == (0.05, 5)  # 1%'s entry
+    s.rollout.advance(FLAG, actor="t", reason="next", to=25, force=True)
+    s.record(0.04, count=500)
+    (decision,) = s.watch.tick()
+    assert decision.action == "rollback"
+    assert decision.results[0].upper == 0.03
+    assert "<= 0.03" in decision.detail
+
+
+def test_a_promql_guard_waits_until_its_window_is_all_at_this_stage(setup_factory, prometheus):
+    prometheus.start([])
+    guard = {"name": "up", "promql": "vector(5)", "max": 1, "window": "2s"}
+    s = setup_factory({"guards": [guard]}, query_url=prometheus.url)
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    (decision,) = s.watch.tick()
+    assert decision.action == "hold" and "window" in decision.results[0].detail
+    time.sleep(2.1)
+    assert s.decide() == "rollback"
+
+
+def test_per_stage_limits_must_cover_the_first_stage():
+    from flagwarden.governance.policy import Policy
+
+    with pytest.raises(ValueError, match="no limit for the first stage"):
+        Policy.model_validate({**POLICY, "guards": [{**NULL_GUARD, "max": {25: 0.03}}]})
+    with pytest.raises(ValueError, match=r"stages in \(0, 100\]"):
+        Policy.model_validate({**POLICY, "guards": [{**NULL_GUARD, "max": {0: 0.1, 250: 0.03}}]})
+
+
+def test_measurements_from_before_the_stamp_are_still_read(project: Project, redis_url: str):
+    """Tables and Redis members written by an earlier flagwarden gain the stamp as 'unknown'."""
+    import sqlite3
+
+    import redis
+
+    path = project.root / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE flagwarden_measurements (flag TEXT NOT NULL, name TEXT NOT NULL, "
+        "variant TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, value DOUBLE PRECISION NOT NULL, "
+        "n INTEGER NOT NULL)"
+    )
+    conn.execute("INSERT INTO flagwarden_measurements VALUES ('f', 'm', 'treatment', 10, 0.5, 3)")
+    conn.commit()
+    conn.close()
+    store = open_measurement_store(f"sqlite:///{path}")
+    store.add("f", "m", "treatment", 0.25, 1, at=20, stage=5, epoch=7)
+    assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
+    assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
+    assert [(m.stage, m.epoch) for m in store.series("f", "m", 0, 100)] == [(None, None), (5, 7)]
+    store.close()
+
+    prefix = redis_url.rsplit("prefix=", 1)[1]
+    redis.Redis().zadd(f"{prefix}:measure:f:m:treatment", {"abc:3:0.5": 10})
+    store = open_measurement_store(redis_url)
+    store.add("f", "m", "treatment", 0.25, 1, at=20, stage=5, epoch=7)
+    assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
+    assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
+    store.close()

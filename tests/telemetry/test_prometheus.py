@@ -99,6 +99,7 @@ def test_promql_guard_breach_puts_every_worker_on_control(project: Project, prom
             'name="null_rate",variant="treatment"})'
         ),
         "max": 0.02,
+        "window": "0s",  # an instant query: nothing reaches back before the stage
     }
     workers = []
     for i, port in enumerate(ports):

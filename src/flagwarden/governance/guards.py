@@ -1,11 +1,15 @@
 """Guard evaluation: is the treatment breaking the data?
 
-A ``metric`` guard reads the values pipelines reported with ``record_metric`` over the
-guard's window (the mean, weighted by each report's count); a ``promql`` guard asks a
-Prometheus server's HTTP API. Limits are absolute (``max``/``min``) or, with
-``relative_to_control``, fractions of control's value (``max: 0.5`` = at most 50% above
-control). Fewer than ``min_samples`` observations is inconclusive; an unreachable
-Prometheus is ``unreachable`` (the watch loop pauses rather than rolls back on it).
+A guard judges the stage the flag is at. A ``metric`` guard reads the values pipelines
+reported with ``record_metric`` at that stage (stamped with the stage's epoch, and no older
+than the guard's window or the stage itself): the mean, weighted by each report's count. A
+``promql`` guard asks a Prometheus server's HTTP API, and is inconclusive until the stage has
+been held for the guard's ``window`` (the query's own range would still see the previous
+stage). Limits are absolute (``max``/``min``), one number or one per stage (the entry at or
+below the current stage), or, with ``relative_to_control``, fractions of control's value
+(``max: 0.5`` = at most 50% above control). Fewer than ``min_samples`` observations at this
+stage is inconclusive; an unreachable Prometheus is ``unreachable`` (the watch loop pauses
+rather than rolls back on it).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Literal
 
 from flagwarden.governance.measurements import MeasurementStore
 from flagwarden.governance.policy import Guard, Policy
-from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.governance.state import FlagState, StateStoreUnavailable
 
 __all__ = ["GuardEvaluator", "GuardResult"]
 
@@ -29,6 +33,12 @@ Verdict = Literal["healthy", "breach", "inconclusive", "unreachable"]
 
 @dataclass(frozen=True)
 class GuardResult:
+    """One guard's verdict at one stage, with the numbers behind it.
+
+    ``upper``/``lower`` are the limits that applied (the stage's entry of a per-stage limit,
+    scaled by control's value for a relative guard); ``limit`` says the same in words.
+    """
+
     guard: str
     verdict: Verdict
     value: float | None = None
@@ -36,24 +46,49 @@ class GuardResult:
     control: float | None = None
     limit: str = ""
     detail: str = ""
+    stage: float | None = None
+    upper: float | None = None
+    lower: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _limits(guard: Guard, value: float, baseline: float | None) -> tuple[bool, str]:
-    """(within limits, the limit as text)."""
-    scale = (lambda x: baseline * (1 + x)) if baseline is not None else (lambda x: x)
-    texts, ok = [], True
-    if guard.max is not None:
-        bound = scale(guard.max)
-        ok = ok and value <= bound
-        texts.append(f"<= {bound:g}")
-    if guard.min is not None:
-        bound = scale(guard.min)
-        ok = ok and value >= bound
-        texts.append(f">= {bound:g}")
-    return ok, " and ".join(texts)
+def _bounds(
+    guard: Guard, stage: float, baseline: float | None
+) -> tuple[float | None, float | None]:
+    """The (upper, lower) limits at ``stage``; relative ones scaled by control's value."""
+    upper, lower = guard.limits_at(stage)
+    if baseline is not None:
+        upper = None if upper is None else baseline * (1 + upper)
+        lower = None if lower is None else baseline * (1 + lower)
+    return upper, lower
+
+
+def _judge(
+    guard: Guard, stage: float, value: float, samples: int, baseline: float | None
+) -> GuardResult:
+    upper, lower = _bounds(guard, stage, baseline)
+    ok = (upper is None or value <= upper) and (lower is None or value >= lower)
+    limit = " and ".join(
+        text
+        for text in (
+            None if upper is None else f"<= {upper:.4g}",
+            None if lower is None else f">= {lower:.4g}",
+        )
+        if text
+    )
+    return GuardResult(
+        guard.name,
+        "healthy" if ok else "breach",
+        value,
+        samples,
+        baseline,
+        limit,
+        stage=stage,
+        upper=upper,
+        lower=lower,
+    )
 
 
 class GuardEvaluator:
@@ -67,38 +102,63 @@ class GuardEvaluator:
         self.prometheus_url = prometheus_url.rstrip("/") if prometheus_url else None
         self.timeout = timeout
 
-    def evaluate(self, policy: Policy, guard: Guard, now: float | None = None) -> GuardResult:
+    def evaluate(
+        self, policy: Policy, guard: Guard, state: FlagState, now: float | None = None
+    ) -> GuardResult:
+        """Judge ``guard`` on what was measured at ``state``'s stage, against that stage's limit."""
         now = time.time() if now is None else now
         if guard.metric is not None:
-            return self._metric(policy, guard, now)
-        return self._promql(guard)
+            return self._metric(policy, guard, state, now)
+        entered = state.stage_entered_at.timestamp() if state.stage_entered_at else 0.0
+        held = now - entered
+        if held < guard.window.total_seconds():
+            # The query's own range still reaches back into the previous stage.
+            return GuardResult(
+                guard.name,
+                "inconclusive",
+                detail=f"stage entered {held:.0f}s ago; the guard's window is "
+                f"{guard.window.total_seconds():.0f}s",
+                stage=state.stage,
+            )
+        return self._promql(guard, state.stage)
 
     def _mean(
-        self, policy: Policy, guard: Guard, variant: str, now: float
+        self, policy: Policy, guard: Guard, variant: str, state: FlagState, now: float
     ) -> tuple[float | None, int]:
         assert self.measurements is not None and guard.metric is not None
         since = now - guard.window.total_seconds()
-        pairs = self.measurements.samples(policy.flag, guard.metric, variant, since)
+        if state.stage_entered_at is not None:
+            since = max(since, state.stage_entered_at.timestamp())
+        epoch = state.stage_version or None
+        pairs = self.measurements.samples(policy.flag, guard.metric, variant, since, epoch)
         n = sum(count for _, count in pairs)
         if n == 0:
             return None, 0
         return sum(value * count for value, count in pairs) / n, n
 
-    def _metric(self, policy: Policy, guard: Guard, now: float) -> GuardResult:
+    def _metric(self, policy: Policy, guard: Guard, state: FlagState, now: float) -> GuardResult:
+        stage = state.stage
         if self.measurements is None:
-            return GuardResult(guard.name, "unreachable", detail="no measurement store")
+            return GuardResult(
+                guard.name, "unreachable", detail="no measurement store", stage=stage
+            )
         try:
-            value, n = self._mean(policy, guard, "treatment", now)
+            value, n = self._mean(policy, guard, "treatment", state, now)
             baseline, control_n = (
-                self._mean(policy, guard, "control", now)
+                self._mean(policy, guard, "control", state, now)
                 if guard.relative_to_control
                 else (None, 0)
             )
         except StateStoreUnavailable as exc:
-            return GuardResult(guard.name, "unreachable", detail=str(exc))
+            return GuardResult(guard.name, "unreachable", detail=str(exc), stage=stage)
         if value is None or n < guard.min_samples:
             return GuardResult(
-                guard.name, "inconclusive", value, n, detail=f"{n} of {guard.min_samples} samples"
+                guard.name,
+                "inconclusive",
+                value,
+                n,
+                detail=f"{n} of {guard.min_samples} samples at this stage",
+                stage=stage,
             )
         if guard.relative_to_control and (baseline is None or control_n < guard.min_samples):
             return GuardResult(
@@ -107,12 +167,12 @@ class GuardEvaluator:
                 value,
                 n,
                 baseline,
-                detail=f"control has {control_n} of {guard.min_samples} samples",
+                detail=f"control has {control_n} of {guard.min_samples} samples at this stage",
+                stage=stage,
             )
-        ok, limit = _limits(guard, value, baseline if guard.relative_to_control else None)
-        return GuardResult(guard.name, "healthy" if ok else "breach", value, n, baseline, limit)
+        return _judge(guard, stage, value, n, baseline if guard.relative_to_control else None)
 
-    def _promql(self, guard: Guard) -> GuardResult:
+    def _promql(self, guard: Guard, stage: float) -> GuardResult:
         if self.prometheus_url is None:
             return GuardResult(
                 guard.name, "unreachable", detail="telemetry.prometheus.query_url is not set"
@@ -147,8 +207,4 @@ class GuardEvaluator:
         values = [v for v in values if v == v]  # drop NaN (e.g. a rate over no samples)
         if not values:
             return GuardResult(guard.name, "inconclusive", detail="query returned no data")
-        value = max(values)
-        ok, limit = _limits(guard, value, None)
-        return GuardResult(
-            guard.name, "healthy" if ok else "breach", value, len(values), limit=limit
-        )
+        return _judge(guard, stage, max(values), len(values), None)

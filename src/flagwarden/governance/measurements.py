@@ -1,7 +1,10 @@
 """Data-quality measurements from ``flagwarden.record_metric``, stored where ``watch`` reads them.
 
 They live beside the rollout state (same SQLite file, Redis or PostgreSQL), so a ``watch``
-process on another machine sees what the pipelines reported. Guards read a time window.
+process on another machine sees what the pipelines reported. Each measurement is stamped with
+the stage it was taken under and that stage's *epoch* (the state version at which the stage
+was entered), so a guard judges only what was measured at the stage the flag is at now: a
+rollback and a re-advance start a clean window.
 """
 
 from __future__ import annotations
@@ -11,23 +14,38 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from flagwarden.governance.state import StateStoreUnavailable, create_tables, redact_url
 
-__all__ = ["MeasurementStore", "open_measurement_store"]
+__all__ = ["Measurement", "MeasurementStore", "open_measurement_store"]
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS flagwarden_measurements ("
     "flag TEXT NOT NULL, name TEXT NOT NULL, variant TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
-    "value DOUBLE PRECISION NOT NULL, n INTEGER NOT NULL)"
+    "value DOUBLE PRECISION NOT NULL, n INTEGER NOT NULL, stage DOUBLE PRECISION, epoch BIGINT)"
 )
+# Tables from before the stage stamp get its columns (NULL: judged by time alone).
+_STAMP_COLUMNS = (("stage", "DOUBLE PRECISION"), ("epoch", "BIGINT"))
 _INDEX = (
     "CREATE INDEX IF NOT EXISTS flagwarden_measurements_lookup "
     "ON flagwarden_measurements (flag, name, variant, at)"
 )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One ``record_metric`` call: the mean ``value`` of ``n`` observations of one variant."""
+
+    at: float  # unix time
+    variant: str
+    value: float
+    n: int
+    stage: float | None = None  # the stage it was taken under (None: not stamped)
+    epoch: int | None = None
 
 
 class MeasurementStore(ABC):
@@ -42,12 +60,27 @@ class MeasurementStore(ABC):
         value: float,
         count: int = 1,
         at: float | None = None,
+        *,
+        stage: float | None = None,
+        epoch: int | None = None,
     ) -> None:
-        """Record ``value``, the mean of ``count`` observations (a batch's null rate, say)."""
+        """Record ``value``, the mean of ``count`` observations (a batch's null rate, say),
+        taken under ``stage`` (entered at state version ``epoch``)."""
 
     @abstractmethod
-    def samples(self, flag: str, name: str, variant: str, since: float) -> list[tuple[float, int]]:
-        """(value, count) pairs recorded since ``since`` (unix time), oldest first."""
+    def series(self, flag: str, name: str, since: float, until: float) -> list[Measurement]:
+        """Every measurement of ``name`` for ``flag`` in ``[since, until]``, oldest first."""
+
+    def samples(
+        self, flag: str, name: str, variant: str, since: float, epoch: int | None = None
+    ) -> list[tuple[float, int]]:
+        """(value, count) pairs of ``variant`` recorded since ``since`` (unix time), oldest
+        first; with ``epoch``, only those stamped with it (or not stamped at all)."""
+        return [
+            (m.value, m.n)
+            for m in self.series(flag, name, since, float("inf"))
+            if m.variant == variant and (epoch is None or m.epoch is None or m.epoch == epoch)
+        ]
 
     @abstractmethod
     def close(self) -> None: ...
@@ -82,22 +115,51 @@ class _SQLMeasurements(MeasurementStore):
         value: float,
         count: int = 1,
         at: float | None = None,
+        *,
+        stage: float | None = None,
+        epoch: int | None = None,
     ) -> None:
-        ph = self._ph
+        ph = ", ".join([self._ph] * 8)
+        at = time.time() if at is None else at
         self._run(
-            f"INSERT INTO flagwarden_measurements (flag, name, variant, at, value, n) "
-            f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
-            (flag, name, variant, time.time() if at is None else at, float(value), int(count)),
+            "INSERT INTO flagwarden_measurements (flag, name, variant, at, value, n, stage, epoch) "
+            f"VALUES ({ph})",
+            (flag, name, variant, at, float(value), int(count), stage, epoch),
         )
 
-    def samples(self, flag: str, name: str, variant: str, since: float) -> list[tuple[float, int]]:
+    def series(self, flag: str, name: str, since: float, until: float) -> list[Measurement]:
         ph = self._ph
         rows = self._run(
-            f"SELECT value, n FROM flagwarden_measurements WHERE flag = {ph} AND name = {ph} "
-            f"AND variant = {ph} AND at >= {ph} ORDER BY at",
-            (flag, name, variant, since),
+            "SELECT at, variant, value, n, stage, epoch FROM flagwarden_measurements "
+            f"WHERE flag = {ph} AND name = {ph} AND at >= {ph} AND at <= {ph} ORDER BY at",
+            (flag, name, since, min(until, 1e18)),
             fetch=True,
         )
+        return [
+            Measurement(
+                float(r[0]),
+                str(r[1]),
+                float(r[2]),
+                int(r[3]),
+                None if r[4] is None else float(r[4]),
+                None if r[5] is None else int(r[5]),
+            )
+            for r in rows
+        ]
+
+    def samples(
+        self, flag: str, name: str, variant: str, since: float, epoch: int | None = None
+    ) -> list[tuple[float, int]]:
+        ph = self._ph
+        sql = (
+            f"SELECT value, n FROM flagwarden_measurements WHERE flag = {ph} AND name = {ph} "
+            f"AND variant = {ph} AND at >= {ph}"
+        )
+        args: tuple[Any, ...] = (flag, name, variant, since)
+        if epoch is not None:
+            sql += f" AND (epoch = {ph} OR epoch IS NULL)"
+            args = (*args, epoch)
+        rows = self._run(sql + " ORDER BY at", args, fetch=True)
         return [(float(r[0]), int(r[1])) for r in rows]
 
     def close(self) -> None:
@@ -126,25 +188,55 @@ class _RedisMeasurements(MeasurementStore):
         value: float,
         count: int = 1,
         at: float | None = None,
+        *,
+        stage: float | None = None,
+        epoch: int | None = None,
     ) -> None:
         import redis
 
         at = time.time() if at is None else at
-        member = f"{uuid.uuid4().hex}:{int(count)}:{float(value)!r}"
+        # id:n:stage:epoch:value (value last: its repr may hold anything but a colon)
+        stamp = f"{'' if stage is None else repr(float(stage))}:{'' if epoch is None else epoch}"
+        member = f"{uuid.uuid4().hex}:{int(count)}:{stamp}:{float(value)!r}"
         try:
             self._redis.zadd(self._key(flag, name, variant), {member: at})
         except redis.RedisError as exc:
             raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
 
-    def samples(self, flag: str, name: str, variant: str, since: float) -> list[tuple[float, int]]:
+    def series(self, flag: str, name: str, since: float, until: float) -> list[Measurement]:
         import redis
 
-        try:
-            members = self._redis.zrangebyscore(self._key(flag, name, variant), since, "+inf")
-        except redis.RedisError as exc:
-            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
-        parsed = [bytes(m).decode().split(":", 2) for m in members]  # type: ignore[arg-type]
-        return [(float(value), int(n)) for _, n, value in parsed]
+        found: list[Measurement] = []
+        for variant in ("control", "treatment"):
+            try:
+                members: list[tuple[bytes, float]] = self._redis.zrangebyscore(  # type: ignore[assignment]
+                    self._key(flag, name, variant),
+                    since,
+                    "+inf" if until == float("inf") else until,
+                    withscores=True,
+                )
+            except redis.RedisError as exc:
+                raise StateStoreUnavailable(
+                    f"{redact_url(self.url)}: {type(exc).__name__}"
+                ) from None
+            for member, at in members:
+                fields = member.decode().split(":")
+                if len(fields) == 3:  # written before the stage stamp
+                    _, n, value = fields
+                    stage = epoch = ""
+                else:
+                    _, n, stage, epoch, value = fields
+                found.append(
+                    Measurement(
+                        float(at),
+                        variant,
+                        float(value),
+                        int(n),
+                        float(stage) if stage else None,
+                        int(epoch) if epoch else None,
+                    )
+                )
+        return sorted(found, key=lambda m: m.at)
 
     def close(self) -> None:
         self._redis.close()
@@ -164,6 +256,10 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute(_SCHEMA)
             conn.execute(_INDEX)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(flagwarden_measurements)")}
+            for column, kind in _STAMP_COLUMNS:
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE flagwarden_measurements ADD COLUMN {column} {kind}")
             return conn
 
         return _SQLMeasurements(url, connect_sqlite, "?")
@@ -179,7 +275,15 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
 
         def connect_postgres() -> Any:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=3)
-            create_tables(conn, _SCHEMA, _INDEX)
+            create_tables(
+                conn,
+                _SCHEMA,
+                _INDEX,
+                *(
+                    f"ALTER TABLE flagwarden_measurements ADD COLUMN IF NOT EXISTS {column} {kind}"
+                    for column, kind in _STAMP_COLUMNS
+                ),
+            )
             return conn
 
         return _SQLMeasurements(url, connect_postgres, "%s")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flagwarden.config import describe_validation_error, interpolate, read_yaml
 from flagwarden.errors import ConfigError
 
-__all__ = ["Guard", "Policy", "load_policies", "parse_duration"]
+__all__ = ["Guard", "Policy", "Prerequisite", "load_policies", "parse_duration"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -33,23 +33,46 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# A guard limit: one number, or a number per stage ({1: 0.05, 25: 0.03, 100: 0.02}).
+Limit = float | dict[float, float]
+
+
+def _limit_at(limit: Limit | None, stage: float) -> float | None:
+    """The limit that applies at ``stage``: the per-stage entry at or below it."""
+    if limit is None or not isinstance(limit, dict):
+        return limit
+    below = [s for s in limit if s <= stage]
+    return limit[max(below)] if below else None
 
 
 class Guard(_Model):
     """A data-quality limit: ``metric`` reads ``record_metric`` values, ``promql`` queries."""
 
-    name: str
+    name: str = Field(min_length=1)
     metric: str | None = None
     promql: str | None = None
-    max: float | None = None
-    min: float | None = None
+    max: Limit | None = None
+    min: Limit | None = None
     relative_to_control: bool = False
     window: timedelta = timedelta(minutes=15)
     min_samples: int = Field(default=1, ge=1)
     failure_limit: int = Field(default=1, ge=1)
 
     _window = field_validator("window", mode="before")(lambda cls, v: parse_duration(v))
+
+    @field_validator("max", "min")
+    @classmethod
+    def _per_stage(cls, limit: Limit | None) -> Limit | None:
+        if isinstance(limit, dict):
+            if not limit:
+                raise ValueError("a per-stage limit needs at least one 'stage: limit' entry")
+            for stage in limit:
+                if not 0 < stage <= 100:
+                    raise ValueError(f"per-stage limit keys are stages in (0, 100], got {stage:g}")
+        return limit
 
     @model_validator(mode="after")
     def _one_source_one_limit(self) -> Guard:
@@ -58,6 +81,17 @@ class Guard(_Model):
         if self.max is None and self.min is None:
             raise ValueError("give a 'max' or a 'min' limit")
         return self
+
+    def limits_at(self, stage: float) -> tuple[float | None, float | None]:
+        """(max, min) at ``stage``: for a per-stage limit, the entry at or below the stage."""
+        return _limit_at(self.max, stage), _limit_at(self.min, stage)
+
+
+class Prerequisite(_Model):
+    """Sequencing: this flag advances only while ``flag`` stands at ``stage`` or above."""
+
+    flag: str = Field(min_length=1)
+    stage: float = Field(default=100, gt=0, le=100)
 
 
 class Variants(_Model):
@@ -79,7 +113,7 @@ class Variants(_Model):
 
 
 class Policy(_Model):
-    flag: str
+    flag: str = Field(min_length=1)
     owner: str
     description: str = ""
     expires: date | None = None
@@ -91,6 +125,7 @@ class Policy(_Model):
     guards: list[Guard] = []
     on_breach: Literal["rollback", "pause"] = "rollback"
     auto_advance: bool = False
+    requires: list[Prerequisite] = []
 
     _soak = field_validator("soak", mode="before")(lambda cls, v: parse_duration(v))
 
@@ -118,6 +153,17 @@ class Policy(_Model):
         names = [g.name for g in self.guards]
         if len(names) != len(set(names)):
             raise ValueError("guard names must be unique")
+        for guard in self.guards:
+            for field in ("max", "min"):
+                limit = getattr(guard, field)
+                if isinstance(limit, dict) and min(limit) > self.stages[0]:
+                    raise ValueError(
+                        f"guard {guard.name!r}: {field} has no limit for the first stage "
+                        f"({self.stages[0]:g}%): give an entry at or below it"
+                    )
+        for prerequisite in self.requires:
+            if prerequisite.flag == self.flag:
+                raise ValueError("a flag cannot require itself")
         return self
 
     @property

@@ -86,6 +86,9 @@ class FlagState:
     reason: str | None = None
     history: tuple[float, ...] = field(default=())
     guard_failures: dict[str, int] = field(default_factory=dict)  # consecutive breaches
+    # The version at which the current stage was entered: measurements stamped with it were
+    # taken under this stage (0: not known, for states written before 0.1.0).
+    stage_version: int = 0
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -101,6 +104,7 @@ class FlagState:
             doc[key] = datetime.fromisoformat(doc[key]) if doc.get(key) else None
         doc["history"] = tuple(doc.get("history") or ())
         doc["guard_failures"] = dict(doc.get("guard_failures") or {})
+        doc["stage_version"] = int(doc.get("stage_version") or 0)
         return cls(**doc)
 
     def summary(self) -> dict[str, Any]:
@@ -113,10 +117,12 @@ class FlagState:
         }
 
     def changed(self, *, actor: str, reason: str, **changes: Any) -> FlagState:
-        """The next version of this state."""
+        """The next version of this state; a new stage starts a new guard window."""
         now = _now()
         if "stage" in changes and changes["stage"] != self.stage:
             changes.setdefault("stage_entered_at", now)
+            changes.setdefault("stage_version", self.version + 1)
+            changes.setdefault("guard_failures", {})
         return replace(
             self,
             version=self.version + 1,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -72,8 +73,10 @@ class Watch:
         state = self.rollout.state(flag)
         if state.killed or state.stage <= 0:
             return Decision(flag, "skip", detail="killed" if state.killed else "not started")
-        results = [self.evaluator.evaluate(policy, guard, now) for guard in policy.guards]
-        measurements = {"guards": [r.as_dict() for r in results]}
+        results = [self.evaluator.evaluate(policy, guard, state, now) for guard in policy.guards]
+        # One tick's verdicts may reach the audit log twice (the breach and the rollback it
+        # caused): the tick id lets the report show them once.
+        measurements = {"guards": [r.as_dict() for r in results], "tick": uuid.uuid4().hex[:16]}
         failures = dict(state.guard_failures)
         for result in results:
             if result.verdict == "breach":
@@ -95,13 +98,13 @@ class Watch:
             )
         if acting:
             names = ", ".join(
-                f"{r.guard}={r.value:g} ({r.limit})" for r in acting if r.value is not None
+                f"{r.guard}={r.value:.4g} ({r.limit})" for r in acting if r.value is not None
             )
             reason = f"guard breach: {names}"
             details = {**measurements, "failures": failures}
             if policy.on_breach == "rollback":
+                # A new stage starts with no failures and a new measurement window.
                 self.rollout.rollback(flag, actor=ACTOR, reason=reason, to=0, details=details)
-                self._reset_failures(flag)
                 return Decision(flag, "rollback", results, reason)
             if not state.paused:
                 self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
