@@ -56,7 +56,10 @@ def _soak(policy: Policy, transitions: list[AuditRecord], now: datetime) -> list
         )
         forced = bool(
             leaving is not None
-            and any(v.startswith("soak_cut_short") for v in leaving.data.get("violations", []))
+            and any(
+                str(v.get("kind") if isinstance(v, dict) else v).startswith("soak_cut_short")
+                for v in leaving.data.get("violations", [])
+            )
         )
         advanced = leaving is not None and leaving.data["after"]["stage"] > stage
         rows.append(
@@ -203,7 +206,10 @@ def build_report(
                         "reason": r.data.get("reason"),
                         "before": r.data["before"],
                         "after": r.data["after"],
-                        "violations": r.data.get("violations", []),
+                        "violations": [
+                            f"{v['kind']}: {v['detail']}" if isinstance(v, dict) else str(v)
+                            for v in r.data.get("violations", [])
+                        ],
                     }
                     for r in transitions
                 ],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from flagwarden.audit.log import AuditError
 from flagwarden.config import Settings, load_settings
@@ -20,10 +22,13 @@ __all__ = [
     "ConfigOption",
     "ReasonOption",
     "app",
+    "clean",
     "err",
     "fail",
     "open_project",
     "out",
+    "say",
+    "warn",
 ]
 
 app = typer.Typer(
@@ -52,8 +57,27 @@ ActorOption = Annotated[
 ReasonOption = Annotated[str, typer.Option("--reason", help="why: recorded in the audit log")]
 
 
+# Control characters (terminal escape sequences among them) never reach the terminal raw.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: object) -> str:
+    """``text`` safe for a terminal: control characters shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def say(message: str, *, tag: str = "ok", style: str = "green") -> None:
+    """One line of output; ``message`` is printed as it is (Rich markup is not interpreted)."""
+    out.print(Text.assemble((tag, style), " ", clean(message)), highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", clean(message)), highlight=False)
+
+
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    """Say what went wrong on stderr; the caller raises the returned exit (code 1)."""
+    err.print(Text.assemble(("error:", "red"), " ", clean(message)), highlight=False)
     return typer.Exit(1)
 
 

@@ -1,7 +1,12 @@
-"""The transitions: advance, rollback, kill, revive, pause, resume."""
+"""The transitions: advance, rollback, kill, revive, pause, resume.
+
+Every one needs ``--reason``. A transition that finds the flag already so (a retried kill)
+exits 0 and says that nothing changed; a refusal exits 1 with the reason.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,33 +18,49 @@ from flagwarden.cli.app import (
     ConfigOption,
     ReasonOption,
     app,
-    err,
     fail,
     open_project,
-    out,
+    say,
+    warn,
 )
-from flagwarden.governance.rollout import TransitionRefused, resolve_actor
+from flagwarden.governance.rollout import Transition, TransitionRefused, resolve_actor
 from flagwarden.governance.state import StateStoreUnavailable
+
+__all__ = ["describe"]
+
+
+def describe(done: Transition) -> str:
+    """What a transition did, as a sentence."""
+    b, a, flag = done.before, done.after, done.before.flag
+    if not done.changed:
+        return f"{done.note}; nothing changed"
+    said = {
+        "advance": f"{flag} advanced from {b.stage:g}% to {a.stage:g}%",
+        "rollback": f"{flag} rolled back from {b.stage:g}% to {a.stage:g}%"
+        + (": control for everyone" if a.stage == 0 else ""),
+        "kill": f"{flag} killed: everyone gets control (stage {a.stage:g}% returns on revive)",
+        "revive": f"{flag} revived: back to stage {a.stage:g}%",
+        "pause": f"{flag} paused at {a.stage:g}%: no advance until resumed",
+        "resume": f"{flag} resumed at {a.stage:g}%",
+    }[done.action]
+    return f"{said} (version {a.version})"
 
 
 def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -> None:
     _, governance = open_project(config)
     try:
-        done = getattr(governance.rollout(), action)(flag, **kwargs)
+        done: Transition = getattr(governance.rollout(), action)(flag, **kwargs)
     except TransitionRefused as exc:
         raise fail(f"refused: {exc}") from None
     except (StateStoreUnavailable, AuditError) as exc:
         raise fail(f"{action} of {flag} could not be stored: {exc}") from None
     finally:
         governance.close()
-    b, a = done.before, done.after
-    out.print(
-        f"[green]ok[/green] {action} {flag}: stage {b.stage:g}% -> {a.stage:g}%, "
-        f"killed {b.killed} -> {a.killed}, paused {b.paused} -> {a.paused} (version {a.version})",
-        highlight=False,
-    )
+    say(describe(done))
+    for paused in done.cascade:
+        say(f"{describe(paused)}, because {paused.after.reason}", tag="also")
     for violation in done.violations:
-        err.print(f"[yellow]recorded as a policy violation:[/yellow] {violation}", highlight=False)
+        warn(f"recorded as a policy violation: {violation}")
 
 
 @app.command()
@@ -47,7 +68,9 @@ def advance(
     flag: str,
     reason: ReasonOption,
     to: Annotated[float | None, typer.Option("--to", help="skip to this approved stage")] = None,
-    force: Annotated[bool, typer.Option("--force", help="break a rule (soak, pause)")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="break a rule (soak, pause, prerequisites)")
+    ] = False,
     actor: ActorOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -67,43 +90,24 @@ def rollback(
     actor: ActorOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Move FLAG back to its previous stage (or --to)."""
+    """Move FLAG back to its previous stage (or --to); pauses flags that require it higher."""
     _transition(config, "rollback", flag, actor=resolve_actor(actor), reason=reason, to=to)
 
 
-@app.command()
-def kill(
-    flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
-) -> None:
-    """Everyone gets control, now, in every worker."""
-    _transition(config, "kill", flag, actor=resolve_actor(actor), reason=reason)
+def _switch(action: str, summary: str) -> Callable[..., None]:
+    def command(
+        flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
+    ) -> None:
+        _transition(config, action, flag, actor=resolve_actor(actor), reason=reason)
+
+    command.__doc__ = summary
+    return command
 
 
-@app.command()
-def revive(
-    flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
-) -> None:
-    """Undo a kill: the stage applies again."""
-    _transition(config, "revive", flag, actor=resolve_actor(actor), reason=reason)
-
-
-@app.command()
-def pause(
-    flag: str,
-    reason: Annotated[str, typer.Option("--reason")] = "paused by hand",
-    actor: ActorOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Freeze FLAG's stage: no advance (manual or automatic) until resumed."""
-    _transition(config, "pause", flag, actor=resolve_actor(actor), reason=reason)
-
-
-@app.command()
-def resume(
-    flag: str,
-    reason: Annotated[str, typer.Option("--reason")] = "resumed by hand",
-    actor: ActorOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Unfreeze a paused FLAG."""
-    _transition(config, "resume", flag, actor=resolve_actor(actor), reason=reason)
+for _action, _summary in (
+    ("kill", "Everyone gets control, now, in every worker (flags requiring FLAG are paused)."),
+    ("revive", "Undo a kill: the stage applies again."),
+    ("pause", "Freeze FLAG's stage: no advance (manual or automatic) until resumed."),
+    ("resume", "Unfreeze a paused FLAG."),
+):
+    app.command(_action)(_switch(_action, _summary))

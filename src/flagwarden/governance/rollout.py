@@ -4,6 +4,14 @@ Each one reads the flag's state, checks the policy, and stores the next state wi
 compare-and-set; the audit log gets who, when, why, before and after. A refusal raises
 :class:`TransitionRefused` with the reason; a store that cannot be written raises
 :class:`~flagwarden.governance.state.StateStoreUnavailable` (a kill is never a silent no-op).
+
+Transitions are idempotent where a retry is natural: killing a killed flag, pausing a paused
+one, advancing to the stage it is at (or past its last stage), rolling back to where it is:
+nothing changes, nothing is audited, and the result says so (``changed`` is False).
+
+Sequencing: a policy's ``requires`` lets a flag advance only while each prerequisite flag
+stands at its stage (not killed); a kill or a rollback of a prerequisite below that stage
+pauses the live dependants, in the same act and under the same actor.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +30,7 @@ from flagwarden.errors import FlagwardenError
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache, StateStore
 
-__all__ = ["Rollout", "Transition", "TransitionRefused", "resolve_actor"]
+__all__ = ["Rollout", "Transition", "TransitionRefused", "Violation", "resolve_actor"]
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
@@ -45,11 +53,28 @@ class TransitionRefused(FlagwardenError):
 
 
 @dataclass(frozen=True)
+class Violation:
+    """A rule broken on purpose (``--force``, ``--to``): allowed, and recorded."""
+
+    kind: str  # stage_skipped | soak_cut_short | advanced_while_paused | prerequisite_short
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+
+@dataclass(frozen=True)
 class Transition:
     action: str
     before: FlagState
     after: FlagState
-    violations: tuple[str, ...] = ()
+    violations: tuple[Violation, ...] = ()
+    changed: bool = True  # False: it already was so (nothing stored, nothing audited)
+    note: str = ""  # why nothing changed
+    cascade: tuple[Transition, ...] = ()  # dependants paused by this change
 
 
 def _stage(value: float) -> str:
@@ -82,6 +107,18 @@ class Rollout:
         self.policy(flag)
         return self.store.load(flag) or FlagState(flag)
 
+    def dependants(self, flag: str) -> list[tuple[Policy, float]]:
+        """Policies that require ``flag``, with the stage each needs it at."""
+        return [
+            (policy, prerequisite.stage)
+            for policy in self.policies.values()
+            for prerequisite in policy.requires
+            if prerequisite.flag == flag
+        ]
+
+    def _unchanged(self, action: str, state: FlagState, note: str) -> Transition:
+        return Transition(action, state, state, changed=False, note=note)
+
     def _commit(
         self,
         action: str,
@@ -90,7 +127,7 @@ class Rollout:
         *,
         actor: str,
         reason: str,
-        violations: tuple[str, ...] = (),
+        violations: tuple[Violation, ...] = (),
         details: dict[str, Any] | None = None,
     ) -> Transition:
         if not self.store.compare_and_set(after):
@@ -110,7 +147,7 @@ class Rollout:
             reason=reason,
             before=before.summary(),
             after=after.summary(),
-            violations=list(violations),
+            violations=[str(v) for v in violations],
         )
         if self.audit is not None:
             data = {
@@ -121,16 +158,67 @@ class Rollout:
                 **(details or {}),
             }
             if violations:
-                data["violations"] = list(violations)
+                data["violations"] = [v.as_dict() for v in violations]
             self.audit.append("transition", data, flag=before.flag, actor=actor)
             for violation in violations:
                 self.audit.append(
                     "violation",
-                    {"kind": violation, "count": 1, "action": action, "reason": reason},
+                    {**violation.as_dict(), "count": 1, "action": action, "reason": reason},
                     flag=before.flag,
                     actor=actor,
                 )
         return Transition(action, before, after, violations)
+
+    # -- sequencing --------------------------------------------------------------------
+
+    def _short_prerequisites(self, policy: Policy) -> list[str]:
+        """Each prerequisite that does not stand at its stage now, and why."""
+        short = []
+        for prerequisite in policy.requires:
+            if prerequisite.flag not in self.policies:
+                short.append(f"{prerequisite.flag} (it has no policy)")
+                continue
+            state = self.store.load(prerequisite.flag) or FlagState(prerequisite.flag)
+            if state.killed:
+                short.append(f"{prerequisite.flag} at {_stage(prerequisite.stage)} (it is killed)")
+            elif state.stage < prerequisite.stage:
+                short.append(
+                    f"{prerequisite.flag} at {_stage(prerequisite.stage)} "
+                    f"(it is at {_stage(state.stage)})"
+                )
+        return short
+
+    def _pause_dependants(self, done: Transition, actor: str) -> Transition:
+        """After a kill or a rollback: pause the live dependants whose prerequisite fell short."""
+        flag, after = done.before.flag, done.after
+        paused = []
+        for policy, needed in self.dependants(flag):
+            if not after.killed and after.stage >= needed:
+                continue
+            why = (
+                f"prerequisite {flag} was killed"
+                if after.killed
+                else f"prerequisite {flag} fell to {_stage(after.stage)} (needs {_stage(needed)})"
+            )
+            for _ in range(3):  # a concurrent change may land first: look again
+                state = self.store.load(policy.flag) or FlagState(policy.flag)
+                if state.stage <= 0 or state.paused or state.killed:
+                    break
+                try:
+                    paused.append(
+                        self._commit(
+                            "pause",
+                            state,
+                            state.changed(actor=actor, reason=why, paused=True),
+                            actor=actor,
+                            reason=why,
+                            details={"cause": {"flag": flag, "action": done.action}},
+                        )
+                    )
+                    break
+                except TransitionRefused:
+                    continue
+        return replace(done, cascade=tuple(paused)) if paused else done
 
     # -- the transitions ---------------------------------------------------------------
 
@@ -147,27 +235,42 @@ class Rollout:
     ) -> Transition:
         policy = self.policy(flag)
         before = self.state(flag)
+        if to is not None and to == before.stage:
+            return self._unchanged("advance", before, f"{flag} is already at {_stage(to)}")
+        following = policy.next_stage(before.stage)
+        if following is None and to is None:
+            return self._unchanged(
+                "advance", before, f"{flag} is already at its last stage ({_stage(before.stage)})"
+            )
         if before.killed:
             raise TransitionRefused(f"{flag} is killed: revive it before advancing")
         if before.paused and not force:
             raise TransitionRefused(f"{flag} is paused: resume it first (or --force)")
-        following = policy.next_stage(before.stage)
-        if following is None:
-            raise TransitionRefused(f"{flag} is at its last stage ({_stage(before.stage)})")
         target = following if to is None else to
+        assert target is not None
         if target not in policy.stages:
             approved = ", ".join(_stage(s) for s in policy.stages)
             raise TransitionRefused(
                 f"{_stage(target)} is not an approved stage of {flag} ({approved})"
             )
-        if target <= before.stage:
+        if target < before.stage:
             raise TransitionRefused(
                 f"{flag} is at {_stage(before.stage)}: advancing to {_stage(target)} "
                 "goes backwards, use rollback"
             )
-        violations: list[str] = []
+        violations: list[Violation] = []
+        short = self._short_prerequisites(policy)
+        if short:
+            if not force:
+                raise TransitionRefused(
+                    f"{flag} requires {'; '.join(short)}: advance the prerequisites first "
+                    "(or --force, recorded as a violation)"
+                )
+            violations.append(Violation("prerequisite_short", "; ".join(short)))
         if target != following:
-            violations.append(f"stage_skipped:{_stage(following)}->{_stage(target)}")
+            violations.append(
+                Violation("stage_skipped", f"{_stage(following or 0)} -> {_stage(target)}")
+            )
         if (
             before.stage > 0
             and before.stage_entered_at is not None
@@ -182,9 +285,11 @@ class Rollout:
                         f"{_human(policy.soak)}; {_human(remaining)} to go "
                         "(or --force, recorded as a violation)"
                     )
-                violations.append(f"soak_cut_short:{_human(held)}<{_human(policy.soak)}")
+                violations.append(
+                    Violation("soak_cut_short", f"{_human(held)} of {_human(policy.soak)}")
+                )
         if before.paused:
-            violations.append("advanced_while_paused")
+            violations.append(Violation("advanced_while_paused", f"at {_stage(before.stage)}"))
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )
@@ -210,14 +315,18 @@ class Rollout:
         policy = self.policy(flag)
         before = self.state(flag)
         if before.stage <= 0:
-            raise TransitionRefused(f"{flag} is at 0%: everyone already gets control")
+            return self._unchanged(
+                "rollback", before, f"{flag} is at 0%: everyone already gets control"
+            )
         target = policy.previous_stage(before.stage) if to is None else to
+        if target == before.stage:
+            return self._unchanged("rollback", before, f"{flag} is already at {_stage(target)}")
         if target != 0 and target not in policy.stages:
             approved = ", ".join(["0%", *(_stage(s) for s in policy.stages)])
             raise TransitionRefused(
                 f"{_stage(target)} is not an approved stage of {flag} ({approved})"
             )
-        if target >= before.stage:
+        if target > before.stage:
             raise TransitionRefused(
                 f"{flag} is at {_stage(before.stage)}: "
                 f"rolling back to {_stage(target)} is not backwards"
@@ -225,7 +334,8 @@ class Rollout:
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )
-        return self._commit("rollback", before, after, actor=actor, reason=reason, details=details)
+        done = self._commit("rollback", before, after, actor=actor, reason=reason, details=details)
+        return self._pause_dependants(done, actor)
 
     def _switch(
         self,
@@ -238,17 +348,18 @@ class Rollout:
         reason: str,
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        """Set ``killed`` or ``paused`` to ``value``; refused when it already is."""
+        """Set ``killed`` or ``paused`` to ``value``; nothing to do when it already is."""
         before = self.state(flag)
         if getattr(before, field) == value:
             already = f"already {field}" if value else f"not {field}"
             by = f" (by {before.updated_by}: {before.reason})" if value else ""
-            raise TransitionRefused(f"{flag} is {already}{by}")
+            return self._unchanged(action, before, f"{flag} is {already}{by}")
         after = before.changed(actor=actor, reason=reason, **{field: value})
         return self._commit(action, before, after, actor=actor, reason=reason, details=details)
 
     def kill(self, flag: str, *, actor: str, reason: str) -> Transition:
-        return self._switch("kill", flag, "killed", True, actor=actor, reason=reason)
+        done = self._switch("kill", flag, "killed", True, actor=actor, reason=reason)
+        return self._pause_dependants(done, actor) if done.changed else done
 
     def revive(self, flag: str, *, actor: str, reason: str) -> Transition:
         return self._switch("revive", flag, "killed", False, actor=actor, reason=reason)
