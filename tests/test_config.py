@@ -86,7 +86,7 @@ def test_relative_paths_resolve_against_their_file(project, tmp_path, monkeypatc
     project.config("file")
     monkeypatch.chdir(Path("/"))
     settings = load_settings(project.root / "flagwarden.yaml")
-    assert settings.load_profile("file").path == project.root / "providers" / "../flags/flags.yaml"
+    assert settings.load_profile("file").path == project.root / "flags" / "flags.yaml"
     assert settings.snapshot_location() == f"file:{project.root}/.flagwarden/snapshot.json"
 
 

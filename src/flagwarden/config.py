@@ -11,12 +11,21 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from flagwarden.errors import ConfigError
 
@@ -34,6 +43,7 @@ __all__ = [
     "SplitProfile",
     "load_profile",
     "load_settings",
+    "parse_duration",
 ]
 
 CONFIG_ENV = "FLAGWARDEN_CONFIG"
@@ -44,6 +54,31 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Field names whose values are never echoed back in an error message.
 _SECRET_FIELDS = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
 _PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Longer than any soak, window or report period anyone means; keeps date arithmetic in range.
+MAX_DURATION = timedelta(days=3650)
+
+
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
+    """``"30m"``, ``"1h"``, ``"2d"``, ``"45s"``, ``"500ms"`` or a number of seconds.
+
+    Negative, not-a-number and longer than ten years are refused (ValueError).
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like 30s, 30m, 1h or 2d, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also refuses NaN
+        raise ValueError(f"expected a duration between 0s and 3650d, got {value!r}")
+    return timedelta(seconds=seconds)
 
 
 class _Model(BaseModel):
@@ -148,6 +183,14 @@ class ExposureLogConfig(_Model):
     summary_interval: str = "60s"
     dedup_slots: int = Field(default=1 << 20, ge=1024)
 
+    @field_validator("dedup_window", "summary_interval")
+    @classmethod
+    def _duration(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "summary_interval" and parse_duration(value).total_seconds() < 0.1:
+            raise ValueError(f"expected a duration of at least 100ms, got {value!r}")
+        parse_duration(value)
+        return value
+
 
 class TelemetryConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
@@ -235,6 +278,10 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, None, f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -244,6 +291,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, None, f"malformed YAML at {pos}: {exc.problem}") from None
     except yaml.YAMLError:
         raise ConfigError(path, None, "malformed YAML") from None
+    except ValueError as exc:  # a scalar YAML resolves but cannot build, e.g. 2099-13-45
+        raise ConfigError(path, None, f"malformed YAML: a value cannot be read ({exc})") from None
 
 
 def interpolate(value: Any, file: Path | str, field: str = "") -> Any:
@@ -274,35 +323,41 @@ def interpolate(value: Any, file: Path | str, field: str = "") -> Any:
     return value
 
 
-def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:
-    """The first problem as a ConfigError: file, field, value (unless secret), expectation."""
-    first = error.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+def _describe(detail: Any) -> tuple[str | None, str]:
+    """(field, problem) for one pydantic error: the value unless secret, the expectation."""
+    loc = [str(p) for p in detail["loc"]]
     if loc[:1] == ["profile"]:
         loc = loc[1:]
     if loc[:1] and loc[0] in _PROFILE_TYPES:
         loc = loc[1:]
-    field = ".".join(str(p) for p in loc) or None
-    kind = first["type"]
+    field = ".".join(loc) or None
+    kind = detail["type"]
     if kind == "missing":
-        problem = "is required but missing"
-    elif kind == "extra_forbidden":
-        problem = "is not a known field"
-    elif kind == "union_tag_invalid":
-        tag = first.get("ctx", {}).get("tag")
-        problem = f"unknown type {tag!r}; expected one of {', '.join(_PROFILE_TYPES)}"
-        field = "type"
-    elif kind == "union_tag_not_found":
-        problem = f"is required: one of {', '.join(_PROFILE_TYPES)}"
-        field = "type"
-    else:
-        msg = first["msg"].removeprefix("Value error, ")
-        msg = msg[:1].lower() + msg[1:]
-        if field and _SECRET_FIELDS.search(field):
-            problem = msg
-        else:
-            problem = f"{msg}, got {first.get('input')!r}"
-    return ConfigError(file, field, problem)
+        return field, "is required but missing"
+    if kind == "extra_forbidden":
+        return field, "is not a known field"
+    if kind == "union_tag_invalid":
+        tag = detail.get("ctx", {}).get("tag")
+        return "type", f"unknown type {tag!r}; expected one of {', '.join(_PROFILE_TYPES)}"
+    if kind == "union_tag_not_found":
+        return "type", f"is required: one of {', '.join(_PROFILE_TYPES)}"
+    msg = detail["msg"].removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
+    if (field and _SECRET_FIELDS.search(field)) or ", got " in msg:
+        return field, msg
+    return field, f"{msg}, got {detail.get('input')!r}"
+
+
+def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:
+    """Every problem of one file as a ConfigError (the first, with ``problems`` listing all)."""
+    found: list[tuple[str | None, str]] = []
+    for detail in error.errors():
+        described = _describe(detail)
+        if described not in found:  # a union reports one problem once per member
+            found.append(described)
+    errors = [ConfigError(file, field, problem) for field, problem in found]
+    first = errors[0]
+    return ConfigError(file, first.field, first.problem, more=errors[1:])
 
 
 def load_profile(path: Path) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
@@ -313,7 +368,7 @@ def load_profile(path: Path) -> LaunchDarklyProfile | SplitProfile | EnvProfile 
     data = dict(interpolate(raw, path))
     data.setdefault("name", path.stem)
     if data.get("type") == "file" and isinstance(data.get("path"), str):
-        data["path"] = str(_resolve(path.parent, Path(data["path"])))
+        data["path"] = os.path.normpath(_resolve(path.parent, Path(data["path"])))
     try:
         return _ProfileDocument.model_validate({"profile": data}).profile
     except ValidationError as exc:

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flagwarden.config import describe_validation_error, interpolate, read_yaml
+from flagwarden.config import describe_validation_error, interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
-__all__ = ["Guard", "Policy", "Prerequisite", "load_policies", "parse_duration"]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """``"30m"``, ``"1h"``, ``"2d"``, ``"45s"``, ``"500ms"`` or a number of seconds."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"expected a duration like 30s, 30m, 1h or 2d, got {value!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+__all__ = [
+    "Guard",
+    "Policy",
+    "PolicySet",
+    "Prerequisite",
+    "load_policies",
+    "parse_duration",
+    "read_policies",
+    "sequencing_problems",
+]
 
 
 class _Model(BaseModel):
@@ -192,18 +187,88 @@ def load_policy(path: Path) -> Policy:
         raise describe_validation_error(exc, path) from None
 
 
-def load_policies(directory: Path) -> dict[str, Policy]:
-    """Every policy in ``directory``, by flag; a missing folder means no governed flags."""
+@dataclass
+class PolicySet:
+    """The policies of a folder: the valid ones by flag, their files, and every problem."""
+
+    policies: dict[str, Policy] = dc_field(default_factory=dict)
+    sources: dict[str, Path] = dc_field(default_factory=dict)
+    problems: list[ConfigError] = dc_field(default_factory=list)
+
+
+def read_policies(directory: Path) -> PolicySet:
+    """Every valid policy in ``directory`` by flag, and every problem of every file."""
+    found = PolicySet()
+    policies, sources, problems = found.policies, found.sources, found.problems
     if not directory.is_dir():
-        return {}
-    policies: dict[str, Policy] = {}
-    sources: dict[str, Path] = {}
+        return found
     for path in sorted(directory.glob("*.y*ml")):
-        policy = load_policy(path)
+        try:
+            policy = load_policy(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         if policy.flag in policies:
-            raise ConfigError(
-                path, "flag", f"{policy.flag!r} already has a policy in {sources[policy.flag]}"
+            problems.append(
+                ConfigError(
+                    path, "flag", f"{policy.flag!r} already has a policy in {sources[policy.flag]}"
+                )
             )
+            continue
         policies[policy.flag] = policy
         sources[policy.flag] = path
-    return policies
+    return found
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """Every policy in ``directory``, by flag; a missing folder means no governed flags.
+
+    Raises the first file's :class:`ConfigError` when any policy is invalid.
+    """
+    found = read_policies(directory)
+    if found.problems:
+        raise found.problems[0]
+    return found.policies
+
+
+def sequencing_problems(found: PolicySet) -> list[ConfigError]:
+    """``requires`` that name a flag without a policy, and cycles of prerequisites."""
+    policies, sources = found.policies, found.sources
+    problems = []
+    for flag, policy in sorted(policies.items()):
+        for i, prerequisite in enumerate(policy.requires):
+            if prerequisite.flag not in policies:
+                problems.append(
+                    ConfigError(
+                        sources[flag],
+                        f"requires[{i}].flag",
+                        f"{prerequisite.flag!r} has no policy (governed flags: "
+                        f"{', '.join(sorted(policies))})",
+                    )
+                )
+    reported: set[frozenset[str]] = set()
+    for start in sorted(policies):
+        # Depth-first along requires; a path that comes back to a flag on it is a cycle.
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        while stack:
+            flag, path = stack.pop()
+            for prerequisite in policies[flag].requires:
+                nxt = prerequisite.flag
+                if nxt not in policies:
+                    continue
+                if nxt in path:
+                    cycle = path[path.index(nxt) :]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        problems.append(
+                            ConfigError(
+                                sources[cycle[0]],
+                                "requires",
+                                "a cycle of prerequisites: "
+                                + " -> ".join([*cycle, cycle[0]])
+                                + " (none of them could ever advance)",
+                            )
+                        )
+                    continue
+                stack.append((nxt, [*path, nxt]))
+    return problems

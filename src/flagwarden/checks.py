@@ -1,0 +1,284 @@
+"""``flagwarden check``: every problem of a project at once, as findings.
+
+Offline it validates ``flagwarden.yaml``, every provider profile, the active flag file and
+every policy (each file's every problem: file, field, value, expectation), sequencing
+(unknown prerequisites, cycles), paths that do not exist, and lints (owners, expiry, flags
+left at 100%, flags evaluated without a policy). With ``connect`` it also reaches the state
+store, the audit store, Prometheus, the Pushgateway and the vendor (the SDK's own start-up,
+waiting at most the profile's ``start_wait``), and says which one cannot be reached. No
+finding ever carries a secret: store URLs are redacted, SDK keys are scrubbed.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.config import (
+    FileProfile,
+    Profile,
+    Settings,
+    load_profile,
+    load_settings,
+)
+from flagwarden.errors import ConfigError
+from flagwarden.governance.enforcement import same_value
+from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
+from flagwarden.governance.policy import PolicySet, read_policies, sequencing_problems
+from flagwarden.governance.state import StateStoreUnavailable, open_state_store, redact_url
+
+__all__ = ["Finding", "check_project"]
+
+Level = Literal["ok", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    message: str
+
+
+def _errors(exc: ConfigError) -> Iterator[Finding]:
+    for problem in exc.problems:
+        yield Finding("error", str(problem))
+
+
+def check_project(config: Path | str | None = None, *, connect: bool = False) -> list[Finding]:
+    """Everything wrong (and right) with a project; never raises for a project problem."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        return list(_errors(exc))
+    found: list[Finding] = []
+    where = str(settings.source or "the embedded default")
+    profiles = _check_profiles(settings, found)
+    active = profiles.get(settings.provider_name)
+    if active is None:
+        found.append(
+            Finding(
+                "error",
+                f"{where}: provider: no valid profile {settings.provider_name!r} "
+                f"in {settings.providers_dir}",
+            )
+        )
+    shadow = settings.config.shadow
+    if shadow is not None and shadow.provider not in profiles:
+        found.append(
+            Finding(
+                "error",
+                f"{where}: shadow.provider: no valid profile {shadow.provider!r} "
+                f"in {settings.providers_dir}",
+            )
+        )
+    flags = _check_flag_files(settings, profiles, found)
+    policy_set = _check_policies(settings, found)
+    if active is not None and isinstance(active, FileProfile) and flags is not None:
+        found.extend(_policy_against_flags(policy_set, flags))
+    found.extend(_check_stores(settings, policy_set, connect))
+    if connect:
+        found.extend(_check_telemetry(settings))
+        for profile in (active, profiles.get(shadow.provider) if shadow else None):
+            if profile is not None:
+                found.append(_reach_vendor(profile))
+    if not any(f.level == "error" for f in found):
+        found.append(Finding("ok", f"{where}: provider {settings.provider_name!r}"))
+    return found
+
+
+def _check_profiles(settings: Settings, found: list[Finding]) -> dict[str, Profile]:
+    directory = settings.providers_dir
+    if not directory.is_dir():
+        found.append(Finding("error", f"providers_dir: {directory} is not a directory"))
+        return {}
+    profiles: dict[str, Profile] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            profile = load_profile(path)
+        except ConfigError as exc:
+            found.extend(_errors(exc))
+            continue
+        profiles[path.stem] = profile
+        found.append(Finding("ok", f"{path} ({profile.type})"))
+    return profiles
+
+
+def _check_flag_files(
+    settings: Settings, profiles: dict[str, Profile], found: list[Finding]
+) -> dict[str, dict] | None:
+    """Check every file profile's flag file; return the active one's valid flags."""
+    from flagwarden.providers.file import read_flag_file
+
+    active_flags = None
+    for name, profile in sorted(profiles.items()):
+        if not isinstance(profile, FileProfile):
+            continue
+        active = name == settings.provider_name
+        if not profile.path.exists():
+            level: Level = "error" if active else "warning"
+            found.append(Finding(level, f"profile {name!r}: path: {profile.path} does not exist"))
+            continue
+        try:
+            flag_file = read_flag_file(profile.path)
+        except ConfigError as exc:
+            found.extend(_errors(exc))
+            continue
+        found.extend(Finding("error", str(problem)) for problem in flag_file.problems)
+        if not flag_file.problems:
+            found.append(Finding("ok", f"{profile.path}: {len(flag_file.flags)} flags"))
+        if active:
+            active_flags = flag_file.flags
+    return active_flags
+
+
+def _check_policies(settings: Settings, found: list[Finding]) -> PolicySet:
+    directory = settings.policies_dir
+    if not directory.is_dir():
+        found.append(
+            Finding("warning", f"policies_dir: {directory} does not exist: no flag is governed")
+        )
+    policy_set = read_policies(directory)
+    found.extend(Finding("error", str(problem)) for problem in policy_set.problems)
+    found.extend(Finding("error", str(problem)) for problem in sequencing_problems(policy_set))
+    for flag, policy in sorted(policy_set.policies.items()):
+        found.append(Finding("ok", f"policy {flag} (owner {policy.owner})"))
+        found.extend(Finding("warning", lint) for lint in lint_policy(policy))
+    return policy_set
+
+
+def _policy_against_flags(policy_set: PolicySet, flags: dict[str, dict]) -> Iterator[Finding]:
+    """A policy whose arms the flag file never serves governs nothing."""
+    for flag, policy in sorted(policy_set.policies.items()):
+        source = policy_set.sources[flag]
+        definition = flags.get(flag)
+        if definition is None:
+            yield Finding("warning", f"{source}: flag: {flag!r} is not in the flag file")
+            continue
+        values = list(definition["variants"].values())
+        for arm in ("control", "treatment"):
+            value = getattr(policy.variants, arm)
+            if not any(same_value(value, v) for v in values):
+                yield Finding(
+                    "warning",
+                    f"{source}: variants.{arm}: {value!r} is not a value of {flag!r} in the "
+                    f"flag file (its variants: {json.dumps(definition['variants'])})",
+                )
+
+
+def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> list[Finding]:
+    """Lints that need the state store and the audit log; with ``connect``, reachability."""
+    cfg, base = settings.config, settings.base_dir
+    unreachable: Level = "error" if connect else "warning"
+    found: list[Finding] = []
+    if not connect and _no_sqlite_file(cfg.state, base):
+        return found  # nothing stored yet; checking must not create the database
+    try:
+        store = open_state_store(cfg.state, base)
+        try:
+            states = store.load_all()
+        finally:
+            store.close()
+    except StateStoreUnavailable as exc:
+        found.append(Finding(unreachable, f"state store unreachable: {exc}"))
+        states = None
+    if states is not None:
+        if connect:
+            found.append(
+                Finding("ok", f"state store {redact_url(cfg.state)} ({len(states)} flags)")
+            )
+        found.extend(Finding("warning", lint) for lint in lint_state(policy_set.policies, states))
+    try:
+        audit = AuditLog(cfg.audit, base)
+    except AuditError as exc:
+        found.append(Finding(unreachable, f"audit store unreachable: {exc}"))
+        return found
+    try:
+        found.extend(
+            Finding("warning", lint) for lint in lint_unregistered(audit, policy_set.policies)
+        )
+        if connect:
+            verified = audit.verify()
+            found.append(
+                Finding("ok", f"audit store {redact_url(cfg.audit)} ({verified.checked} records)")
+                if verified.ok
+                else Finding(
+                    "error",
+                    f"audit chain broken at record {verified.first_bad_seq}: {verified.problem}",
+                )
+            )
+    except AuditError as exc:
+        found.append(Finding(unreachable, f"audit store unreachable: {exc}"))
+    finally:
+        audit.close()
+    return found
+
+
+def _no_sqlite_file(url: str, base: Path) -> bool:
+    if not url.startswith("sqlite:///"):
+        return False
+    path = Path(url[len("sqlite:///") :])
+    return not (path if path.is_absolute() else base / path).exists()
+
+
+def _get(url: str, timeout: float = 3.0) -> str | None:
+    """None when ``url`` answers 2xx, else what went wrong (without the URL's credentials)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read(1 << 16)
+        return None
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return f"{type(exc).__name__}: {reason}"
+
+
+def _check_telemetry(settings: Settings) -> Iterator[Finding]:
+    prometheus = settings.config.telemetry.prometheus
+    if prometheus.query_url:
+        url = prometheus.query_url.rstrip("/")
+        problem = _get(f"{url}/api/v1/query?query=vector(1)")
+        yield (
+            Finding("ok", f"Prometheus {redact_url(url)} answers queries")
+            if problem is None
+            else Finding("error", f"Prometheus {redact_url(url)} unreachable: {problem}")
+        )
+    if prometheus.pushgateway:
+        url = prometheus.pushgateway.rstrip("/")
+        problem = _get(f"{url}/-/ready")
+        yield (
+            Finding("ok", f"Pushgateway {redact_url(url)} ready")
+            if problem is None
+            else Finding("error", f"Pushgateway {redact_url(url)} unreachable: {problem}")
+        )
+
+
+def _reach_vendor(profile: Profile) -> Finding:
+    """Start the vendor's SDK as a worker would (at most its ``start_wait``), then stop it."""
+    from flagwarden.runtime import build_vendor
+
+    secret = getattr(profile, "sdk_key", None)
+
+    def scrub(text: str) -> str:
+        key = secret.get_secret_value() if secret is not None else ""
+        return text.replace(key, "***") if key else text
+
+    try:
+        vendor = build_vendor(profile)
+    except ConfigError as exc:
+        return Finding("error", scrub(str(exc)))
+    try:
+        ready = vendor.start()
+        message = vendor.status_message or vendor.status.value
+    finally:
+        vendor.shutdown()
+    if ready:
+        return Finding("ok", f"provider {profile.name!r} ({profile.type}) is ready")
+    return Finding(
+        "error", scrub(f"provider {profile.name!r} ({profile.type}) unreachable: {message}")
+    )
