@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -275,3 +276,33 @@ def test_measurements_from_before_the_stamp_are_still_read(project: Project, red
     assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
     assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
     store.close()
+
+
+def test_watch_once_exit_codes_and_json(project: Project):
+    config = governed_project(project, policy={"guards": [{**NULL_GUARD, "min_samples": 10}]})
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    quiet = run("watch", "--once")
+    assert (quiet.returncode, quiet.stdout) == (0, "new-scoring-model: skip not started\n")
+    assert run("advance", FLAG, "--reason", "go").returncode == 0
+    flagwarden.configure(config)
+    flagwarden.record_metric(FLAG, "null_rate", 0.001, variant="treatment", count=50)
+    healthy = run("watch", "--once", "--json")
+    assert healthy.returncode == 0
+    (decision,) = json.loads(healthy.stdout)
+    assert decision["action"] == "healthy"
+    assert decision["guards"][0]["verdict"] == "healthy"
+    assert decision["guards"][0]["stage"] == 1
+    flagwarden.record_metric(FLAG, "null_rate", 0.9, variant="treatment", count=5000)
+    acted = run("watch", "--once", "--json")
+    assert acted.returncode == 3
+    assert json.loads(acted.stdout)[0]["action"] == "rollback"
+    assert run("watch", "--once").returncode == 0  # at 0% there is nothing left to do

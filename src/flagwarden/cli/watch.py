@@ -1,19 +1,27 @@
-"""``flagwarden watch``: the guard loop."""
+"""``flagwarden watch``: the guard loop (``--once`` for cron).
+
+``--once`` exits 0 when it did nothing, held or advanced, 3 when it rolled back or paused a
+flag, and 1 when a flag could not be checked.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
 
-from flagwarden.cli.app import ConfigOption, app, fail, open_project, out
+from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out
 from flagwarden.governance.state import StateStoreUnavailable
+
+ACTED = 3  # the exit code of a pass that rolled back or paused
 
 
 @app.command()
 def watch(
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit (for cron)")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between passes")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="decisions as JSON (--once)")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between passes", min=0.1)] = 30.0,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate guards; roll back or pause on breach, advance when healthy (auto_advance)."""
@@ -31,14 +39,20 @@ def watch(
         governance.close()
         raise fail(str(exc)) from None
     evaluator = GuardEvaluator(measurements, settings.config.telemetry.prometheus.query_url)
-    watcher = Watch(governance, evaluator)
     try:
+        watcher = Watch(governance, evaluator)
         if once:
-            for decision in watcher.tick():
-                out.print(
-                    f"{decision.flag}: {decision.action} {decision.detail}".rstrip(),
-                    highlight=False,
-                )
+            decisions = watcher.tick()
+            if as_json:
+                print(json.dumps([d.as_dict() for d in decisions], indent=2, default=str))
+            for decision in decisions if not as_json else ():
+                line = f"{decision.flag}: {decision.action} {decision.detail}".rstrip()
+                out.print(clean(line), highlight=False, markup=False)
+            actions = {d.action for d in decisions}
+            if "error" in actions:
+                raise typer.Exit(1)
+            if actions & {"rollback", "pause"}:
+                raise typer.Exit(ACTED)
             return
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +60,8 @@ def watch(
         out.print(f"watching {len(governance.policies)} flags every {interval:g}s", highlight=False)
         watcher.run(interval, stop)
         out.print("stopped", highlight=False)
+    except StateStoreUnavailable as exc:
+        raise fail(str(exc)) from None
     finally:
         measurements.close()
         governance.close()

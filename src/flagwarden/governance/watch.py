@@ -35,9 +35,17 @@ UNREACHABLE = "guard source unreachable"
 @dataclass
 class Decision:
     flag: str
-    action: str  # rollback | pause | resume | advance | hold | healthy | skip
+    action: str  # rollback | pause | advance | hold | healthy | skip | error
     results: list[GuardResult] = field(default_factory=list)
     detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "flag": self.flag,
+            "action": self.action,
+            "detail": self.detail,
+            "guards": [r.as_dict() for r in self.results],
+        }
 
 
 class Watch:
@@ -58,6 +66,9 @@ class Watch:
                 decisions.append(self._check(policy, now))
             except TransitionRefused as exc:
                 decisions.append(Decision(flag, "hold", detail=str(exc)))
+            except Exception as exc:  # one flag's trouble never stops the other flags' guards
+                _log.error("flagwarden.watch_flag_failed", flag=flag, error=str(exc))
+                decisions.append(Decision(flag, "error", detail=f"{type(exc).__name__}: {exc}"))
         for decision in decisions:
             _log.info(
                 "flagwarden.watch_decision",
