@@ -13,6 +13,7 @@ __all__ = [
     "STALE_AFTER",
     "describe_flag",
     "guard_health",
+    "last_change",
     "lint_policy",
     "lint_state",
     "lint_unregistered",
@@ -65,13 +66,21 @@ def lint_unregistered(audit: AuditLog, policies: dict[str, Policy]) -> list[str]
     ]
 
 
-def describe_flag(policy: Policy, state: FlagState, now: datetime | None = None) -> dict[str, Any]:
+def describe_flag(
+    policy: Policy,
+    state: FlagState,
+    now: datetime | None = None,
+    states: dict[str, FlagState] | None = None,
+) -> dict[str, Any]:
+    """A governed flag's status: policy, stage, state, soak and prerequisites, for ``status``."""
     now = now or datetime.now(UTC)
     soak_left = None
-    if state.stage > 0 and state.stage_entered_at is not None and policy.next_stage(state.stage):
+    following = policy.next_stage(state.stage)
+    if state.stage > 0 and state.stage_entered_at is not None and following:
         left = policy.soak - (now - state.stage_entered_at)
         if left > timedelta(0):
-            soak_left = str(left).split(".")[0]
+            soak_left = round(left.total_seconds())
+    states = states or {}
     return {
         "flag": policy.flag,
         "owner": policy.owner,
@@ -80,14 +89,26 @@ def describe_flag(policy: Policy, state: FlagState, now: datetime | None = None)
         "expired": policy.is_expired(now.date()),
         "stages": policy.stages,
         "stage": state.stage,
-        "next_stage": policy.next_stage(state.stage),
+        "next_stage": following,
         "killed": state.killed,
         "paused": state.paused,
         "version": state.version,
         "stage_entered_at": state.stage_entered_at.isoformat() if state.stage_entered_at else None,
-        "soak_remaining": soak_left,
+        "soak_seconds": policy.soak.total_seconds(),
+        "soak_remaining_seconds": soak_left,
+        "updated_at": state.updated_at.isoformat() if state.updated_at else None,
         "updated_by": state.updated_by,
         "reason": state.reason,
+        "guard_names": [guard.name for guard in policy.guards],
+        "requires": [
+            {
+                "flag": p.flag,
+                "stage": p.stage,
+                "now": (states.get(p.flag) or FlagState(p.flag)).stage,
+                "killed": (states.get(p.flag) or FlagState(p.flag)).killed,
+            }
+            for p in policy.requires
+        ],
     }
 
 
@@ -98,6 +119,24 @@ def guard_health(audit: AuditLog, flag: str) -> list[dict[str, Any]]:
         for guard in record.data.get("guards", []):
             latest[guard["guard"]] = {"at": record.at.isoformat(), **guard}
     return [latest[name] for name in sorted(latest)]
+
+
+def last_change(audit: AuditLog, flag: str) -> dict[str, Any] | None:
+    """The flag's latest transition in the audit log: when, who, what, why."""
+    found = None
+    for record in audit.records(flag=flag):
+        if record.kind == "transition":
+            found = record
+    if found is None:
+        return None
+    return {
+        "at": found.at.isoformat(),
+        "actor": found.actor,
+        "action": found.data.get("action"),
+        "reason": found.data.get("reason"),
+        "before": found.data.get("before"),
+        "after": found.data.get("after"),
+    }
 
 
 def provider_health(

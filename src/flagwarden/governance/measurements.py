@@ -9,6 +9,7 @@ rollback and a re-advance start a clean window.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -27,6 +28,11 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS flagwarden_measurements ("
     "flag TEXT NOT NULL, name TEXT NOT NULL, variant TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
     "value DOUBLE PRECISION NOT NULL, n INTEGER NOT NULL, stage DOUBLE PRECISION, epoch BIGINT)"
+)
+# The latest verdict of each flag's guards, as the last watch pass saw them (for status).
+_VERDICTS = (
+    "CREATE TABLE IF NOT EXISTS flagwarden_guard_verdicts ("
+    "flag TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)"
 )
 # Tables from before the stage stamp get its columns (NULL: judged by time alone).
 _STAMP_COLUMNS = (("stage", "DOUBLE PRECISION"), ("epoch", "BIGINT"))
@@ -81,6 +87,14 @@ class MeasurementStore(ABC):
             for m in self.series(flag, name, since, float("inf"))
             if m.variant == variant and (epoch is None or m.epoch is None or m.epoch == epoch)
         ]
+
+    @abstractmethod
+    def save_verdicts(self, flag: str, verdicts: list[dict[str, Any]], at: float) -> None:
+        """Keep the verdicts of the flag's guards from the latest watch pass."""
+
+    @abstractmethod
+    def verdicts(self, flag: str) -> tuple[float, list[dict[str, Any]]] | None:
+        """(when, verdicts) of the latest watch pass over the flag's guards, if any."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -162,6 +176,22 @@ class _SQLMeasurements(MeasurementStore):
         rows = self._run(sql + " ORDER BY at", args, fetch=True)
         return [(float(r[0]), int(r[1])) for r in rows]
 
+    def save_verdicts(self, flag: str, verdicts: list[dict[str, Any]], at: float) -> None:
+        ph = self._ph
+        self._run(
+            f"INSERT INTO flagwarden_guard_verdicts (flag, at, data) VALUES ({ph}, {ph}, {ph}) "
+            "ON CONFLICT (flag) DO UPDATE SET at = excluded.at, data = excluded.data",
+            (flag, at, json.dumps(verdicts, default=str)),
+        )
+
+    def verdicts(self, flag: str) -> tuple[float, list[dict[str, Any]]] | None:
+        rows = self._run(
+            f"SELECT at, data FROM flagwarden_guard_verdicts WHERE flag = {self._ph}",
+            (flag,),
+            fetch=True,
+        )
+        return (float(rows[0][0]), json.loads(rows[0][1])) if rows else None
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -238,6 +268,27 @@ class _RedisMeasurements(MeasurementStore):
                 )
         return sorted(found, key=lambda m: m.at)
 
+    def save_verdicts(self, flag: str, verdicts: list[dict[str, Any]], at: float) -> None:
+        import redis
+
+        doc = json.dumps({"at": at, "verdicts": verdicts}, default=str)
+        try:
+            self._redis.set(f"{self._prefix}:verdicts:{flag}", doc)
+        except redis.RedisError as exc:
+            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+
+    def verdicts(self, flag: str) -> tuple[float, list[dict[str, Any]]] | None:
+        import redis
+
+        try:
+            raw = self._redis.get(f"{self._prefix}:verdicts:{flag}")
+        except redis.RedisError as exc:
+            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        return float(doc["at"]), list(doc["verdicts"])
+
     def close(self) -> None:
         self._redis.close()
 
@@ -256,6 +307,7 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute(_SCHEMA)
             conn.execute(_INDEX)
+            conn.execute(_VERDICTS)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(flagwarden_measurements)")}
             for column, kind in _STAMP_COLUMNS:
                 if column not in columns:
@@ -279,6 +331,7 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
                 conn,
                 _SCHEMA,
                 _INDEX,
+                _VERDICTS,
                 *(
                     f"ALTER TABLE flagwarden_measurements ADD COLUMN IF NOT EXISTS {column} {kind}"
                     for column, kind in _STAMP_COLUMNS

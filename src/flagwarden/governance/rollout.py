@@ -29,6 +29,7 @@ from flagwarden.audit.log import AuditLog
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState, StateCache, StateStore
+from flagwarden.humanize import duration
 
 __all__ = ["Rollout", "Transition", "TransitionRefused", "Violation", "resolve_actor"]
 
@@ -281,12 +282,12 @@ class Rollout:
                 if not force:
                     remaining = policy.soak - held
                     raise TransitionRefused(
-                        f"{flag} has soaked at {_stage(before.stage)} for {_human(held)} of "
-                        f"{_human(policy.soak)}; {_human(remaining)} to go "
+                        f"{flag} has soaked at {_stage(before.stage)} for {duration(held)} of "
+                        f"{duration(policy.soak)}; {duration(remaining)} to go "
                         "(or --force, recorded as a violation)"
                     )
                 violations.append(
-                    Violation("soak_cut_short", f"{_human(held)} of {_human(policy.soak)}")
+                    Violation("soak_cut_short", f"{duration(held)} of {duration(policy.soak)}")
                 )
         if before.paused:
             violations.append(Violation("advanced_while_paused", f"at {_stage(before.stage)}"))
@@ -373,12 +374,3 @@ class Rollout:
 
     def resume(self, flag: str, *, actor: str, reason: str) -> Transition:
         return self._switch("resume", flag, "paused", False, actor=actor, reason=reason)
-
-
-def _human(delta: Any) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{max(seconds, 0)}s"

@@ -22,6 +22,7 @@ from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout, TransitionRefused
+from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.telemetry.metrics import GUARD_BREACHES
 
 __all__ = ["Decision", "Watch"]
@@ -88,13 +89,14 @@ class Watch:
         # One tick's verdicts may reach the audit log twice (the breach and the rollback it
         # caused): the tick id lets the report show them once.
         measurements = {"guards": [r.as_dict() for r in results], "tick": uuid.uuid4().hex[:16]}
+        self._keep_verdicts(flag, results, now)
         failures = dict(state.guard_failures)
         for result in results:
             if result.verdict == "breach":
                 failures[result.guard] = failures.get(result.guard, 0) + 1
                 GUARD_BREACHES.labels(flag, result.guard).inc()
             elif result.verdict == "healthy":
-                failures[result.guard] = 0
+                failures.pop(result.guard, None)  # no churn: only breaches are counted
         limits = {g.name: g.failure_limit for g in policy.guards}
         acting = [
             r for r in results if r.verdict == "breach" and failures[r.guard] >= limits[r.guard]
@@ -162,6 +164,16 @@ class Watch:
         return Decision(
             flag, "advance", results, f"{done.before.stage:g}% -> {done.after.stage:g}%"
         )
+
+    def _keep_verdicts(self, flag: str, results: list[GuardResult], now: float) -> None:
+        """The latest verdicts, for ``status`` (not a transition: no version, no audit)."""
+        store = self.evaluator.measurements
+        if store is None or not results:
+            return
+        try:
+            store.save_verdicts(flag, [r.as_dict() for r in results], now)
+        except StateStoreUnavailable as exc:
+            _log.warning("flagwarden.verdicts_not_kept", flag=flag, error=str(exc))
 
     def _store_failures(self, flag: str, failures: dict[str, int]) -> None:
         # Not a transition (no new actor or reason): only the counters move on.

@@ -1,0 +1,68 @@
+"""``flagwarden status`` reads like a person wrote it; ``--json`` carries the same facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flagwarden
+from tests.conftest import POLICY, Project, governed_project
+
+FLAG = POLICY["flag"]
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = {"name": "null-rate", "metric": "null_rate", "max": {1: 0.05, 25: 0.03}}
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "FLAGWARDEN_ACTOR": "alice"},
+    )
+
+
+def test_status_in_words(project: Project):
+    config = governed_project(project, policy={"guards": [GUARD]})
+    fresh = cli(config, "status").stdout
+    assert f"{FLAG}  0% (not started)\n" in fresh
+    assert "  guard null-rate: not evaluated yet\n" in fresh
+    assert "  no change recorded yet\n" in fresh
+    assert "False" not in fresh and "None" not in fresh and "-:" not in fresh
+
+    cli(config, "advance", FLAG, "--reason", "start [red]now[/red] \x1b[2J")
+    flagwarden.configure(config)
+    flagwarden.record_metric(FLAG, "null_rate", 0.004, variant="treatment", count=100)
+    assert cli(config, "watch", "--once").returncode == 0
+    live = cli(config, "status", FLAG).stdout
+    assert f"{FLAG}  1% (stage 1 of 5)\n" in live
+    assert "  soaking: 29m" in live and "left before 5% may follow" in live
+    assert "  guard null-rate: healthy 0.004 (<= 0.05), " in live
+    # The reason is shown as typed: no Rich markup applied, no escape sequence passed through.
+    assert "last change: advanced 0% -> 1% by alice at " in live
+    assert "start [red]now[/red] \\x1b[2J" in live
+
+    cli(config, "kill", FLAG, "--reason", "nulls")
+    killed = cli(config, "status", FLAG).stdout
+    assert f"{FLAG}  1% (stage 1 of 5), KILLED: everyone gets control\n" in killed
+    assert "  revive it to serve the stage again\n" in killed
+    assert "last change: killed by alice at " in killed and killed.rstrip().endswith(": nulls")
+
+    doc = json.loads(cli(config, "status", "--json").stdout)
+    (row,) = doc["flags"]
+    assert (row["stage"], row["killed"], row["version"]) == (1, True, 2)
+    assert row["last_change"]["action"] == "kill" and row["last_change"]["actor"] == "alice"
+    assert row["guards"][0]["verdict"] == "healthy" and row["guards"][0]["upper"] == 0.05
+    assert doc["provider"]["name"] == "file"
+
+
+def test_status_of_an_unknown_flag(project: Project):
+    config = governed_project(project)
+    result = cli(config, "status", "nope")
+    assert result.returncode == 1
+    assert "'nope' has no policy (governed flags: new-scoring-model)" in result.stderr
