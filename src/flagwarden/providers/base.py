@@ -86,6 +86,7 @@ class SourceProvider(AbstractProvider):
     def _set_status(self, status: ProviderStatus, message: str | None = None) -> None:
         with self._status_lock:
             if status == self._status:
+                self._status_message = message  # the same state for a new reason: say the new one
                 return
             self._status = status
             self._status_message = message

@@ -1,9 +1,14 @@
 """Flags from a local flagd flag-definition file (JSON or YAML), evaluated in-process.
 
 Evaluation is openfeature-flagd-core's (JSON Logic, ``fractional``, ``sem_ver``...), so a file
-behaves exactly as it would under a flagd server. The file is polled for changes (a stat call
-on a background thread, never on the evaluation path); a file that fails to parse on reload is
-reported and the previous flags stay in force.
+behaves as it would under a flagd server; flagd-core itself answers a flag without (or with a
+null) ``defaultVariant`` with the caller's default and reason DEFAULT. Added here: an invalid
+flag is reported and skipped (flagd-core refuses the whole file), fields flagd ignores are
+dropped (flagd-core refuses those too), and a boolean asked for as a number is a TYPE_MISMATCH.
+
+The file is polled (a stat call on a background thread, never on the evaluation path). A file
+that disappears, becomes unreadable or fails to parse makes the provider STALE: the last good
+definitions keep answering until a good file makes it READY again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import copy
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,47 +30,128 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import ProviderStatus
 
 from flagwarden.errors import ConfigError
-from flagwarden.providers.base import SourceProvider, error_details
+from flagwarden.providers.base import SourceProvider, error_details, type_matches
 from flagwarden.providers.snapshot import write_private_json
 
-__all__ = ["FileProvider", "read_flag_file"]
+__all__ = ["FileProvider", "FlagFile", "FlagProblem", "read_flag_file"]
 
 _log = structlog.get_logger("flagwarden.file")
 
-_RESOLVERS = {
-    FlagType.BOOLEAN: "resolve_boolean_value",
-    FlagType.STRING: "resolve_string_value",
-    FlagType.INTEGER: "resolve_integer_value",
-    FlagType.FLOAT: "resolve_float_value",
-    FlagType.OBJECT: "resolve_object_value",
-}
+_RESOLVERS = {t: f"resolve_{t.value.lower()}_value" for t in FlagType}  # FlagdCore's methods
+# The flag fields flagd-core knows; it refuses the whole file for any other (flagd ignores them).
+_FLAG_FIELDS = ("state", "variants", "defaultVariant", "targeting", "metadata")
+_SCALAR = (str, int, float, bool)
 
 
-def read_flag_file(path: Path) -> dict[str, Any]:
-    """Parse a flagd flag file; raises ConfigError naming the file and the problem."""
+@dataclass(frozen=True)
+class FlagProblem:
+    """One invalid part of a flag file: ``flag`` is None for the flag set itself."""
+
+    path: str
+    flag: str | None
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.field}: {self.problem}"
+
+
+@dataclass
+class FlagFile:
+    """A parsed flag file: the document as written, its valid flags and what is wrong."""
+
+    path: Path
+    document: dict[str, Any]
+    flags: dict[str, dict[str, Any]]
+    problems: list[FlagProblem] = field(default_factory=list)
+
+    def evaluable(self) -> dict[str, Any]:
+        """The document flagd-core gets: valid flags, known fields only, a private copy."""
+        doc: dict[str, Any] = {"flags": self.flags}
+        for key in ("metadata", "$evaluators"):
+            if key in self.document and not any(p.field == key for p in self.problems):
+                doc[key] = self.document[key]
+        return copy.deepcopy(doc)  # flagd-core's FlagStore.update mutates its input
+
+
+def _metadata_problem(metadata: Any) -> str | None:
+    if not isinstance(metadata, Mapping):
+        return f"expected a mapping of names to strings, numbers or booleans, got {metadata!r}"
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or not isinstance(value, _SCALAR):
+            return f"{key!r}: {value!r} is not a string, number or boolean"
+    return None
+
+
+def _flag_problem(flag: Any) -> tuple[str, str] | None:
+    """The first (field, problem) that makes a flag definition unusable, or None."""
+    if not isinstance(flag, Mapping):
+        return "", f"expected a flag definition mapping, got {type(flag).__name__}"
+    for required in ("state", "variants"):
+        if required not in flag:
+            return required, "is required but missing"
+    state = flag["state"]
+    if state not in ("ENABLED", "DISABLED"):
+        return "state", f"expected ENABLED or DISABLED, got {state!r}"
+    variants = flag["variants"]
+    if not isinstance(variants, Mapping) or not variants:
+        return "variants", f"expected a non-empty mapping of variants, got {variants!r}"
+    for name, value in variants.items():
+        if not isinstance(name, str) or not name:
+            # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans.
+            return "variants", f"variant name {name!r} is not a string (quote it in YAML)"
+        if value is None:
+            return f"variants.{name}", "null is not a variant value"
+    default = flag.get("defaultVariant")
+    if isinstance(default, bool):
+        default = str(default).lower()  # as flagd-core reads it
+    if default is not None and default != "":
+        if not isinstance(default, str):
+            return "defaultVariant", f"expected a variant name or null, got {default!r}"
+        if default not in variants:
+            return "defaultVariant", f"{default!r} is not one of the variants {sorted(variants)}"
+    targeting = flag.get("targeting")
+    if targeting is not None and not isinstance(targeting, Mapping):
+        return "targeting", f"expected a JSON Logic rule (a mapping), got {targeting!r}"
+    if flag.get("metadata") is not None and (problem := _metadata_problem(flag["metadata"])):
+        return "metadata", problem
+    return None
+
+
+def read_flag_file(path: Path) -> FlagFile:
+    """Parse a flagd flag file; each invalid flag becomes a problem, the others stay usable.
+
+    Raises ConfigError (file, field, problem) when the file is unreadable, malformed or has no
+    ``flags`` mapping.
+    """
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read the flag file ({exc.strerror})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(path, None, f"cannot read the flag file ({reason})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(path, None, f"malformed flag file: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("flags"), dict):
         raise ConfigError(path, "flags", "expected a mapping of flag definitions (flagd format)")
+    loaded = FlagFile(path=path, document=data, flags={})
+    if "metadata" in data and (problem := _metadata_problem(data["metadata"])):
+        loaded.problems.append(FlagProblem(str(path), None, "metadata", problem))
+    evaluators = data.get("$evaluators")
+    if evaluators is not None and not isinstance(evaluators, Mapping):
+        problem = f"expected a mapping of named targeting rules, got {evaluators!r}"
+        loaded.problems.append(FlagProblem(str(path), None, "$evaluators", problem))
     for key, flag in data["flags"].items():
-        if not isinstance(flag, dict):
-            raise ConfigError(path, f"flags.{key}", "expected a flag definition mapping")
-        for field in ("state", "variants", "defaultVariant"):
-            if field not in flag:
-                raise ConfigError(path, f"flags.{key}.{field}", "is required but missing")
-        if flag["defaultVariant"] is not None and flag["defaultVariant"] not in flag["variants"]:
-            raise ConfigError(
-                path,
-                f"flags.{key}.defaultVariant",
-                f"{flag['defaultVariant']!r} is not one of the variants {sorted(flag['variants'])}",
-            )
-    return data
+        found = _flag_problem(flag)
+        if not isinstance(key, str) or not key:
+            found = "", "a flag key must be a non-empty string (quote it in YAML)"
+        if found is None:
+            loaded.flags[key] = {f: flag[f] for f in _FLAG_FIELDS if f in flag}
+        else:
+            where = f"flags.{key}" + (f".{found[0]}" if found[0] else "")
+            loaded.problems.append(FlagProblem(str(path), str(key), where, found[1]))
+    return loaded
 
 
 def _uses_targeting_key(targeting: Any) -> bool:
@@ -72,7 +159,8 @@ def _uses_targeting_key(targeting: Any) -> bool:
     if not targeting:
         return False
     text = json.dumps(targeting)
-    return any(marker in text for marker in ("targetingKey", "fractional", "$flagd"))
+    # A $ref'd evaluator may use any of these: count it in, conservatively.
+    return any(marker in text for marker in ("targetingKey", "fractional", "$flagd", "$ref"))
 
 
 class FileProvider(SourceProvider):
@@ -96,62 +184,93 @@ class FileProvider(SourceProvider):
         self._data: dict[str, Any] | None = None
         self.poll_interval = poll_interval
         self._core = FlagdCore()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._problem: str | None = None  # what is wrong with the file now, reported once
+        self._invalid: dict[str, str] = {}
+        self._variants: dict[str, Mapping[str, Any]] = {}
         self._key_dependent: dict[str, bool] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._poll_error: str | None = None
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    @property
+    def invalid_flags(self) -> dict[str, str]:
+        """Flags skipped at the last load: key -> "field: problem"."""
+        return dict(self._invalid)
+
+    def _file_stamp(self) -> tuple[int, ...] | None:
         try:
             stat = self.path.stat()
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size)
+        # ctime and inode too: chmod and an atomic rename-over change neither mtime nor size.
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
-    def _load(self) -> list[str]:
-        stamp = self._file_stamp()
-        data = read_flag_file(self.path)
-        pristine = copy.deepcopy(data)  # flagd-core's FlagStore.update mutates its input
-        changed = self._core.set_flags_and_get_changed_keys(data)
-        self._data = pristine
+    def _load(self, stamp: tuple[int, ...] | None) -> list[str]:
+        loaded = read_flag_file(self.path)
+        try:
+            changed = self._core.set_flags_and_get_changed_keys(loaded.evaluable())
+        except Exception as exc:  # whatever flagd-core still refuses: the file, not a crash
+            raise ConfigError(self.path, None, f"flagd-core refused the file: {exc}") from None
+        self._data = loaded.document
+        self._invalid = {p.flag: f"{p.field}: {p.problem}" for p in loaded.problems if p.flag}
+        self._variants = {key: flag["variants"] for key, flag in loaded.flags.items()}
         self._key_dependent = {
-            key: _uses_targeting_key(flag.get("targeting")) for key, flag in data["flags"].items()
+            key: _uses_targeting_key(flag.get("targeting")) for key, flag in loaded.flags.items()
         }
         self._stamp = stamp
+        for problem in loaded.problems:
+            _log.warning("flagwarden.flag_definition_invalid", **asdict(problem))
         return changed
 
+    def _fail(self, exc: ConfigError, stamp: tuple[int, ...] | None) -> None:
+        """The file cannot be used: go STALE (ERROR before any good load), reported once."""
+        self._stamp = stamp
+        message = str(exc)
+        if message == self._problem or self._stop.is_set():
+            return
+        self._problem = message
+        stale = self._data is not None  # the last good definitions keep answering
+        _log.error("flagwarden.flag_file_unusable", path=str(self.path), error=message, stale=stale)
+        self._set_status(ProviderStatus.STALE if stale else ProviderStatus.ERROR, message)
+
     def initialize(self, evaluation_context: EvaluationContext) -> None:
+        stamp = self._file_stamp()
         try:
-            self._load()
+            self._load(stamp)
         except ConfigError as exc:
-            self._set_status(ProviderStatus.ERROR, str(exc))
+            self._fail(exc, stamp)
             raise
         finally:
-            self._start_watcher()
+            if self._watcher is None and self._snapshot_file is None:  # a snapshot never changes
+                self._watcher = threading.Thread(
+                    target=self._watch, name=f"flagwarden-file-{self.name}", daemon=True
+                )
+                self._watcher.start()
         self._set_status(ProviderStatus.READY)
-
-    def _start_watcher(self) -> None:
-        if self._watcher is None:
-            self._watcher = threading.Thread(
-                target=self._watch, name=f"flagwarden-file-{self.name}", daemon=True
-            )
-            self._watcher.start()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            self.reload_if_changed()
+            try:
+                self.reload_if_changed()
+            except Exception as exc:  # the watcher outlives any bug: log it once, keep polling
+                if repr(exc) != self._poll_error:
+                    self._poll_error = repr(exc)
+                    _log.exception("flagwarden.flag_file_poll_failed", path=str(self.path))
 
     def reload_if_changed(self) -> bool:
         """Reload when the file changed since the last load; True when flags were replaced."""
         stamp = self._file_stamp()
-        if stamp is None or stamp == self._stamp:
-            return False
+        if stamp == self._stamp and (stamp is not None or self._problem is not None):
+            return False  # unchanged, or still gone and already reported
         try:
-            changed = self._load()
+            changed = self._load(stamp)
         except ConfigError as exc:
-            self._stamp = stamp  # report a broken file once, not every poll
-            _log.error("flagwarden.flag_file_invalid", path=str(self.path), error=str(exc))
+            self._fail(exc, stamp)
             return False
+        if self._problem is not None:
+            _log.info("flagwarden.flag_file_recovered", path=str(self.path))
+        self._problem = None
         self._set_status(ProviderStatus.READY)
         self._configuration_changed(changed)
         return True
@@ -179,10 +298,23 @@ class FileProvider(SourceProvider):
         evaluation_context: EvaluationContext | None,
     ) -> FlagResolutionDetails[Any]:
         try:
-            return getattr(self._core, _RESOLVERS[flag_type])(
+            details = getattr(self._core, _RESOLVERS[flag_type])(
                 flag_key, default_value, evaluation_context
             )
         except OpenFeatureError as exc:
+            problem = self._invalid.get(flag_key)
+            if problem is not None and exc.error_code is ErrorCode.FLAG_NOT_FOUND:
+                message = f"flag definition invalid in {self.path}, skipped: {problem}"
+                return error_details(default_value, ErrorCode.PARSE_ERROR, message)
             return error_details(default_value, exc.error_code, exc.error_message or str(exc))
         except Exception as exc:  # a broken targeting rule must not reach the pipeline
             return error_details(default_value, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
+        if details.variant is not None:
+            # flagd-core passes a boolean as a float (bool is an int in Python) and converts it.
+            raw = self._variants.get(flag_key, {}).get(details.variant, details.value)
+            if not type_matches(flag_type, raw):
+                message = f"flag {flag_key!r} is {type(raw).__name__}, not {flag_type.value}"
+                return error_details(
+                    default_value, ErrorCode.TYPE_MISMATCH, message, details.flag_metadata
+                )
+        return details
