@@ -24,12 +24,14 @@ import yaml
 from openfeature.evaluation_context import EvaluationContext
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import flagwarden
-from flagwarden.audit.report import build_report, render_html, render_markdown
+from flagwarden.report import build_report, render_html, render_markdown
 
 FLAG = "new-transform"
 BATCH = 20_000
+CHUNKS = 10  # a batch is processed (and its quality reported) in chunks, as a pipeline would
 SOAK = 1.0  # seconds: the compressed soak time
 
 
@@ -95,20 +97,35 @@ def _write_project(root: Path) -> Path:
 
 
 def _run_batch(number: int, broken: bool, rng: random.Random) -> tuple[Batch, Any]:
+    """Route one batch through the flag chunk by chunk; report each chunk's null rate per
+    variant with ``record_metric``, as a pipeline would. Spreads over the compressed soak."""
     runtime = flagwarden.current()
     assert runtime is not None
     orders = [f"order-{number:03d}-{i:05d}" for i in range(BATCH)]
     run = EvaluationContext(attributes={"run": f"batch-{number}"})
-    routes = flagwarden.assign(FLAG, orders, False, context=run)
-    treated = sum(routes)
-    # The transform: v2 leaves a null in 8% of records once the bug lands, 0.1% before.
+    # The transform: v2 leaves a null in 8% of records once the bug lands, 0.1% before;
+    # v1 (control) leaves one in 0.1%.
     rate = 0.08 if broken else 0.001
-    nulls = sum(1 for _ in range(treated) if rng.random() < rate)
-    if treated:
-        flagwarden.record_metric(
-            FLAG, "null_rate", nulls / treated, variant="treatment", count=treated
-        )
-    flagwarden.record_metric(FLAG, "null_rate", 0.001, variant="control", count=BATCH - treated)
+    treated = treated_nulls = 0
+    size = BATCH // CHUNKS
+    for start in range(0, BATCH, size):
+        routes = flagwarden.assign(FLAG, orders[start : start + size], False, context=run)
+        on = sum(routes)
+        nulls = sum(1 for _ in range(on) if rng.random() < rate)
+        control_nulls = sum(1 for _ in range(len(routes) - on) if rng.random() < 0.001)
+        if on:
+            flagwarden.record_metric(FLAG, "null_rate", nulls / on, variant="treatment", count=on)
+        if len(routes) > on:
+            flagwarden.record_metric(
+                FLAG,
+                "null_rate",
+                control_nulls / (len(routes) - on),
+                variant="control",
+                count=len(routes) - on,
+            )
+        treated += on
+        treated_nulls += nulls
+        time.sleep(SOAK * 1.1 / CHUNKS)  # the compressed soak, spread over the batch
     details = runtime.client.get_boolean_details(FLAG, False, EvaluationContext(orders[0]))
     state = runtime.governed.state(FLAG)
     batch = Batch(
@@ -117,10 +134,21 @@ def _run_batch(number: int, broken: bool, rng: random.Random) -> tuple[Batch, An
         treated,
         BATCH - treated,
         str(details.flag_metadata.get("flagwarden.source")),
-        nulls / treated if treated else 0.0,
+        treated_nulls / treated if treated else 0.0,
         "",
     )
     return batch, runtime
+
+
+def _wait_for_source(runtime: Any, source: str, timeout: float = 3.0) -> None:
+    """Until answers come from ``source`` again (the flag file is re-read every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    probe = EvaluationContext("order-probe")
+    while time.monotonic() < deadline:
+        details = runtime.client.get_boolean_details(FLAG, False, probe)
+        if details.flag_metadata.get("flagwarden.source") == source:
+            return
+        time.sleep(0.05)
 
 
 def run_demo(output: Path, console: Console) -> int:
@@ -156,7 +184,7 @@ def run_demo(output: Path, console: Console) -> int:
         batch, runtime = _run_batch(number, broken, rng)
         if note.startswith("outage"):
             (output / "flags.yaml.away").rename(output / "flags.yaml")  # the source is back
-        time.sleep(SOAK * 1.1)  # the compressed soak
+            _wait_for_source(runtime, "file")
         decisions = runtime.watch_once()
         decision = next((d for d in decisions if d.flag == FLAG), None)
         batch.decision = note + (f"{decision.action} {decision.detail}".strip() if decision else "")
@@ -192,34 +220,53 @@ def run_demo(output: Path, console: Console) -> int:
 
     flagwarden.shutdown()  # flushes exposure summaries and violations into the audit log
     from flagwarden.config import load_settings
+    from flagwarden.governance.measurements import open_measurement_store
     from flagwarden.governance.project import Governance
 
-    governance = Governance.open(load_settings(config))
+    settings = load_settings(config)
+    governance = Governance.open(settings)
+    measurements = open_measurement_store(settings.config.state, settings.base_dir)
     try:
         assert governance.audit is not None and governance.store is not None
         report = build_report(
-            governance.audit, governance.policies, governance.store.load_all(), provider="file"
+            governance.audit,
+            governance.policies,
+            governance.store.load_all(),
+            measurements=measurements,
+            provider="file",
         )
     finally:
+        measurements.close()
         governance.close()
-    (output / "report.md").write_text(render_markdown(report))
-    (output / "report.html").write_text(render_html(report))
-    flag = report["flags"][0]
-    outage = report["outages"][0] if report["outages"] else None
-    path = " -> ".join(f"{t['stage']:g}%" for t in flag["timeline"])
-    console.print(
-        f"\nRolled out {path}; "
-        f"{flag['breaches']} guard breach, {flag['rollbacks']} rollback; "
+    (output / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (output / "report.html").write_text(render_html(report), encoding="utf-8")
+    flag = report.flags[0]
+    outage = report.outages[0] if report.outages else None
+    path = " -> ".join(f"{t.stage:g}%" for t in flag.timeline)
+    violations = sum(flag.violations.values())
+    summary = (
+        f"\nRolled out {path}; {flag.breaches} guard breach"
+        f"{'es' if flag.breaches != 1 else ''}, {flag.automatic_rollbacks} automatic rollback"
+        f"{'s' if flag.automatic_rollbacks != 1 else ''}, {violations} policy violation"
+        f"{'s' if violations != 1 else ''}"
         + (
-            f"outage of {outage['duration_seconds']:.1f} s served {outage['served']} "
+            f"; outage of {outage.duration_seconds or 0:.1f} s served "
+            + ", ".join(f"{n:,} from the {source}" for source, n in sorted(outage.served.items()))
             if outage
             else ""
         )
-        + f"\naudit chain {'verified' if report['audit']['verified'] else 'BROKEN'}, "
-        f"report digest {report['digest'][:16]}"
+        + f"\nVerdict: {flag.verdict.text}"
+        + f"\nAudit chain {'verified' if report.audit.verified else 'BROKEN'}, "
+        f"report digest {report.digest[:16]}"
     )
+    console.print(Text(summary))
     console.print(
-        f"Reports: [bold]{output / 'report.md'}[/bold] and [bold]{output / 'report.html'}[/bold] "
-        f"({time.monotonic() - started:.1f} s)"
+        Text.assemble(
+            "Reports: ",
+            (str(output / "report.md"), "bold"),
+            " and ",
+            (str(output / "report.html"), "bold"),
+            f" ({time.monotonic() - started:.1f} s)",
+        )
     )
-    return 0 if report["audit"]["verified"] else 1
+    return 0 if report.audit.verified else 1

@@ -1,0 +1,42 @@
+"""The report as one self-contained HTML file: inline CSS and SVG, no script, no network.
+
+Rendered with Jinja2 and autoescaping: every string from the audit log, the policies or the
+state (reasons, descriptions, actors, flag names, outage causes) is escaped; only the charts
+(built by :mod:`flagwarden.report.charts`, which escapes its own text) are inserted as markup.
+"""
+
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from flagwarden.report import charts
+from flagwarden.report.document import Report
+from flagwarden.report.series import limit_words
+from flagwarden.report.text import count, duration, num, plural, share, stage, when
+from flagwarden.report.verdict import CAPPING, VERDICT_TITLES, split_verdict
+
+__all__ = ["render_html"]
+
+_env = Environment(
+    loader=PackageLoader("flagwarden.report", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_env.filters.update(when=when, num=num, count=count, stage=stage, share=share, duration=duration)
+_env.globals.update(
+    stage_chart=charts.stage_chart,
+    guard_chart=charts.guard_chart,
+    share_chart=charts.share_chart,
+    limit_words=limit_words,
+    plural=plural,
+    split_verdict=split_verdict,
+    verdict_titles=VERDICT_TITLES,
+    capping=CAPPING,
+)
+
+
+def render_html(report: Report) -> str:
+    return _env.get_template("report.html.j2").render(r=report)
