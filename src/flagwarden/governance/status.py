@@ -1,0 +1,260 @@
+"""The status of a project's governed flags, as a typed document (``flagwarden status``).
+
+Built from the policies, the state store, the latest guard verdicts (kept beside the state
+by the watch), the audit log and the snapshot; rendered in words by the CLI or as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flagwarden.audit.log import AuditLog
+from flagwarden.config import Settings
+from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
+from flagwarden.governance.policy import Policy
+from flagwarden.governance.project import Governance
+from flagwarden.governance.state import FlagState, StateStoreUnavailable, redact_url
+
+__all__ = [
+    "Change",
+    "FlagStatus",
+    "GuardStatus",
+    "PrerequisiteStatus",
+    "ProviderStatus",
+    "StatusDocument",
+    "project_status",
+]
+
+
+@dataclass(frozen=True)
+class PrerequisiteStatus:
+    flag: str
+    stage: float  # the stage the dependant needs
+    now: float  # the stage it is at
+    killed: bool
+
+    @property
+    def short(self) -> bool:
+        return self.killed or self.now < self.stage
+
+
+@dataclass(frozen=True)
+class GuardStatus:
+    """A guard's latest verdict (``GuardResult`` fields, and when it was reached)."""
+
+    guard: str
+    at: str
+    verdict: str
+    value: float | None = None
+    samples: int = 0
+    control: float | None = None
+    limit: str = ""
+    detail: str = ""
+    stage: float | None = None
+    upper: float | None = None
+    lower: float | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """The flag's latest transition, from the audit log."""
+
+    at: str
+    actor: str | None
+    action: str
+    reason: str | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FlagStatus:
+    flag: str
+    owner: str
+    description: str
+    expires: str | None
+    expired: bool
+    stages: list[float]
+    stage: float
+    next_stage: float | None
+    killed: bool
+    paused: bool
+    version: int
+    stage_entered_at: str | None
+    soak_seconds: float
+    soak_remaining_seconds: int | None  # None: not soaking
+    updated_at: str | None
+    updated_by: str | None
+    reason: str | None
+    guard_names: list[str]
+    requires: list[PrerequisiteStatus]
+    guards: list[GuardStatus] = field(default_factory=list)
+    last_change: Change | None = None
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """What can be known about the provider without a worker: snapshot age, last outage."""
+
+    name: str
+    snapshot_written_at: str | None = None
+    snapshot_age_seconds: float | None = None
+    last_outage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StatusDocument:
+    provider: ProviderStatus
+    state_store: str
+    flags: list[FlagStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def flag_status(
+    policy: Policy,
+    state: FlagState,
+    states: dict[str, FlagState],
+    now: datetime | None = None,
+) -> FlagStatus:
+    """A governed flag's policy, stage, state, soak and prerequisites."""
+    now = now or datetime.now(UTC)
+    soak_left = None
+    following = policy.next_stage(state.stage)
+    if state.stage > 0 and state.stage_entered_at is not None and following:
+        left = policy.soak - (now - state.stage_entered_at)
+        if left > timedelta(0):
+            soak_left = round(left.total_seconds())
+    requires = []
+    for prerequisite in policy.requires:
+        other = states.get(prerequisite.flag) or FlagState(prerequisite.flag)
+        requires.append(
+            PrerequisiteStatus(prerequisite.flag, prerequisite.stage, other.stage, other.killed)
+        )
+    return FlagStatus(
+        flag=policy.flag,
+        owner=policy.owner,
+        description=policy.description,
+        expires=policy.expires.isoformat() if policy.expires else None,
+        expired=policy.is_expired(now.date()),
+        stages=list(policy.stages),
+        stage=state.stage,
+        next_stage=following,
+        killed=state.killed,
+        paused=state.paused,
+        version=state.version,
+        stage_entered_at=_iso(state.stage_entered_at),
+        soak_seconds=policy.soak.total_seconds(),
+        soak_remaining_seconds=soak_left,
+        updated_at=_iso(state.updated_at),
+        updated_by=state.updated_by,
+        reason=state.reason,
+        guard_names=[guard.name for guard in policy.guards],
+        requires=requires,
+    )
+
+
+def _guards_from_audit(audit: AuditLog, flag: str) -> list[GuardStatus]:
+    """Each guard's latest audited verdict (before any watch kept its verdicts)."""
+    latest: dict[str, GuardStatus] = {}
+    for record in audit.records(flag=flag):
+        for guard in record.data.get("guards", []):
+            latest[guard["guard"]] = _guard(guard, record.at.isoformat())
+    return [latest[name] for name in sorted(latest)]
+
+
+def _guard(verdict: dict[str, Any], at: str) -> GuardStatus:
+    known = GuardStatus.__dataclass_fields__
+    return GuardStatus(at=at, **{k: v for k, v in verdict.items() if k in known and k != "at"})
+
+
+def _last_change(audit: AuditLog, flag: str) -> Change | None:
+    found = None
+    for record in audit.records(flag=flag):
+        if record.kind == "transition":
+            found = record
+    if found is None:
+        return None
+    return Change(
+        at=found.at.isoformat(),
+        actor=found.actor,
+        action=str(found.data.get("action")),
+        reason=found.data.get("reason"),
+        before=dict(found.data.get("before") or {}),
+        after=dict(found.data.get("after") or {}),
+    )
+
+
+def _latest_verdicts(store: MeasurementStore, flag: str) -> list[GuardStatus] | None:
+    latest = store.verdicts(flag)
+    if latest is None:
+        return None
+    at = datetime.fromtimestamp(latest[0], UTC).isoformat()
+    return [_guard(verdict, at) for verdict in latest[1]]
+
+
+def provider_status(
+    name: str, audit: AuditLog | None, snapshot: Any, now: datetime | None = None
+) -> ProviderStatus:
+    now = now or datetime.now(UTC)
+    written = snapshot.written_at if snapshot is not None else None
+    outages = [r for r in audit.records() if r.kind == "outage"] if audit is not None else []
+    return ProviderStatus(
+        name=name,
+        snapshot_written_at=_iso(written),
+        snapshot_age_seconds=round((now - written).total_seconds(), 1) if written else None,
+        last_outage=dict(outages[-1].data) if outages else None,
+    )
+
+
+def _snapshot(settings: Settings) -> Any:
+    """The last-known-good snapshot, if one is configured and readable."""
+    from flagwarden.providers.snapshot import SnapshotError, open_snapshot_store
+
+    location = settings.snapshot_location()
+    if location is None:
+        return None
+    try:
+        return open_snapshot_store(location).load()
+    except SnapshotError:
+        return None
+
+
+def project_status(
+    settings: Settings, governance: Governance, flags: list[str] | None = None
+) -> StatusDocument:
+    """The status of ``flags`` (default: every governed flag).
+
+    Raises :class:`StateStoreUnavailable` or ``AuditError`` when a store cannot be read.
+    """
+    if governance.store is None:
+        raise StateStoreUnavailable(f"{redact_url(settings.config.state)}: not available")
+    names = sorted(governance.policies) if flags is None else flags
+    states = governance.store.load_all()
+    audit = governance.audit
+    measurements = open_measurement_store(settings.config.state, settings.base_dir)
+    try:
+        rows = []
+        for flag in names:
+            status = flag_status(
+                governance.policies[flag], states.get(flag) or FlagState(flag), states
+            )
+            guards = _latest_verdicts(measurements, flag)
+            if guards is None:
+                guards = _guards_from_audit(audit, flag) if audit is not None else []
+            change = _last_change(audit, flag) if audit is not None else None
+            rows.append(replace(status, guards=guards, last_change=change))
+    finally:
+        measurements.close()
+    return StatusDocument(
+        provider=provider_status(settings.provider_name, audit, _snapshot(settings)),
+        state_store=redact_url(settings.config.state),
+        flags=rows,
+    )
