@@ -63,7 +63,11 @@ def test_assign_counts_exposures_as_per_key_evaluation_does(project: Project):
     telemetry.summary._counts.clear()
     flagwarden.assign(FLAG, keys, False)
     assert telemetry.summary._counts == by_client
-    assert {key[4:] for key in by_client} == {("treatment", False), ("control", True)}
+    assert {key[4:] for key in by_client} == {
+        ("treatment", False),
+        ("control", True),  # capped
+        ("control", False),  # the empty key: no unit
+    }
     violations = flagwarden.current().governed.violations
     violations.flush()
     assert violations.totals == {(FLAG, "missing_unit"): 2}

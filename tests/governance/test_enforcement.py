@@ -183,11 +183,39 @@ def test_unknown_variant_at_stage_100_passes_through_and_is_still_a_violation(pr
     assert violations.totals[(FLAG, "unknown_variant")] == 1
 
 
+@pytest.mark.parametrize("definition", ["disabled", "no default variant"])
+def test_a_flag_with_nothing_to_serve_gives_the_callers_default_without_a_violation(
+    project, definition
+):
+    """A disabled flag, or one without a default variant, answers the caller's default: that
+    is not a value outside the policy."""
+    policy = {"variants": {"control": "geo-v1", "treatment": "geo-v2"}}
+    configure(project, serve="geo-v2", policy=policy)
+    flag = {"state": "ENABLED", "variants": {"a": "geo-v1", "b": "geo-v2"}}
+    if definition == "disabled":
+        flag = {**flag, "state": "DISABLED", "defaultVariant": "b"}
+    (project.root / "flags.json").write_text(json.dumps({"flags": {FLAG: flag}}))
+    runtime = flagwarden.current()
+    runtime.provider.vendor.reload_if_changed()
+    for stage in (5, 100):
+        set_stage(stage)
+        details = runtime.client.get_string_details(FLAG, "caller-default", EvaluationContext("u"))
+        assert details.value == "caller-default"
+        assert details.reason in ("DISABLED", "DEFAULT")
+        assert details.flag_metadata["flagwarden.arm"] == "none"
+        assert "flagwarden.violation" not in details.flag_metadata
+    runtime.governed.violations.flush()
+    assert not runtime.governed.violations.totals
+
+
 def test_missing_unit_is_a_violation_below_100_only(project):
     client = configure(project, serve=True)
     set_stage(50)
     below = client.get_boolean_details(FLAG, True, EvaluationContext())
-    assert below.value is False and below.flag_metadata["flagwarden.capped"] is True
+    assert below.value is False
+    # Not capping (that is the stage at work): a violation, and the answer says which.
+    assert below.flag_metadata["flagwarden.capped"] is False
+    assert below.flag_metadata["flagwarden.violation"] == "missing_unit"
     violations = flagwarden.current().governed.violations
     violations.flush()
     assert violations.totals == {(FLAG, "missing_unit"): 1}
@@ -219,7 +247,8 @@ def test_unit_attribute_buckets_whole_tenants(project):
         }
         assert answers == {bucket(FLAG, tenant) < 50_000}
     no_tenant = client.get_boolean_details(FLAG, True, EvaluationContext("rec-1"))
-    assert no_tenant.value is False and no_tenant.flag_metadata["flagwarden.capped"] is True
+    assert no_tenant.value is False
+    assert no_tenant.flag_metadata["flagwarden.violation"] == "missing_unit"
     violations = flagwarden.current().governed.violations
     violations.flush()
     assert violations.totals == {(FLAG, "missing_unit"): 1}

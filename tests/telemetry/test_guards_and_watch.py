@@ -95,6 +95,12 @@ def test_failure_limit_counts_consecutive_breaches(setup_factory):
     assert s.rollout.state(FLAG).paused and s.rollout.state(FLAG).stage == 1
     guard_records = [r for r in s.governance.audit.records(flag=FLAG) if r.kind == "guard"]
     assert len(guard_records) == 3 and guard_records[-1].data["acting"] == ["null-rate"]
+    # Still breaching while paused: nothing more to do, nothing more to audit, no exit 3.
+    version = s.rollout.state(FLAG).version
+    (decision,) = s.watch.tick()
+    assert decision.action == "hold" and "paused; still breaching" in decision.detail
+    assert s.rollout.state(FLAG).version == version
+    assert len([r for r in s.governance.audit.records(flag=FLAG) if r.kind == "guard"]) == 3
 
 
 def test_relative_to_control(setup_factory):

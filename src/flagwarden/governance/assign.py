@@ -18,7 +18,14 @@ from openfeature.flag_evaluation import FlagType
 
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.bucketing import buckets, threshold
-from flagwarden.governance.enforcement import Ruling, arm_of, outside_policy, rule, unit_of
+from flagwarden.governance.enforcement import (
+    Ruling,
+    arm_of,
+    callers_default,
+    outside_policy,
+    rule,
+    unit_of,
+)
 
 __all__ = ["assign"]
 
@@ -127,12 +134,13 @@ def assign(
     control, treatment = policy.variants.control, policy.variants.treatment
     n = len(values)
     vendor_variant, vendor_reason = answer.variant or "", str(answer.reason or "")
-    ruling = rule(policy, state.stage, state.killed, state.paused, answer.value, answer.error_code)
+    is_default = callers_default(answer.value, answer.variant, answer.error_code, default)
+    ruling = rule(policy, state.stage, state.killed, state.paused, answer.value, is_default)
     if ruling is Ruling.KILLED:
         served("control", "DISABLED", "control", n)
         return rebuild([control] * n)
     if ruling is Ruling.PASS or ruling is Ruling.VENDOR:
-        if ruling is Ruling.PASS and outside_policy(policy, answer.value, answer.error_code):
+        if ruling is Ruling.PASS and outside_policy(policy, answer.value, is_default):
             governed.violations.count(flag_key, "unknown_variant", n)
         served(vendor_variant, vendor_reason, arm_of(policy, answer.value), n)
         return rebuild([answer.value] * n)
@@ -150,18 +158,21 @@ def assign(
         unit = unit_of(policy, None, base.attributes)
         if unit is None:
             governed.violations.count(flag_key, "missing_unit", n)
-            served("control", "SPLIT", "control", n, capped=True)
+            served("control", "SPLIT", "control", n)
             return rebuild([control] * n)
         units = [unit] * n
     limit = threshold(state.stage)
     inside = [b < limit for b in buckets(policy.bucket_salt, units)]
+    missing = 0
     if policy.unit == "targeting_key" and "" in units:
         # An empty targeting key is no unit (as for one evaluation): control, and a violation.
-        missing = [i for i, u in enumerate(units) if not u]
-        for i in missing:
+        empty = [i for i, u in enumerate(units) if not u]
+        for i in empty:
             inside[i] = False
-        governed.violations.count(flag_key, "missing_unit", len(missing))
-    capped = n - sum(inside)
-    served(vendor_variant, vendor_reason, "treatment", n - capped)
-    served("control", "SPLIT", "control", capped, capped=True)
+        missing = len(empty)
+        governed.violations.count(flag_key, "missing_unit", missing)
+        served("control", "SPLIT", "control", missing)
+    treated = sum(inside)
+    served(vendor_variant, vendor_reason, "treatment", treated)
+    served("control", "SPLIT", "control", n - treated - missing, capped=True)
     return rebuild([treatment if ok else control for ok in inside])

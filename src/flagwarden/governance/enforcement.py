@@ -25,21 +25,25 @@ __all__ = [
     "CAPPED",
     "KILLED",
     "STAGE",
+    "VIOLATION",
     "Ruling",
     "admitted",
     "arm_of",
+    "callers_default",
     "outside_policy",
     "rule",
     "same_value",
     "unit_of",
 ]
 
-# flag_metadata keys every governed evaluation carries (with flagwarden.source).
-STAGE, ARM, CAPPED, KILLED = (
+# flag_metadata keys every governed evaluation carries (with flagwarden.source), and the one
+# an answer that is itself a violation carries (its kind).
+STAGE, ARM, CAPPED, KILLED, VIOLATION = (
     "flagwarden.stage",
     "flagwarden.arm",
     "flagwarden.capped",
     "flagwarden.killed",
+    "flagwarden.violation",
 )
 
 
@@ -48,7 +52,7 @@ class Ruling(Enum):
 
     KILLED = "killed"  # control for everyone
     PASS = "pass"  # stage 100, live: the answer exactly as it came
-    VENDOR = "vendor"  # control from the vendor, or the caller's default after an error
+    VENDOR = "vendor"  # control from the vendor, or the caller's own default
     UNKNOWN = "unknown"  # neither arm: control, and a violation
     BUCKET = "bucket"  # the treatment, for units inside the stage; control for the others
 
@@ -67,24 +71,30 @@ def arm_of(policy: Policy, value: Any) -> str:
     return "none"
 
 
+def callers_default(value: Any, variant: str | None, error_code: Any, default_value: Any) -> bool:
+    """Whether an answer is the caller's own default rather than a value the vendor chose:
+    after an error, or from a flag with nothing to serve (no variant)."""
+    return error_code is not None or (variant is None and same_value(value, default_value))
+
+
 def rule(
-    policy: Policy, stage: float, killed: bool, paused: bool, value: Any, error_code: Any
+    policy: Policy, stage: float, killed: bool, paused: bool, value: Any, is_default: bool
 ) -> Ruling:
-    """The ruling for an answer ``value`` (``error_code`` set when it is the caller's default)."""
+    """The ruling for an answer ``value`` (``is_default``: it is the caller's own default)."""
     if killed:
         return Ruling.KILLED
     if stage >= 100 and not paused:
         return Ruling.PASS
     if same_value(value, policy.variants.treatment):
         return Ruling.BUCKET
-    if same_value(value, policy.variants.control) or error_code is not None:
+    if same_value(value, policy.variants.control) or is_default:
         return Ruling.VENDOR
     return Ruling.UNKNOWN
 
 
-def outside_policy(policy: Policy, value: Any, error_code: Any) -> bool:
-    """A vendor answer that is neither arm (the caller's default after an error is not)."""
-    return error_code is None and arm_of(policy, value) == "none"
+def outside_policy(policy: Policy, value: Any, is_default: bool) -> bool:
+    """A vendor answer that is neither arm (the caller's own default is not)."""
+    return not is_default and arm_of(policy, value) == "none"
 
 
 def unit_of(policy: Policy, targeting_key: str | None, attributes: Mapping[str, Any]) -> str | None:

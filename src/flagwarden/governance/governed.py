@@ -30,9 +30,11 @@ from flagwarden.governance.enforcement import (
     CAPPED,
     KILLED,
     STAGE,
+    VIOLATION,
     Ruling,
     admitted,
     arm_of,
+    callers_default,
     outside_policy,
     rule,
     unit_of,
@@ -158,9 +160,10 @@ class GovernedProvider(SourceProvider):
         details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
         state = self.cache.get(flag_key)
         killed = state.killed or flag_key in self.env_killed
-        value, error = details.value, details.error_code
-        ruling = rule(policy, state.stage, killed, state.paused, value, error)
-        capped = False
+        value = details.value
+        is_default = callers_default(value, details.variant, details.error_code, default_value)
+        ruling = rule(policy, state.stage, killed, state.paused, value, is_default)
+        capped, violation = False, None
         if ruling is Ruling.BUCKET:
             unit = (
                 None
@@ -172,28 +175,33 @@ class GovernedProvider(SourceProvider):
             if admitted(policy, state.stage, unit):
                 arm = "treatment"
             else:
-                capped, arm = True, "control"
+                arm = "control"
                 self._serve_control(details, policy, Reason.SPLIT)
                 if unit is None:
-                    self.violations.count(flag_key, "missing_unit")
+                    violation = "missing_unit"
+                else:
+                    capped = True
         elif ruling is Ruling.KILLED:
             arm = "control"
             self._serve_control(details, policy, Reason.DISABLED)
         elif ruling is Ruling.UNKNOWN:
-            arm = "control"
+            arm, violation = "control", "unknown_variant"
             self._serve_control(details, policy, Reason.DEFAULT)
-            self.violations.count(flag_key, "unknown_variant")
         else:  # PASS or VENDOR: the answer as it came
             arm = arm_of(policy, value)
-            if ruling is Ruling.PASS and outside_policy(policy, value, error):
-                self.violations.count(flag_key, "unknown_variant")
-        details.flag_metadata = {
+            if ruling is Ruling.PASS and outside_policy(policy, value, is_default):
+                violation = "unknown_variant"
+        metadata = {
             **details.flag_metadata,
             STAGE: state.stage,
             ARM: arm,
             CAPPED: capped,
             KILLED: killed,
         }
+        if violation is not None:
+            self.violations.count(flag_key, violation)
+            metadata[VIOLATION] = violation
+        details.flag_metadata = metadata
         return details
 
     @staticmethod

@@ -84,7 +84,14 @@ class Watch:
         flag = policy.flag
         state = self.rollout.state(flag)
         if state.killed or state.stage <= 0:
-            return Decision(flag, "skip", detail="killed" if state.killed else "not started")
+            why = (
+                "killed"
+                if state.killed
+                else "not started"
+                if state.version == 0
+                else "at 0%: control for everyone"
+            )
+            return Decision(flag, "skip", detail=why)
         results = [self.evaluator.evaluate(policy, guard, state, now) for guard in policy.guards]
         # One tick's verdicts may reach the audit log twice (the breach and the rollback it
         # caused): the tick id lets the report show them once.
@@ -102,6 +109,10 @@ class Watch:
             r for r in results if r.verdict == "breach" and failures[r.guard] >= limits[r.guard]
         ]
         breaches = [r for r in results if r.verdict == "breach"]
+        if breaches and state.paused and policy.on_breach == "pause":
+            # Already paused: a breach changes nothing more. Said, not audited again each pass.
+            names = ", ".join(f"{r.guard}={r.value:.4g} ({r.limit})" for r in breaches)
+            return Decision(flag, "hold", results, f"paused; still breaching: {names}")
         if breaches and self.governance.audit is not None:
             self.governance.audit.append(
                 "guard",
@@ -119,8 +130,7 @@ class Watch:
                 # A new stage starts with no failures and a new measurement window.
                 self.rollout.rollback(flag, actor=ACTOR, reason=reason, to=0, details=details)
                 return Decision(flag, "rollback", results, reason)
-            if not state.paused:
-                self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
+            self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
             self._reset_failures(flag)
             return Decision(flag, "pause", results, reason)
         if failures != state.guard_failures:
