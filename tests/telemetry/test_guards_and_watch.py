@@ -126,8 +126,28 @@ def test_unreachable_prometheus_pauses_then_resumes(setup_factory, prometheus):
     assert state.paused and state.stage == 1  # paused, not rolled back
     assert s.decide() == "hold"
     s.watch.evaluator.prometheus_url = prometheus.url  # Prometheus answers again
-    assert s.decide() == "healthy"
+    assert s.decide() == "resume"
     assert not s.rollout.state(FLAG).paused
+    assert s.decide() == "healthy"
+
+
+def test_the_watch_does_not_resume_while_a_guard_breaches(setup_factory, prometheus):
+    """Paused for an unreachable source; the source is back but another guard breaches
+    (below its failure_limit): the pause holds, and says why."""
+    prometheus.start([])
+    closed = f"http://127.0.0.1:{free_port()}"
+    guards = [
+        {"name": "up", "promql": "vector(0)", "max": 1, "window": "0s"},
+        {**NULL_GUARD, "min_samples": 1, "failure_limit": 3},
+    ]
+    s = setup_factory({"guards": guards}, query_url=closed)
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    assert s.decide() == "pause"
+    s.watch.evaluator.prometheus_url = prometheus.url
+    s.record(0.5, count=10)
+    (decision,) = s.watch.tick()
+    assert decision.action == "hold" and "breaching" in decision.detail
+    assert s.rollout.state(FLAG).paused
 
 
 @pytest.mark.slow

@@ -117,11 +117,14 @@ class FlagState:
         }
 
     def changed(self, *, actor: str, reason: str, **changes: Any) -> FlagState:
-        """The next version of this state; a new stage starts a new guard window."""
+        """The next version of this state; a new stage starts a new guard window, and a new
+        stage or a pause or resume starts the consecutive-breach counts afresh."""
         now = _now()
         if "stage" in changes and changes["stage"] != self.stage:
             changes.setdefault("stage_entered_at", now)
             changes.setdefault("stage_version", self.version + 1)
+            changes.setdefault("guard_failures", {})
+        if "paused" in changes and changes["paused"] != self.paused:
             changes.setdefault("guard_failures", {})
         return replace(
             self,

@@ -22,7 +22,7 @@ from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout, TransitionRefused
-from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.governance.state import FlagState, StateStoreUnavailable
 from flagwarden.telemetry.metrics import GUARD_BREACHES
 
 __all__ = ["Decision", "Watch"]
@@ -36,7 +36,7 @@ UNREACHABLE = "guard source unreachable"
 @dataclass
 class Decision:
     flag: str
-    action: str  # rollback | pause | advance | hold | healthy | skip | error
+    action: str  # rollback | pause | resume | advance | hold | healthy | skip | error
     results: list[GuardResult] = field(default_factory=list)
     detail: str = ""
 
@@ -130,11 +130,11 @@ class Watch:
                 # A new stage starts with no failures and a new measurement window.
                 self.rollout.rollback(flag, actor=ACTOR, reason=reason, to=0, details=details)
                 return Decision(flag, "rollback", results, reason)
+            # A pause starts the failure counts afresh (FlagState.changed).
             self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
-            self._reset_failures(flag)
             return Decision(flag, "pause", results, reason)
         if failures != state.guard_failures:
-            self._store_failures(flag, failures)
+            state = self._store_failures(state, failures)
         unreachable = [r for r in results if r.verdict == "unreachable"]
         if unreachable:
             detail = "; ".join(f"{r.guard}: {r.detail}" for r in unreachable)
@@ -144,14 +144,16 @@ class Watch:
                 )
                 return Decision(flag, "pause", results, detail)
             return Decision(flag, "hold", results, detail)
-        state = self.rollout.state(flag)
         if (
-            state.paused
+            not breaches
+            and state.paused
             and state.updated_by == ACTOR
             and (state.reason or "").startswith(UNREACHABLE)
         ):
+            # Only the watch's own pause for an unreachable source, and only when nothing
+            # breaches: a person's pause, or one for a breach, is a person's to lift.
             self.rollout.resume(flag, actor=ACTOR, reason="guard sources answer again")
-            state = self.rollout.state(flag)
+            return Decision(flag, "resume", results, "guard sources answer again")
         if breaches:
             counts = ", ".join(
                 f"{r.guard} {failures[r.guard]} of {limits[r.guard]}" for r in breaches
@@ -185,15 +187,12 @@ class Watch:
         except StateStoreUnavailable as exc:
             _log.warning("flagwarden.verdicts_not_kept", flag=flag, error=str(exc))
 
-    def _store_failures(self, flag: str, failures: dict[str, int]) -> None:
-        # Not a transition (no new actor or reason): only the counters move on.
-        current = self.rollout.state(flag)
-        self.rollout.store.compare_and_set(
-            replace(current, version=current.version + 1, guard_failures=failures)
-        )
-
-    def _reset_failures(self, flag: str) -> None:
-        self._store_failures(flag, {})
+    def _store_failures(self, state: FlagState, failures: dict[str, int]) -> FlagState:
+        """Not a transition (no new actor or reason): only the counters move on, and only
+        from the state this pass judged: if anything changed meanwhile (a person rolled back,
+        say), the counts are dropped and the next pass counts again from that state."""
+        counted = replace(state, version=state.version + 1, guard_failures=failures)
+        return counted if self.rollout.store.compare_and_set(counted) else state
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Tick every ``interval`` seconds until ``stop`` is set (SIGTERM sets it in the CLI)."""
