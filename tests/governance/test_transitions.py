@@ -58,7 +58,7 @@ def test_advance_rules_and_violations(governance: Governance):
     assert [str(v) for v in forced.violations] == ["soak_cut_short: 0s of 30m00s"]
     skipped = rollout.advance(FLAG, actor="bob", reason="skip", to=100, force=True)
     assert skipped.after.stage == 100
-    assert "stage_skipped: 50% -> 100%" in [str(v) for v in skipped.violations]
+    assert "stage_skipped: 25% -> 100%, skipping 50%" in [str(v) for v in skipped.violations]
     # At the last stage, advancing again is a no-op: a retry must not fail.
     again = rollout.advance(FLAG, actor="bob", reason="more")
     assert not again.changed and "last stage" in again.note
@@ -220,3 +220,72 @@ def test_many_processes_create_the_postgres_tables_at_once(pg_url: str):
     for proc in procs:
         proc.join(60)
     assert [p.exitcode for p in procs] == [0] * 8
+
+
+def test_a_reason_is_required_and_cannot_be_blank(project: Project):
+    governed_project(project)
+    for blank in ("", "   "):
+        result = cli(project, "kill", FLAG, "--reason", blank)
+        assert result.returncode == 2 and "say why" in result.stderr
+    gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
+    try:
+        with pytest.raises(TransitionRefused, match="a reason is required"):
+            gov.rollout().advance(FLAG, actor="a", reason=" ")
+        assert not gov.audit.records()
+    finally:
+        gov.close()
+
+
+def test_a_kill_is_never_refused_by_a_concurrent_counter_update(governance: Governance):
+    """The watch stores breach counts by compare-and-set; a kill landing meanwhile retries
+    on the new state instead of failing with 'another change landed first'."""
+    import threading
+    from dataclasses import replace
+
+    rollout = governance.rollout()
+    rollout.advance(FLAG, actor="a", reason="go")
+    other = open_state_store(governance.store.url)
+    stop = threading.Event()
+
+    def count_breaches() -> None:
+        n = 0
+        while not stop.is_set():
+            state = other.load(FLAG)
+            n += 1
+            other.compare_and_set(
+                replace(state, version=state.version + 1, guard_failures={"g": n})
+            )
+            time.sleep(0.001)  # a watch stores counts once a pass; this is a thousand a second
+
+    thread = threading.Thread(target=count_breaches)
+    thread.start()
+    try:
+        for _ in range(20):
+            done = rollout.kill(FLAG, actor="a", reason="stop")
+            assert done.after.killed
+            rollout.revive(FLAG, actor="a", reason="again")
+    finally:
+        stop.set()
+        thread.join()
+        other.close()
+
+
+def test_a_change_whose_audit_record_fails_says_it_took_effect(project: Project):
+    import sqlite3
+
+    governed_project(project)
+    assert cli(project, "advance", FLAG, "--reason", "go").returncode == 0
+    conn = sqlite3.connect(project.root / ".flagwarden" / "audit.db")
+    conn.execute("DROP TABLE flagwarden_audit")
+    conn.execute("CREATE TABLE flagwarden_audit (seq BIGINT PRIMARY KEY)")  # unwritable shape
+    conn.commit()
+    conn.close()
+    result = cli(project, "kill", FLAG, "--reason", "nulls")
+    assert result.returncode == 0, result.stderr  # the kill is stored: the exit code says so
+    assert result.stdout.startswith("ok new-scoring-model killed")
+    assert "the change took effect, but its audit record could not be written" in result.stderr
+    state = open_state_store(f"sqlite:///{project.root}/.flagwarden/state.db")
+    try:
+        assert state.load(FLAG).killed
+    finally:
+        state.close()

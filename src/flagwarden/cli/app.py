@@ -54,7 +54,17 @@ ActorOption = Annotated[
     str | None,
     typer.Option("--actor", help="who does this (default: $FLAGWARDEN_ACTOR, else the OS user)"),
 ]
-ReasonOption = Annotated[str, typer.Option("--reason", help="why: recorded in the audit log")]
+
+
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("say why: the reason goes to the audit log")
+    return value
+
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="why: recorded in the audit log", callback=_reason)
+]
 
 
 # Control characters (terminal escape sequences among them) never reach the terminal raw.

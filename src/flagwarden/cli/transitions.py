@@ -39,9 +39,10 @@ def describe(done: Transition) -> str:
         "rollback": f"{flag} rolled back from {b.stage:g}% to {a.stage:g}%"
         + (": control for everyone" if a.stage == 0 else ""),
         "kill": f"{flag} killed: everyone gets control (stage {a.stage:g}% returns on revive)",
-        "revive": f"{flag} revived: back to stage {a.stage:g}%",
+        "revive": f"{flag} revived: back to stage {a.stage:g}%"
+        + (" (still paused)" if a.paused else ""),
         "pause": f"{flag} paused at {a.stage:g}%: no advance until resumed",
-        "resume": f"{flag} resumed at {a.stage:g}%",
+        "resume": f"{flag} resumed at {a.stage:g}%" + (" (still killed)" if a.killed else ""),
     }[done.action]
     return f"{said} (version {a.version})"
 
@@ -61,6 +62,19 @@ def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -
         say(f"{describe(paused)}, because {paused.after.reason}", tag="also")
     for violation in done.violations:
         warn(f"recorded as a policy violation: {violation}")
+    # The change took effect: the exit code says so; what could not follow it is said loudly.
+    for failure in done.cascade_failures:
+        fail(f"a flag that requires {flag} could not be paused: {failure}")
+    for paused in done.cascade:
+        if paused.audit_error:
+            fail(
+                f"{paused.after.flag} was paused, but its audit record could not be written: "
+                f"{paused.audit_error}"
+            )
+    if done.audit_error:
+        fail(
+            f"the change took effect, but its audit record could not be written: {done.audit_error}"
+        )
 
 
 @app.command()

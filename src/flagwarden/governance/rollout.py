@@ -17,7 +17,10 @@ pauses the live dependants, in the same act and under the same actor.
 from __future__ import annotations
 
 import getpass
+import math
 import os
+import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,16 +28,22 @@ from typing import Any
 
 import structlog
 
-from flagwarden.audit.log import AuditLog
+from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.policy import Policy
-from flagwarden.governance.state import FlagState, StateCache, StateStore
-from flagwarden.humanize import duration
+from flagwarden.governance.state import FlagState, StateCache, StateStore, StateStoreUnavailable
+from flagwarden.humanize import duration, percent
 
 __all__ = ["Rollout", "Transition", "TransitionRefused", "Violation", "resolve_actor"]
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
+_SWITCH_ATTEMPTS = 10
+
+
+def _require_reason(reason: str) -> None:
+    if not reason or not reason.strip():
+        raise TransitionRefused("a reason is required: say why, it goes to the audit log")
 
 
 def resolve_actor(actor: str | None) -> str:
@@ -51,6 +60,10 @@ def resolve_actor(actor: str | None) -> str:
 
 class TransitionRefused(FlagwardenError):
     """The policy or a concurrent change refused a transition; nothing was changed."""
+
+
+class ConcurrentChange(TransitionRefused):
+    """Another change landed between reading the state and storing the next one."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +89,8 @@ class Transition:
     changed: bool = True  # False: it already was so (nothing stored, nothing audited)
     note: str = ""  # why nothing changed
     cascade: tuple[Transition, ...] = ()  # dependants paused by this change
-
-
-def _stage(value: float) -> str:
-    return f"{value:g}%"
+    cascade_failures: tuple[str, ...] = ()  # dependants that could not be paused, and why
+    audit_error: str | None = None  # the change took effect but its audit record failed
 
 
 class Rollout:
@@ -133,7 +144,7 @@ class Rollout:
     ) -> Transition:
         if not self.store.compare_and_set(after):
             current = self.store.load(before.flag)
-            raise TransitionRefused(
+            raise ConcurrentChange(
                 f"{before.flag}: another change landed first "
                 f"(version {current.version if current else 0}, "
                 f"expected {before.version}); nothing was changed, look at the state and retry"
@@ -148,18 +159,21 @@ class Rollout:
             reason=reason,
             before=before.summary(),
             after=after.summary(),
-            violations=[str(v) for v in violations],
+            violations=[v.as_dict() for v in violations],
         )
-        if self.audit is not None:
-            data = {
-                "action": action,
-                "reason": reason,
-                "before": before.summary(),
-                "after": after.summary(),
-                **(details or {}),
-            }
-            if violations:
-                data["violations"] = [v.as_dict() for v in violations]
+        done = Transition(action, before, after, violations)
+        if self.audit is None:
+            return done
+        data = {
+            "action": action,
+            "reason": reason,
+            "before": before.summary(),
+            "after": after.summary(),
+            **(details or {}),
+        }
+        if violations:
+            data["violations"] = [v.as_dict() for v in violations]
+        try:
             self.audit.append("transition", data, flag=before.flag, actor=actor)
             for violation in violations:
                 self.audit.append(
@@ -168,7 +182,11 @@ class Rollout:
                     flag=before.flag,
                     actor=actor,
                 )
-        return Transition(action, before, after, violations)
+        except AuditError as exc:
+            # The change is stored: say so, and that its record is missing.
+            _log.error("flagwarden.transition_not_audited", flag=before.flag, error=str(exc))
+            return replace(done, audit_error=str(exc))
+        return done
 
     # -- sequencing --------------------------------------------------------------------
 
@@ -181,45 +199,44 @@ class Rollout:
                 continue
             state = self.store.load(prerequisite.flag) or FlagState(prerequisite.flag)
             if state.killed:
-                short.append(f"{prerequisite.flag} at {_stage(prerequisite.stage)} (it is killed)")
+                short.append(f"{prerequisite.flag} at {percent(prerequisite.stage)} (it is killed)")
             elif state.stage < prerequisite.stage:
                 short.append(
-                    f"{prerequisite.flag} at {_stage(prerequisite.stage)} "
-                    f"(it is at {_stage(state.stage)})"
+                    f"{prerequisite.flag} at {percent(prerequisite.stage)} "
+                    f"(it is at {percent(state.stage)})"
                 )
         return short
 
     def _pause_dependants(self, done: Transition, actor: str) -> Transition:
         """After a kill or a rollback: pause the live dependants whose prerequisite fell short."""
         flag, after = done.before.flag, done.after
-        paused = []
+        paused: list[Transition] = []
+        failed: list[str] = []
         for policy, needed in self.dependants(flag):
             if not after.killed and after.stage >= needed:
                 continue
             why = (
                 f"prerequisite {flag} was killed"
                 if after.killed
-                else f"prerequisite {flag} fell to {_stage(after.stage)} (needs {_stage(needed)})"
+                else f"prerequisite {flag} fell to {percent(after.stage)} (needs {percent(needed)})"
             )
-            for _ in range(3):  # a concurrent change may land first: look again
-                state = self.store.load(policy.flag) or FlagState(policy.flag)
-                if state.stage <= 0 or state.paused or state.killed:
-                    break
-                try:
-                    paused.append(
-                        self._commit(
-                            "pause",
-                            state,
-                            state.changed(actor=actor, reason=why, paused=True),
-                            actor=actor,
-                            reason=why,
-                            details={"cause": {"flag": flag, "action": done.action}},
-                        )
-                    )
-                    break
-                except TransitionRefused:
-                    continue
-        return replace(done, cascade=tuple(paused)) if paused else done
+            try:
+                pause = self._switch(
+                    "pause",
+                    policy.flag,
+                    "paused",
+                    True,
+                    actor=actor,
+                    reason=why,
+                    details={"cause": {"flag": flag, "action": done.action}},
+                    only_if_live=True,
+                )
+            except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
+                failed.append(f"{policy.flag}: {exc}")
+                continue
+            if pause.changed:
+                paused.append(pause)
+        return replace(done, cascade=tuple(paused), cascade_failures=tuple(failed))
 
     # -- the transitions ---------------------------------------------------------------
 
@@ -234,29 +251,33 @@ class Rollout:
         now: datetime | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
+        _require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if to is not None and to == before.stage:
-            return self._unchanged("advance", before, f"{flag} is already at {_stage(to)}")
+            return self._unchanged("advance", before, f"{flag} is already at {percent(to)}")
         following = policy.next_stage(before.stage)
         if following is None and to is None:
             return self._unchanged(
-                "advance", before, f"{flag} is already at its last stage ({_stage(before.stage)})"
+                "advance", before, f"{flag} is already at its last stage ({percent(before.stage)})"
             )
         if before.killed:
             raise TransitionRefused(f"{flag} is killed: revive it before advancing")
         if before.paused and not force:
-            raise TransitionRefused(f"{flag} is paused: resume it first (or --force)")
+            raise TransitionRefused(
+                f"{flag} is paused ({before.reason}): resume it first "
+                "(or --force, recorded as a violation)"
+            )
         target = following if to is None else to
         assert target is not None
         if target not in policy.stages:
-            approved = ", ".join(_stage(s) for s in policy.stages)
+            approved = ", ".join(percent(s) for s in policy.stages)
             raise TransitionRefused(
-                f"{_stage(target)} is not an approved stage of {flag} ({approved})"
+                f"{percent(target)} is not an approved stage of {flag} ({approved})"
             )
         if target < before.stage:
             raise TransitionRefused(
-                f"{flag} is at {_stage(before.stage)}: advancing to {_stage(target)} "
+                f"{flag} is at {percent(before.stage)}: advancing to {percent(target)} "
                 "goes backwards, use rollback"
             )
         violations: list[Violation] = []
@@ -269,8 +290,13 @@ class Rollout:
                 )
             violations.append(Violation("prerequisite_short", "; ".join(short)))
         if target != following:
+            skipped = [stage for stage in policy.stages if before.stage < stage < target]
             violations.append(
-                Violation("stage_skipped", f"{_stage(following or 0)} -> {_stage(target)}")
+                Violation(
+                    "stage_skipped",
+                    f"{percent(before.stage)} -> {percent(target)}, "
+                    f"skipping {', '.join(percent(stage) for stage in skipped)}",
+                )
             )
         if (
             before.stage > 0
@@ -280,9 +306,9 @@ class Rollout:
             held = (now or datetime.now(UTC)) - before.stage_entered_at
             if held < policy.soak:
                 if not force:
-                    remaining = policy.soak - held
+                    remaining = math.ceil((policy.soak - held).total_seconds())
                     raise TransitionRefused(
-                        f"{flag} has soaked at {_stage(before.stage)} for {duration(held)} of "
+                        f"{flag} has soaked at {percent(before.stage)} for {duration(held)} of "
                         f"{duration(policy.soak)}; {duration(remaining)} to go "
                         "(or --force, recorded as a violation)"
                     )
@@ -290,10 +316,12 @@ class Rollout:
                     Violation("soak_cut_short", f"{duration(held)} of {duration(policy.soak)}")
                 )
         if before.paused:
-            violations.append(Violation("advanced_while_paused", f"at {_stage(before.stage)}"))
+            violations.append(Violation("advanced_while_paused", f"at {percent(before.stage)}"))
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )
+        # The soak that applied, so the report judges this advance by the policy of its time.
+        recorded = {"soak_seconds": policy.soak.total_seconds(), **(details or {})}
         return self._commit(
             "advance",
             before,
@@ -301,7 +329,7 @@ class Rollout:
             actor=actor,
             reason=reason,
             violations=tuple(violations),
-            details=details,
+            details=recorded,
         )
 
     def rollback(
@@ -313,6 +341,7 @@ class Rollout:
         to: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
+        _require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if before.stage <= 0:
@@ -321,16 +350,16 @@ class Rollout:
             )
         target = policy.previous_stage(before.stage) if to is None else to
         if target == before.stage:
-            return self._unchanged("rollback", before, f"{flag} is already at {_stage(target)}")
+            return self._unchanged("rollback", before, f"{flag} is already at {percent(target)}")
         if target != 0 and target not in policy.stages:
-            approved = ", ".join(["0%", *(_stage(s) for s in policy.stages)])
+            approved = ", ".join(["0%", *(percent(s) for s in policy.stages)])
             raise TransitionRefused(
-                f"{_stage(target)} is not an approved stage of {flag} ({approved})"
+                f"{percent(target)} is not an approved stage of {flag} ({approved})"
             )
         if target > before.stage:
             raise TransitionRefused(
-                f"{flag} is at {_stage(before.stage)}: "
-                f"rolling back to {_stage(target)} is not backwards"
+                f"{flag} is at {percent(before.stage)}: "
+                f"rolling back to {percent(target)} is not backwards"
             )
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
@@ -348,15 +377,35 @@ class Rollout:
         actor: str,
         reason: str,
         details: dict[str, Any] | None = None,
+        only_if_live: bool = False,
     ) -> Transition:
-        """Set ``killed`` or ``paused`` to ``value``; nothing to do when it already is."""
-        before = self.state(flag)
-        if getattr(before, field) == value:
-            already = f"already {field}" if value else f"not {field}"
-            by = f" (by {before.updated_by}: {before.reason})" if value else ""
-            return self._unchanged(action, before, f"{flag} is {already}{by}")
-        after = before.changed(actor=actor, reason=reason, **{field: value})
-        return self._commit(action, before, after, actor=actor, reason=reason, details=details)
+        """Set ``killed`` or ``paused`` to ``value``; nothing to do when it already is.
+
+        Unconditional, so a concurrent change (a watch pass counting breaches, say) never
+        refuses it: it is tried again on the new state. ``only_if_live``: a no-op for a flag
+        at 0% or killed (pausing a dependant).
+        """
+        _require_reason(reason)
+        for _ in range(_SWITCH_ATTEMPTS):
+            before = self.state(flag)
+            if only_if_live and (before.stage <= 0 or before.killed):
+                return self._unchanged(action, before, f"{flag} is not live")
+            if getattr(before, field) == value:
+                already = f"already {field}" if value else f"not {field}"
+                by = f" (by {before.updated_by}: {before.reason})" if value else ""
+                return self._unchanged(action, before, f"{flag} is {already}{by}")
+            after = before.changed(actor=actor, reason=reason, **{field: value})
+            try:
+                return self._commit(
+                    action, before, after, actor=actor, reason=reason, details=details
+                )
+            except ConcurrentChange:
+                time.sleep(random.uniform(0, 0.002))  # let the other writer finish
+                continue
+        raise TransitionRefused(
+            f"{flag}: changed by others {_SWITCH_ATTEMPTS} times while trying to {action} it; "
+            "nothing was changed, retry"
+        )
 
     def kill(self, flag: str, *, actor: str, reason: str) -> Transition:
         done = self._switch("kill", flag, "killed", True, actor=actor, reason=reason)

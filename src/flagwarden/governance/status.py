@@ -6,6 +6,7 @@ by the watch), the audit log and the snapshot; rendered in words by the CLI or a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -131,7 +132,7 @@ def flag_status(
     if state.stage > 0 and state.stage_entered_at is not None and following:
         left = policy.soak - (now - state.stage_entered_at)
         if left > timedelta(0):
-            soak_left = round(left.total_seconds())
+            soak_left = math.ceil(left.total_seconds())
     requires = []
     for prerequisite in policy.requires:
         other = states.get(prerequisite.flag) or FlagState(prerequisite.flag)
