@@ -109,6 +109,54 @@ def test_broken_reload_keeps_previous_flags(project):
     assert details.value is True and details.error_code is None
 
 
+def test_a_reload_flagd_core_refuses_keeps_the_old_flags_and_all_derived_from_them(
+    project: Project,
+):
+    """Nothing derived from a refused file is kept: variants, key dependence, invalid flags."""
+    client, flag_file = setup(project)
+    chain = flagwarden.current().provider
+    vendor = chain.vendor
+    keys = [f"order-{i}" for i in range(300)]
+    gold = EvaluationContext("k", {"tier": "gold"})
+
+    def rollout() -> list[bool]:
+        return [
+            client.get_boolean_value("new-scoring-model", False, EvaluationContext(k)) for k in keys
+        ]
+
+    before, document = rollout(), vendor.export_snapshot()
+    assert before == [flagd_fraction_on("new-scoring-model", k, 30) for k in keys]
+    assert vendor.depends_on_key("new-scoring-model") and vendor.invalid_flags == {}
+    doc = json.loads(json.dumps(FLAGS))
+    doc["flags"]["new-scoring-model"].pop("targeting")  # static: no longer key-dependent
+    doc["flags"]["tier-gate"]["variants"] = {"on": "yes", "off": "no"}  # strings, not booleans
+    doc["flags"]["broken"] = {"state": "ENABLED"}
+    # Passes every check of ours, yet flagd-core refuses the whole file: its $ref substitution
+    # is re.sub(..., json.dumps(rule), ...), whose replacement reads the \u00fc that
+    # json.dumps writes for a non-ASCII character as a bad regex escape.
+    doc["$evaluators"] = {"in-zurich": {"==": [{"var": "city"}, "Zürich"]}}
+    flag_file.write_text(json.dumps(doc))
+    assert [p.flag for p in read_flag_file(flag_file).problems] == ["broken"]
+    outage = wait_for(lambda: chain.outage)
+    assert "flagd-core refused the file" in outage.cause
+    assert vendor.status is ProviderStatus.STALE
+    assert rollout() == before and vendor.depends_on_key("new-scoring-model") is True
+    d = client.get_boolean_details("tier-gate", False, gold)  # still the old boolean variants
+    assert (d.value, d.error_code, d.flag_metadata["flagwarden.source"]) == (True, None, "file")
+    assert vendor.invalid_flags == {} and vendor.export_snapshot() == document
+    d = client.get_boolean_details("broken", True, EvaluationContext("k"))
+    assert d.error_code is ErrorCode.FLAG_NOT_FOUND
+    del doc["$evaluators"]  # the same file flagd-core takes: everything moves together
+    flag_file.write_text(json.dumps(doc))
+    wait_for(lambda: chain.outage is None)
+    assert vendor.depends_on_key("new-scoring-model") is False
+    assert list(vendor.invalid_flags) == ["broken"]
+    assert client.get_string_value("tier-gate", "dflt", gold) == "yes"
+    assert client.get_boolean_details("tier-gate", False, gold).error_code is (
+        ErrorCode.TYPE_MISMATCH
+    )
+
+
 def test_broken_file_at_start_serves_defaults(project):
     (project.root / "flags.json").write_text('{"flags": {"x": {"state": "ENABLED"}}}')
     project.profile("file", {"type": "file", "path": "../flags.json"})
@@ -229,6 +277,9 @@ def test_no_default_variant_answers_the_callers_default_and_targeting_still_work
         assert (gold.value, gold.reason, gold.variant) == ("GOLD", "TARGETING_MATCH", "gold")
 
 
+IGNORED = (
+    "ignored: is not a flagd flag field (state, variants, defaultVariant, targeting, metadata)"
+)
 BROKEN = {
     "bad-default": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "maybe"},
     "no-variants": {"state": "ENABLED", "defaultVariant": "on"},
@@ -275,12 +326,19 @@ def test_a_broken_flag_is_skipped_and_reported_while_the_others_serve(
         assert str(vendor.path) in d.error_message and vendor.path.samefile(flag_file)
     # For `flagwarden check`: the file, the flag and the field of every problem.
     problems = read_flag_file(flag_file).problems
-    assert [(p.path, p.flag, p.field) for p in problems] == [
+    assert [(p.path, p.flag, p.field) for p in problems if p.skipped] == [
         (str(flag_file), key, where) for key, (where, _) in BROKEN_FIELDS.items()
+    ]
+    assert [(p.flag, p.field, p.problem) for p in problems if not p.skipped] == [
+        ("tier-gate", "flags.tier-gate.description", IGNORED)
     ]
     reported = logs.named("flagwarden.flag_definition_invalid")
     assert [(r["path"], r["flag"], r["field"]) for r in reported] == [
         (str(vendor.path), key, where) for key, (where, _) in BROKEN_FIELDS.items()
+    ]
+    noted = logs.named("flagwarden.flag_field_ignored")
+    assert [(r["flag"], r["field"], r["skipped"]) for r in noted] == [
+        ("tier-gate", "flags.tier-gate.description", False)
     ]
     time.sleep(0.3)  # six polls of an unchanged file: no new report
     assert len(logs.named("flagwarden.flag_definition_invalid")) == len(BROKEN)
@@ -293,12 +351,161 @@ def test_a_broken_flag_is_skipped_and_reported_while_the_others_serve(
     assert (d.value, d.error_code) == (True, ErrorCode.FLAG_NOT_FOUND)
 
 
+def test_every_problem_of_a_flag_is_reported_and_an_ignored_field_is_only_a_note(
+    project: Project, logs: LogRecorder
+):
+    doc = json.loads(json.dumps(FLAGS))
+    doc["flags"]["typo"] = {"stat": "ENABLED", "variants": {}, "defaultVariant": "on"}
+    doc["flags"]["all-wrong"] = {
+        "state": "ON",
+        "variants": {"on": True, "off": None},
+        "defaultVariant": "maybe",
+        "targeting": "on",
+        "metadata": {"owner": ["team-a"], "tier": {"a": 1}},
+    }
+    # A typo in a field flagd ignores: noted, and the flag still serves as flagd serves it.
+    doc["flags"]["tier-gate"]["defaultVarient"] = "on"
+    client, flag_file = serve(project, doc)
+    problems = read_flag_file(flag_file).problems
+    assert [(p.flag, p.field, p.problem, p.skipped) for p in problems] == [
+        ("tier-gate", "flags.tier-gate.defaultVarient", IGNORED, False),
+        ("typo", "flags.typo.state", "is required but missing", True),
+        ("typo", "flags.typo.variants", "expected a non-empty mapping of variants, got {}", True),
+        ("typo", "flags.typo.defaultVariant", "'on' is not one of the variants []", True),
+        ("typo", "flags.typo.stat", IGNORED, False),
+        ("all-wrong", "flags.all-wrong.state", "expected ENABLED or DISABLED, got 'ON'", True),
+        ("all-wrong", "flags.all-wrong.variants.off", "null is not a variant value", True),
+        (
+            "all-wrong",
+            "flags.all-wrong.defaultVariant",
+            "'maybe' is not one of the variants ['off', 'on']",
+            True,
+        ),
+        (
+            "all-wrong",
+            "flags.all-wrong.targeting",
+            "expected a JSON Logic rule (a mapping), got 'on'",
+            True,
+        ),
+        (
+            "all-wrong",
+            "flags.all-wrong.metadata",
+            "'owner': ['team-a'] is not a string, number or boolean",
+            True,
+        ),
+        (
+            "all-wrong",
+            "flags.all-wrong.metadata",
+            "'tier': {'a': 1} is not a string, number or boolean",
+            True,
+        ),
+    ]
+    assert str(problems[4]) == f"{flag_file}: flags.typo.stat: {IGNORED}"
+    vendor = flagwarden.current().provider.vendor
+    assert set(vendor.invalid_flags) == {"typo", "all-wrong"}  # only the skipped ones
+    assert vendor.invalid_flags["typo"] == (
+        "flags.typo.state: is required but missing; "
+        "flags.typo.variants: expected a non-empty mapping of variants, got {}; "
+        "flags.typo.defaultVariant: 'on' is not one of the variants []"
+    )
+    d = client.get_boolean_details("typo", True, EvaluationContext("k"))
+    assert (d.value, d.error_code) == (True, ErrorCode.PARSE_ERROR)
+    assert "flags.typo.state: is required" in d.error_message
+    assert "flags.typo.defaultVariant: 'on' is not one of" in d.error_message
+    d = client.get_boolean_details("all-wrong", True, EvaluationContext("k"))
+    assert (d.value, d.error_code) == (True, ErrorCode.PARSE_ERROR)
+    assert d.error_message.count("; flags.all-wrong.") == 5
+    for tier, served in (("gold", True), ("tin", False)):  # defaultVarient changes nothing
+        d = client.get_boolean_details(
+            "tier-gate", not served, EvaluationContext("k", {"tier": tier})
+        )
+        assert (d.value, d.error_code, d.flag_metadata["flagwarden.source"]) == (
+            served,
+            None,
+            "file",
+        )
+    assert len(logs.named("flagwarden.flag_definition_invalid")) == 9
+    assert [r["field"] for r in logs.named("flagwarden.flag_field_ignored")] == [
+        "flags.tier-gate.defaultVarient",
+        "flags.typo.stat",
+    ]
+
+
+DATED_YAML = """\
+metadata: {team: growth, ratio: .nan}
+$evaluators:
+  is-gold: {"==": [{var: tier}, gold]}
+  signed-up-early: {"<": [{var: signup}, 2024-01-01]}
+flags:
+  sale:
+    state: ENABLED
+    variants: {"yes": true, "no": false}
+    defaultVariant: "no"
+    targeting:
+      if: [{">=": [{var: signup}, 2024-01-01]}, "yes", "no"]
+  launch-day:
+    state: ENABLED
+    variants: {day: 2024-03-01, never: none}
+    defaultVariant: never
+  early-bird:
+    state: ENABLED
+    variants: {"yes": true, "no": false}
+    defaultVariant: "no"
+    targeting: {if: [{$ref: signed-up-early}, "yes", "no"]}
+  gold-gate:
+    state: ENABLED
+    variants: {"yes": true, "no": false}
+    defaultVariant: "no"
+    targeting: {if: [{$ref: is-gold}, "yes", "no"]}
+  noted:
+    created: 2024-01-01
+    state: ENABLED
+    variants: {"yes": true}
+    defaultVariant: "yes"
+"""
+
+
+def test_a_value_json_cannot_carry_skips_only_its_flag_or_evaluator(project: Project):
+    """An unquoted YAML date made flagd-core (or json.dumps) fail on the whole file."""
+    client, flag_file = serve(project, DATED_YAML, ".yaml")
+    runtime = flagwarden.current()
+    vendor = runtime.provider.vendor
+    assert vendor.status is ProviderStatus.READY and runtime.provider.outage is None
+    misfit = "holds a value JSON cannot carry ({}): quote it in YAML"
+    problems = read_flag_file(flag_file).problems
+    assert [(p.flag, p.field, p.problem, p.skipped) for p in problems] == [
+        (None, "metadata.ratio", misfit.format("float nan"), True),
+        (None, "$evaluators.signed-up-early.<.1", misfit.format("date"), True),
+        ("sale", "flags.sale.targeting.if.0.>=.1", misfit.format("date"), True),
+        ("launch-day", "flags.launch-day.variants.day", misfit.format("date"), True),
+        ("noted", "flags.noted.created", IGNORED, False),  # flagd ignores it: so do we
+    ]
+    assert set(vendor.invalid_flags) == {"sale", "launch-day"}
+    ctx = EvaluationContext("k", {"tier": "gold", "signup": "2023-05-01"})
+    for key in ("sale", "launch-day"):
+        d = client.get_boolean_details(key, False, ctx)
+        assert (d.value, d.error_code) == (False, ErrorCode.PARSE_ERROR)
+        assert misfit.format("date") in d.error_message
+    d = client.get_boolean_details("gold-gate", False, ctx)  # the other evaluator still serves
+    assert (d.value, d.error_code, d.flag_metadata["flagwarden.source"]) == (True, None, "file")
+    assert d.flag_metadata.get("team") is None  # the flag set's metadata is left out whole
+    assert client.get_boolean_value("noted", False, ctx) is True
+    # A flag naming the evaluator left out: flagd-core's own answer to an unknown $ref.
+    d = client.get_boolean_details("early-bird", False, ctx)
+    assert (d.value, d.error_code) == (False, ErrorCode.PARSE_ERROR)
+
+
 def test_unquoted_yaml_on_off_variant_names_are_reported(project: Project):
     variants = "    state: ENABLED\n    variants: {on: true, off: false}\n"
     text = f"flags:\n  f:\n{variants}    defaultVariant: 'on'\n  g:\n{variants}"
     client, _ = serve(project, text, ".yaml")
     invalid = flagwarden.current().provider.vendor.invalid_flags
     assert set(invalid) == {"f", "g"} and "quote it in YAML" in invalid["f"]
+    # Every name is reported; whether 'on' is a variant cannot be told from unusable names.
+    assert invalid["f"] == (
+        "flags.f.variants: variant name True is not a string (quote it in YAML); "
+        "flags.f.variants: variant name False is not a string (quote it in YAML)"
+    )
     d = client.get_boolean_details("f", False, EvaluationContext("k"))
     assert (d.value, d.error_code) == (False, ErrorCode.PARSE_ERROR)
 

@@ -3,8 +3,10 @@
 Evaluation is openfeature-flagd-core's (JSON Logic, ``fractional``, ``sem_ver``...), so a file
 behaves as it would under a flagd server; flagd-core itself answers a flag without (or with a
 null) ``defaultVariant`` with the caller's default and reason DEFAULT. Added here: an invalid
-flag is reported and skipped (flagd-core refuses the whole file), fields flagd ignores are
-dropped (flagd-core refuses those too), and a boolean asked for as a number is a TYPE_MISMATCH.
+flag is reported (every problem of it) and skipped (flagd-core refuses the whole file), as is
+one holding a value JSON cannot carry (an unquoted YAML date: flagd-core or its ``$ref``
+substitution would fail on the whole file); fields flagd ignores are dropped (flagd-core refuses
+those too) and noted, not skipped; and a boolean asked for as a number is a TYPE_MISMATCH.
 
 The file is polled (a stat call on a background thread, never on the evaluation path). A file
 that disappears, becomes unreadable or fails to parse makes the provider STALE: the last good
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,16 +44,23 @@ _RESOLVERS = {t: f"resolve_{t.value.lower()}_value" for t in FlagType}  # FlagdC
 # The flag fields flagd-core knows; it refuses the whole file for any other (flagd ignores them).
 _FLAG_FIELDS = ("state", "variants", "defaultVariant", "targeting", "metadata")
 _SCALAR = (str, int, float, bool)
+_IGNORED = f"ignored: is not a flagd flag field ({', '.join(_FLAG_FIELDS)})"
+_MISFIT = "holds a value JSON cannot carry ({}): quote it in YAML"
 
 
 @dataclass(frozen=True)
 class FlagProblem:
-    """One invalid part of a flag file: ``flag`` is None for the flag set itself."""
+    """One problem of a flag file: ``flag`` is None for the flag set itself.
+
+    ``skipped``: the flag (or the flag set's part) is not used; False for a note, such as a
+    field flagd ignores.
+    """
 
     path: str
     flag: str | None
     field: str
     problem: str
+    skipped: bool = True
 
     def __str__(self) -> str:
         return f"{self.path}: {self.field}: {self.problem}"
@@ -58,68 +68,147 @@ class FlagProblem:
 
 @dataclass
 class FlagFile:
-    """A parsed flag file: the document as written, its valid flags and what is wrong."""
+    """A parsed flag file: the document as written, its usable flags and evaluators, and every
+    problem (the skipped ones and the notes)."""
 
     path: Path
     document: dict[str, Any]
     flags: dict[str, dict[str, Any]]
     problems: list[FlagProblem] = field(default_factory=list)
+    evaluators: dict[str, Any] = field(default_factory=dict)  # the usable ``$evaluators``
 
     def evaluable(self) -> dict[str, Any]:
         """The document flagd-core gets: valid flags, known fields only, a private copy."""
         doc: dict[str, Any] = {"flags": self.flags}
-        for key in ("metadata", "$evaluators"):
-            if key in self.document and not any(p.field == key for p in self.problems):
-                doc[key] = self.document[key]
+        if self.evaluators:
+            doc["$evaluators"] = self.evaluators
+        if "metadata" in self.document and not any(
+            p.flag is None and p.skipped and p.field.split(".")[0] == "metadata"
+            for p in self.problems
+        ):
+            doc["metadata"] = self.document["metadata"]
         return copy.deepcopy(doc)  # flagd-core's FlagStore.update mutates its input
 
 
-def _metadata_problem(metadata: Any) -> str | None:
+def _json_misfit(value: Any) -> tuple[list[str], str] | None:
+    """Where (a path of keys) and what (a type) the first value JSON cannot carry is, or None.
+
+    What a JSON round trip would refuse (a YAML date, set or binary; a cycle of YAML aliases;
+    NaN or infinity, which no JSON parser reads) or change (a mapping key that is not a string).
+    """
+    done: set[int] = set()  # containers already found fine (YAML aliases share them)
+    ancestors: set[int] = set()
+
+    def walk(node: Any) -> tuple[list[str], str] | None:
+        if node is None or isinstance(node, (str, bool, int)):
+            return None
+        if isinstance(node, float):
+            return None if math.isfinite(node) else ([], f"float {node!r}")
+        if not isinstance(node, (dict, list)):
+            return [], type(node).__name__
+        if id(node) in done:
+            return None
+        if id(node) in ancestors:
+            return [], f"{type(node).__name__} that contains itself"
+        ancestors.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in items:
+            if isinstance(node, dict) and not isinstance(key, str):
+                return [], f"{type(key).__name__} key {key!r}"
+            if (found := walk(item)) is not None:
+                return [str(key), *found[0]], found[1]
+        ancestors.discard(id(node))
+        done.add(id(node))
+        return None
+
+    try:
+        return walk(value)
+    except RecursionError:
+        return [], "nesting too deep"
+
+
+def _misfit_problem(where: str, value: Any) -> tuple[str, str] | None:
+    """(field, problem) when ``value`` (at ``where``) holds something JSON cannot carry."""
+    found = _json_misfit(value)
+    if found is None:
+        return None
+    return ".".join([where, *found[0]]), _MISFIT.format(found[1])
+
+
+def _metadata_problems(metadata: Any) -> list[str]:
     if not isinstance(metadata, Mapping):
-        return f"expected a mapping of names to strings, numbers or booleans, got {metadata!r}"
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not key or not isinstance(value, _SCALAR):
-            return f"{key!r}: {value!r} is not a string, number or boolean"
-    return None
+        return [f"expected a mapping of names to strings, numbers or booleans, got {metadata!r}"]
+    return [
+        f"{key!r}: {value!r} is not a string, number or boolean"
+        for key, value in metadata.items()
+        if not isinstance(key, str) or not key or not isinstance(value, _SCALAR)
+    ]
 
 
-def _flag_problem(flag: Any) -> tuple[str, str] | None:
-    """The first (field, problem) that makes a flag definition unusable, or None."""
+def _flag_problems(flag: Any) -> list[tuple[str, str, bool]]:
+    """Every (field, problem, skipped) of a flag definition: skipped when it is unusable.
+
+    A check is left out only when an earlier part it needs is unusable (whether the default
+    variant is one of the variants needs variants named by strings).
+    """
     if not isinstance(flag, Mapping):
-        return "", f"expected a flag definition mapping, got {type(flag).__name__}"
-    for required in ("state", "variants"):
-        if required not in flag:
-            return required, "is required but missing"
-    state = flag["state"]
-    if state not in ("ENABLED", "DISABLED"):
-        return "state", f"expected ENABLED or DISABLED, got {state!r}"
-    variants = flag["variants"]
-    if not isinstance(variants, Mapping) or not variants:
-        return "variants", f"expected a non-empty mapping of variants, got {variants!r}"
-    for name, value in variants.items():
-        if not isinstance(name, str) or not name:
-            # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans.
-            return "variants", f"variant name {name!r} is not a string (quote it in YAML)"
-        if value is None:
-            return f"variants.{name}", "null is not a variant value"
+        return [("", f"expected a flag definition mapping, got {type(flag).__name__}", True)]
+    found: list[tuple[str, str]] = []
+    if "state" not in flag:
+        found.append(("state", "is required but missing"))
+    elif (state := flag["state"]) not in ("ENABLED", "DISABLED"):
+        found.append(("state", f"expected ENABLED or DISABLED, got {state!r}"))
+    variants: Any = flag.get("variants")
+    names_usable = False
+    if "variants" not in flag:
+        found.append(("variants", "is required but missing"))
+    elif not isinstance(variants, Mapping):
+        found.append(("variants", f"expected a non-empty mapping of variants, got {variants!r}"))
+    else:
+        names_usable = True
+        if not variants:
+            found.append(("variants", "expected a non-empty mapping of variants, got {}"))
+        for name, value in variants.items():
+            if not isinstance(name, str) or not name:
+                # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans.
+                found.append(
+                    ("variants", f"variant name {name!r} is not a string (quote it in YAML)")
+                )
+                names_usable = False
+            elif value is None:
+                found.append((f"variants.{name}", "null is not a variant value"))
+            elif misfit := _misfit_problem(f"variants.{name}", value):
+                found.append(misfit)
     default = flag.get("defaultVariant")
     if isinstance(default, bool):
         default = str(default).lower()  # as flagd-core reads it
     if default is not None and default != "":
         if not isinstance(default, str):
-            return "defaultVariant", f"expected a variant name or null, got {default!r}"
-        if default not in variants:
-            return "defaultVariant", f"{default!r} is not one of the variants {sorted(variants)}"
+            found.append(("defaultVariant", f"expected a variant name or null, got {default!r}"))
+        elif names_usable and default not in variants:
+            found.append(
+                ("defaultVariant", f"{default!r} is not one of the variants {sorted(variants)}")
+            )
     targeting = flag.get("targeting")
-    if targeting is not None and not isinstance(targeting, Mapping):
-        return "targeting", f"expected a JSON Logic rule (a mapping), got {targeting!r}"
-    if flag.get("metadata") is not None and (problem := _metadata_problem(flag["metadata"])):
-        return "metadata", problem
-    return None
+    if targeting is not None:
+        if not isinstance(targeting, Mapping):
+            found.append(
+                ("targeting", f"expected a JSON Logic rule (a mapping), got {targeting!r}")
+            )
+        elif misfit := _misfit_problem("targeting", targeting):
+            found.append(misfit)
+    metadata = flag.get("metadata")
+    if metadata is not None:
+        if problems := _metadata_problems(metadata):
+            found.extend(("metadata", problem) for problem in problems)
+        elif misfit := _misfit_problem("metadata", metadata):
+            found.append(misfit)
+    ignored = [(str(name), _IGNORED, False) for name in flag if name not in _FLAG_FIELDS]
+    return [(where, problem, True) for where, problem in found] + ignored
 
 
 def read_flag_file(path: Path) -> FlagFile:
-    """Parse a flagd flag file; each invalid flag becomes a problem, the others stay usable.
+    """Parse a flagd flag file; each invalid flag becomes problems, the others stay usable.
 
     Raises ConfigError (file, field, problem) when the file is unreadable, malformed or has no
     ``flags`` mapping.
@@ -136,21 +225,41 @@ def read_flag_file(path: Path) -> FlagFile:
     if not isinstance(data, dict) or not isinstance(data.get("flags"), dict):
         raise ConfigError(path, "flags", "expected a mapping of flag definitions (flagd format)")
     loaded = FlagFile(path=path, document=data, flags={})
-    if "metadata" in data and (problem := _metadata_problem(data["metadata"])):
-        loaded.problems.append(FlagProblem(str(path), None, "metadata", problem))
+
+    def report(flag: str | None, where: str, problem: str, skipped: bool = True) -> None:
+        loaded.problems.append(FlagProblem(str(path), flag, where, problem, skipped))
+
+    if "metadata" in data:
+        if problems := _metadata_problems(data["metadata"]):
+            for problem in problems:
+                report(None, "metadata", problem)
+        elif misfit := _misfit_problem("metadata", data["metadata"]):
+            report(None, *misfit)
     evaluators = data.get("$evaluators")
     if evaluators is not None and not isinstance(evaluators, Mapping):
-        problem = f"expected a mapping of named targeting rules, got {evaluators!r}"
-        loaded.problems.append(FlagProblem(str(path), None, "$evaluators", problem))
+        report(
+            None, "$evaluators", f"expected a mapping of named targeting rules, got {evaluators!r}"
+        )
+    elif evaluators is not None:
+        for name, rule in evaluators.items():  # each usable alone: a bad one is only left out
+            if not isinstance(name, str):
+                report(
+                    None,
+                    "$evaluators",
+                    f"evaluator name {name!r} is not a string (quote it in YAML)",
+                )
+            elif misfit := _misfit_problem(f"$evaluators.{name}", rule):
+                report(None, *misfit)
+            else:
+                loaded.evaluators[name] = rule
     for key, flag in data["flags"].items():
-        found = _flag_problem(flag)
+        found = _flag_problems(flag)
         if not isinstance(key, str) or not key:
-            found = "", "a flag key must be a non-empty string (quote it in YAML)"
-        if found is None:
+            found.insert(0, ("", "a flag key must be a non-empty string (quote it in YAML)", True))
+        for where, problem, skipped in found:
+            report(str(key), f"flags.{key}" + (f".{where}" if where else ""), problem, skipped)
+        if not any(skipped for *_, skipped in found):
             loaded.flags[key] = {f: flag[f] for f in _FLAG_FIELDS if f in flag}
-        else:
-            where = f"flags.{key}" + (f".{found[0]}" if found[0] else "")
-            loaded.problems.append(FlagProblem(str(path), str(key), where, found[1]))
     return loaded
 
 
@@ -195,7 +304,7 @@ class FileProvider(SourceProvider):
 
     @property
     def invalid_flags(self) -> dict[str, str]:
-        """Flags skipped at the last load: key -> "field: problem"."""
+        """Flags skipped at the last load: key -> "field: problem" (several joined by "; ")."""
         return dict(self._invalid)
 
     def _file_stamp(self) -> tuple[int, ...] | None:
@@ -208,19 +317,30 @@ class FileProvider(SourceProvider):
 
     def _load(self, stamp: tuple[int, ...] | None) -> list[str]:
         loaded = read_flag_file(self.path)
-        try:
-            changed = self._core.set_flags_and_get_changed_keys(loaded.evaluable())
-        except Exception as exc:  # whatever flagd-core still refuses: the file, not a crash
-            raise ConfigError(self.path, None, f"flagd-core refused the file: {exc}") from None
-        self._data = loaded.document
-        self._invalid = {p.flag: f"{p.field}: {p.problem}" for p in loaded.problems if p.flag}
-        self._variants = {key: flag["variants"] for key, flag in loaded.flags.items()}
-        self._key_dependent = {
+        # Everything derived first, kept aside until flagd-core takes the definitions: a file it
+        # refuses leaves the previous flags and all of this consistent with them.
+        invalid: dict[str, list[str]] = {}
+        for problem in loaded.problems:
+            if problem.flag and problem.skipped:
+                invalid.setdefault(problem.flag, []).append(f"{problem.field}: {problem.problem}")
+        variants = {key: flag["variants"] for key, flag in loaded.flags.items()}
+        key_dependent = {
             key: _uses_targeting_key(flag.get("targeting")) for key, flag in loaded.flags.items()
         }
+        definitions = loaded.evaluable()
+        served = loaded.evaluable()  # flagd-core mutates its copy: the snapshot keeps its own
+        try:
+            changed = self._core.set_flags_and_get_changed_keys(definitions)
+        except Exception as exc:  # whatever flagd-core still refuses: the file, not a crash
+            raise ConfigError(self.path, None, f"flagd-core refused the file: {exc}") from None
+        self._data = served
+        self._invalid = {key: "; ".join(problems) for key, problems in invalid.items()}
+        self._variants = variants
+        self._key_dependent = key_dependent
         self._stamp = stamp
         for problem in loaded.problems:
-            _log.warning("flagwarden.flag_definition_invalid", **asdict(problem))
+            event = "flag_definition_invalid" if problem.skipped else "flag_field_ignored"
+            _log.warning(f"flagwarden.{event}", **asdict(problem))
         return changed
 
     def _fail(self, exc: ConfigError, stamp: tuple[int, ...] | None) -> None:
@@ -279,7 +399,8 @@ class FileProvider(SourceProvider):
         return self._key_dependent.get(flag_key, False)
 
     def export_snapshot(self) -> dict[str, Any] | None:
-        """The flag file as last loaded (flagd format), for a last-known-good snapshot."""
+        """The definitions being served (flagd format: the valid flags of the file as last
+        loaded), for a last-known-good snapshot that replays exactly what was served."""
         return None if self._data is None else dict(self._data)
 
     def shutdown(self) -> None:
