@@ -50,24 +50,48 @@ def test_a_good_project_passes_and_creates_nothing(project: Project):
 
 def test_every_policy_error_in_every_file_at_once(project: Project):
     config = governed_project(project)
-    write_policy(project, "a", on_breach="rolback", stages=[25, 5], soak="forever")
-    write_policy(project, "b", guards=[{"name": "g", "metric": "m"}])
-    write_policy(project, "c", requires=[{"flag": "nowhere"}])
-    (project.root / "policies" / "d.yaml").write_text("flag: d\nexpires: 2099-13-45\n")
+    write_policy(project, "a", on_breach="rolback", stages=[25, 5, 150], soak="forever")
+    write_policy(
+        project,
+        "b",
+        owner=" ",
+        guards=[
+            {"name": "late", "metric": "m", "max": {25: 0.1}},
+            {"name": "late", "metric": "n", "max": 0.1},
+        ],
+        variants={"control": False, "treatment": 1.5},
+    )
+    write_policy(project, "b2", guards=[{"name": "g", "metric": "m"}])
+    write_policy(project, "c", requires=[{"flag": "nowhere", "stage": 75}])
+    # Unquoted dates stay text, so a bad one is a field error beside the others.
+    (project.root / "policies" / "d.yaml").write_text(
+        "flag: d\nexpires: 2099-13-45\nstages: [1]\nstages: [2]\n"
+    )
+    (project.root / "policies" / "e.yaml").write_text("flag: e\nexpires: 2099-13-45\n")
     result = check(config)
     assert result.returncode == 1
-    found = errors(result)
+    found = "\n".join(errors(result))
     a = str(project.root / "policies" / "a.yaml")
-    assert f"error: {a}: stages: stages must be strictly ascending (25.0 then 5.0)" in "\n".join(
+    assert (
+        f"error: {a}: stages: stages must be strictly ascending percents in (0, 100]: "
+        "not strictly ascending (25 then 5); outside (0, 100]: 150"
+    ) in found
+    assert f"{a}: soak: expected a duration like 30s, 30m, 1h or 2d, got 'forever'" in found
+    assert f"{a}: on_breach: input should be 'rollback' or 'pause', got 'rolback'" in found
+    # Field errors and the checks across fields of one file, together, each naming its field.
+    assert "b.yaml: owner: an owner is required (a team or an address)" in found
+    assert "b.yaml: variants: control and treatment must have the same type (bool vs float)" in (
         found
     )
-    assert any(f"{a}: soak: expected a duration" in e and "'forever'" in e for e in found)
-    assert any(f"{a}: on_breach: input should be 'rollback' or 'pause'" in e for e in found)
-    assert any("b.yaml: guards.0: give a 'max' or a 'min' limit" in e for e in found)
-    assert any("d.yaml: malformed YAML: a value cannot be read" in e for e in found)
-    assert any("c.yaml: requires[0].flag: 'nowhere' has no policy" in e for e in found)
+    assert "b2.yaml: guards.0: give a 'max' or a 'min' limit" in found
+    assert "b.yaml: guards: guard names must be unique (late given twice)" in found
+    assert "guard 'late': max has no limit for the first stage (1%)" in found
+    assert "{'" not in found  # no model dumped into a message
+    assert "c.yaml: requires[0].flag: 'nowhere' has no valid policy" in found
+    assert "d.yaml: malformed YAML at line 4, column 1: the key 'stages' is given twice" in found
+    assert "e.yaml: expires: input should be a valid date" in found
+    assert "e.yaml: owner: is required but missing" in found
     assert "ok policy new-scoring-model" in result.stdout  # the good one is still checked
-    assert result.stderr.rstrip().endswith("6 errors, 1 warning")  # c is not in the flag file
 
 
 def test_cycles_of_prerequisites_are_refused(project: Project):
@@ -104,13 +128,15 @@ def test_paths_that_do_not_exist(project: Project):
     project.profile("other", {"type": "file", "path": "../nowhere.yaml"})
     result = check(config)
     assert result.returncode == 0  # an unused profile's missing file is a warning
-    assert f"warning: profile 'other': path: {project.root / 'nowhere.yaml'} does not exist" in (
+    other = project.root / "providers" / "other.yaml"
+    assert f"warning: {other}: path: {project.root / 'nowhere.yaml'} does not exist" in (
         result.stderr
     )
     (project.root / "flags.json").unlink()
     result = check(config)
     assert result.returncode == 1
-    assert f"error: profile 'file': path: {project.root / 'flags.json'} does not exist" in (
+    profile = project.root / "providers" / "file.yaml"
+    assert f"error: {profile}: path: {project.root / 'flags.json'} does not exist" in (
         result.stderr
     )
 
@@ -136,8 +162,8 @@ def test_connect_names_what_is_unreachable_without_secrets(project: Project):
         },
     )
     offline = check(config)
-    assert offline.returncode == 0  # without --connect, unreachable stores only warn
-    assert "warning: state store unreachable" in offline.stderr
+    assert offline.returncode == 0  # without --connect, no server is reached
+    assert "unreachable" not in offline.stderr
     result = check(config, "--connect")
     assert result.returncode == 1
     found = "\n".join(errors(result))
@@ -162,3 +188,38 @@ def test_connect_starts_the_vendor_sdk(project: Project, ld_server):
     assert down.returncode == 1
     assert "provider 'launchdarkly' (launchdarkly) unreachable" in down.stderr
     assert profile["sdk_key"] not in down.stdout + down.stderr
+
+
+def test_a_broken_flagwarden_yaml_does_not_hide_the_other_files(project: Project):
+    config = governed_project(project, state="mongodb://db/flags", audit="redis://h:6379/0")
+    write_policy(project, "a", stages=[5, 1])
+    result = check(config)
+    found = "\n".join(errors(result))
+    assert "flagwarden.yaml: state: expected sqlite:///PATH, redis://HOST:PORT/DB or " in found
+    assert "got 'mongodb://...'" in found
+    assert (
+        "flagwarden.yaml: audit: expected sqlite:///PATH or postgresql://..., got 'redis://...'"
+        in (found)
+    )
+    assert "a.yaml: stages: stages must be strictly ascending" in found
+
+
+def test_guard_sources_and_prerequisite_stages(project: Project):
+    guard = {"name": "rejects", "promql": "sum(rate(x[5m]))", "max": 5}
+    config = governed_project(project, policy={"guards": [guard], "requires": [{"flag": "v"}]})
+    write_policy(project, "v", stages=[10, 50])
+    result = check(config)
+    found = "\n".join(errors(result))
+    assert "guards.0.promql: guard 'rejects' queries Prometheus, but " in found
+    assert "telemetry.prometheus.query_url is not set" in found
+    assert "requires[0].stage: 100% is not a stage of v (10%, 50%)" in result.stderr
+
+
+def test_offline_check_never_creates_a_store(project: Project):
+    config = governed_project(project)
+    (project.root / ".flagwarden").mkdir()
+    import sqlite3
+
+    sqlite3.connect(project.root / ".flagwarden" / "state.db").close()
+    assert check(config).returncode == 0
+    assert not (project.root / ".flagwarden" / "audit.db").exists()

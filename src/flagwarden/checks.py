@@ -2,11 +2,12 @@
 
 Offline it validates ``flagwarden.yaml``, every provider profile, the active flag file and
 every policy (each file's every problem: file, field, value, expectation), sequencing
-(unknown prerequisites, cycles), paths that do not exist, and lints (owners, expiry, flags
-left at 100%, flags evaluated without a policy). With ``connect`` it also reaches the state
-store, the audit store, Prometheus, the Pushgateway and the vendor (the SDK's own start-up,
-waiting at most the profile's ``start_wait``), and says which one cannot be reached. No
-finding ever carries a secret: store URLs are redacted, SDK keys are scrubbed.
+(unknown prerequisites, cycles), guard sources, paths that do not exist, and lints (owners,
+expiry, flags left at 100%, flags evaluated without a policy; these read local SQLite stores
+that exist, never create one and never reach a server). With ``connect`` it also reaches the
+state store, the audit store, Prometheus, the Pushgateway and the vendor (the SDK's own
+start-up, waiting at most the profile's ``start_wait``), and says which one cannot be
+reached. No finding ever carries a secret: store URLs are redacted, SDK keys are scrubbed.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.config import (
     FileProfile,
+    FlagwardenConfig,
     Profile,
     Settings,
     load_profile,
     load_settings,
+    read_yaml,
 )
 from flagwarden.errors import ConfigError
 from flagwarden.governance.enforcement import same_value
@@ -42,59 +45,98 @@ Level = Literal["ok", "warning", "error"]
 class Finding:
     level: Level
     message: str
+    file: str | None = None  # an "ok" is withdrawn when its file also has a problem
 
 
 def _errors(exc: ConfigError) -> Iterator[Finding]:
     for problem in exc.problems:
-        yield Finding("error", str(problem))
+        yield Finding("error", str(problem), problem.file)
 
 
 def check_project(config: Path | str | None = None, *, connect: bool = False) -> list[Finding]:
     """Everything wrong (and right) with a project; never raises for a project problem."""
+    found: list[Finding] = []
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        return list(_errors(exc))
-    found: list[Finding] = []
-    where = str(settings.source or "the embedded default")
-    profiles = _check_profiles(settings, found)
-    active = profiles.get(settings.provider_name)
-    if active is None:
+        found.extend(_errors(exc))
+        # The other files are still worth checking: with the folders the file names, if any.
+        fallback = _fallback_settings(exc)
+        if fallback is None:
+            return found
+        settings, where, usable = fallback, str(exc.file), False
+    else:
+        where, usable = str(settings.source or "the embedded default"), True
+    profiles = _check_profiles(settings, where, found)
+    active = profiles.get(settings.provider_name) if usable else None
+    if usable and active is None:
+        known = ", ".join(sorted(profiles)) or "none"
         found.append(
             Finding(
                 "error",
-                f"{where}: provider: no valid profile {settings.provider_name!r} "
-                f"in {settings.providers_dir}",
+                f"{where}: provider: no valid profile {settings.provider_name!r} in "
+                f"{settings.providers_dir} (valid profiles: {known})",
+                where,
             )
         )
-    shadow = settings.config.shadow
+    shadow = settings.config.shadow if usable else None
     if shadow is not None and shadow.provider not in profiles:
         found.append(
             Finding(
                 "error",
                 f"{where}: shadow.provider: no valid profile {shadow.provider!r} "
                 f"in {settings.providers_dir}",
+                where,
             )
         )
-    flags = _check_flag_files(settings, profiles, found)
-    policy_set = _check_policies(settings, found)
-    if active is not None and isinstance(active, FileProfile) and flags is not None:
-        found.extend(_policy_against_flags(policy_set, flags))
-    found.extend(_check_stores(settings, policy_set, connect))
-    if connect:
+    active_name = settings.provider_name if active is not None else None
+    flags = _check_flag_files(settings, profiles, found, active_name=active_name)
+    policy_set = _check_policies(settings, where, found)
+    if usable:
+        found.extend(_guard_sources(settings, policy_set))
+    if flags is not None:
+        found.extend(_policy_against_flags(policy_set, *flags))
+    if usable:
+        found.extend(_check_stores(settings, policy_set, connect))
+    if usable and connect:
         found.extend(_check_telemetry(settings))
         for profile in (active, profiles.get(shadow.provider) if shadow else None):
             if profile is not None:
                 found.append(_reach_vendor(profile))
+    troubled = {f.file for f in found if f.level != "ok" and f.file}
+    found = [f for f in found if not (f.level == "ok" and f.file in troubled)]
     if not any(f.level == "error" for f in found):
         found.append(Finding("ok", f"{where}: provider {settings.provider_name!r}"))
     return found
 
 
-def _check_profiles(settings: Settings, found: list[Finding]) -> dict[str, Profile]:
+def _fallback_settings(exc: ConfigError) -> Settings | None:
+    """Settings good enough to find the providers and policies of a broken flagwarden.yaml."""
+    path = Path(exc.file) if exc.file else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        raw = read_yaml(path)
+    except ConfigError:
+        raw = None
+    raw = raw if isinstance(raw, Mapping) else {}
+    folders: dict[str, Any] = {
+        key: raw[key] for key in ("providers_dir", "policies_dir") if isinstance(raw.get(key), str)
+    }
+    provider = str(raw["provider"]) if isinstance(raw.get("provider"), str) else "-"
+    try:
+        cfg = FlagwardenConfig(provider=provider, **folders)
+    except Exception:
+        cfg = FlagwardenConfig(provider=provider)
+    return Settings(config=cfg, source=path.absolute(), base_dir=path.absolute().parent)
+
+
+def _check_profiles(settings: Settings, where: str, found: list[Finding]) -> dict[str, Profile]:
     directory = settings.providers_dir
     if not directory.is_dir():
-        found.append(Finding("error", f"providers_dir: {directory} is not a directory"))
+        found.append(
+            Finding("error", f"{where}: providers_dir: {directory} is not a directory", where)
+        )
         return {}
     profiles: dict[str, Profile] = {}
     for path in sorted(directory.glob("*.y*ml")):
@@ -104,60 +146,106 @@ def _check_profiles(settings: Settings, found: list[Finding]) -> dict[str, Profi
             found.extend(_errors(exc))
             continue
         profiles[path.stem] = profile
-        found.append(Finding("ok", f"{path} ({profile.type})"))
+        found.append(Finding("ok", f"{path} ({profile.type})", str(path)))
     return profiles
 
 
 def _check_flag_files(
-    settings: Settings, profiles: dict[str, Profile], found: list[Finding]
-) -> dict[str, dict] | None:
-    """Check every file profile's flag file; return the active one's valid flags."""
+    settings: Settings,
+    profiles: dict[str, Profile],
+    found: list[Finding],
+    active_name: str | None,
+) -> tuple[dict[str, Any], set[str]] | None:
+    """Check every file profile's flag file; the active one's valid and invalid flag keys."""
     from flagwarden.providers.file import read_flag_file
 
     active_flags = None
     for name, profile in sorted(profiles.items()):
         if not isinstance(profile, FileProfile):
             continue
-        active = name == settings.provider_name
+        source = str(settings.profile_path(name))
+        active = name == active_name
         if not profile.path.exists():
             level: Level = "error" if active else "warning"
-            found.append(Finding(level, f"profile {name!r}: path: {profile.path} does not exist"))
+            found.append(Finding(level, f"{source}: path: {profile.path} does not exist", source))
             continue
         try:
             flag_file = read_flag_file(profile.path)
         except ConfigError as exc:
             found.extend(_errors(exc))
             continue
-        found.extend(Finding("error", str(problem)) for problem in flag_file.problems)
-        if not flag_file.problems:
+        found.extend(
+            Finding("error" if problem.skipped else "warning", str(problem))
+            for problem in flag_file.problems
+        )
+        if not any(problem.skipped for problem in flag_file.problems):
             found.append(Finding("ok", f"{profile.path}: {len(flag_file.flags)} flags"))
         if active:
-            active_flags = flag_file.flags
+            invalid = {p.flag for p in flag_file.problems if p.flag and p.skipped}
+            active_flags = (flag_file.flags, invalid)
     return active_flags
 
 
-def _check_policies(settings: Settings, found: list[Finding]) -> PolicySet:
+def _check_policies(settings: Settings, where: str, found: list[Finding]) -> PolicySet:
     directory = settings.policies_dir
     if not directory.is_dir():
         found.append(
-            Finding("warning", f"policies_dir: {directory} does not exist: no flag is governed")
+            Finding(
+                "warning",
+                f"{where}: policies_dir: {directory} does not exist: no flag is governed",
+            )
         )
     policy_set = read_policies(directory)
-    found.extend(Finding("error", str(problem)) for problem in policy_set.problems)
-    found.extend(Finding("error", str(problem)) for problem in sequencing_problems(policy_set))
+    for problem in [*policy_set.problems, *sequencing_problems(policy_set)]:
+        found.append(Finding("error", str(problem), problem.file))
     for flag, policy in sorted(policy_set.policies.items()):
-        found.append(Finding("ok", f"policy {flag} (owner {policy.owner})"))
-        found.extend(Finding("warning", lint) for lint in lint_policy(policy))
+        source = str(policy_set.sources[flag])
+        found.append(Finding("ok", f"policy {flag} (owner {policy.owner})", source))
+        found.extend(Finding("warning", lint, source) for lint in lint_policy(policy))
+        for i, prerequisite in enumerate(policy.requires):
+            other = policy_set.policies.get(prerequisite.flag)
+            if other is not None and prerequisite.stage not in other.stages:
+                found.append(
+                    Finding(
+                        "warning",
+                        f"{source}: requires[{i}].stage: {prerequisite.stage:g}% is not a stage "
+                        f"of {prerequisite.flag} ({', '.join(f'{s:g}%' for s in other.stages)})",
+                        source,
+                    )
+                )
     return policy_set
 
 
-def _policy_against_flags(policy_set: PolicySet, flags: dict[str, dict]) -> Iterator[Finding]:
+def _guard_sources(settings: Settings, policy_set: PolicySet) -> Iterator[Finding]:
+    """A promql guard needs a Prometheus to ask: without one every watch pass would pause."""
+    if settings.config.telemetry.prometheus.query_url:
+        return
+    for flag, policy in sorted(policy_set.policies.items()):
+        for i, guard in enumerate(policy.guards):
+            if guard.promql is not None:
+                source = str(policy_set.sources[flag])
+                yield Finding(
+                    "error",
+                    f"{source}: guards.{i}.promql: guard {guard.name!r} queries Prometheus, but "
+                    "telemetry.prometheus.query_url is not set in flagwarden.yaml",
+                    source,
+                )
+
+
+def _policy_against_flags(
+    policy_set: PolicySet, flags: dict[str, Any], invalid: set[str]
+) -> Iterator[Finding]:
     """A policy whose arms the flag file never serves governs nothing."""
     for flag, policy in sorted(policy_set.policies.items()):
-        source = policy_set.sources[flag]
+        source = str(policy_set.sources[flag])
         definition = flags.get(flag)
         if definition is None:
-            yield Finding("warning", f"{source}: flag: {flag!r} is not in the flag file")
+            said = (
+                "is invalid in the flag file (above)"
+                if flag in invalid
+                else ("is not in the flag file")
+            )
+            yield Finding("warning", f"{source}: flag: {flag!r} {said}", source)
             continue
         values = list(definition["variants"].values())
         for arm in ("control", "treatment"):
@@ -167,35 +255,45 @@ def _policy_against_flags(policy_set: PolicySet, flags: dict[str, dict]) -> Iter
                     "warning",
                     f"{source}: variants.{arm}: {value!r} is not a value of {flag!r} in the "
                     f"flag file (its variants: {json.dumps(definition['variants'])})",
+                    source,
                 )
+
+
+def _local_sqlite(url: str, base: Path) -> bool:
+    """A SQLite store whose file exists: readable offline without creating anything."""
+    if not url.startswith("sqlite:///"):
+        return False
+    path = Path(url[len("sqlite:///") :])
+    return (path if path.is_absolute() else base / path).exists()
 
 
 def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> list[Finding]:
     """Lints that need the state store and the audit log; with ``connect``, reachability."""
     cfg, base = settings.config, settings.base_dir
-    unreachable: Level = "error" if connect else "warning"
     found: list[Finding] = []
-    if not connect and _no_sqlite_file(cfg.state, base):
-        return found  # nothing stored yet; checking must not create the database
-    try:
-        store = open_state_store(cfg.state, base)
+    if connect or _local_sqlite(cfg.state, base):
         try:
-            states = store.load_all()
-        finally:
-            store.close()
-    except StateStoreUnavailable as exc:
-        found.append(Finding(unreachable, f"state store unreachable: {exc}"))
-        states = None
-    if states is not None:
-        if connect:
-            found.append(
-                Finding("ok", f"state store {redact_url(cfg.state)} ({len(states)} flags)")
+            store = open_state_store(cfg.state, base)
+            try:
+                states = store.load_all()
+            finally:
+                store.close()
+        except StateStoreUnavailable as exc:
+            found.append(Finding("error", f"state store unreachable: {exc}"))
+        else:
+            if connect:
+                found.append(
+                    Finding("ok", f"state store {redact_url(cfg.state)} ({len(states)} flags)")
+                )
+            found.extend(
+                Finding("warning", lint) for lint in lint_state(policy_set.policies, states)
             )
-        found.extend(Finding("warning", lint) for lint in lint_state(policy_set.policies, states))
+    if not (connect or _local_sqlite(cfg.audit, base)):
+        return found
     try:
         audit = AuditLog(cfg.audit, base)
     except AuditError as exc:
-        found.append(Finding(unreachable, f"audit store unreachable: {exc}"))
+        found.append(Finding("error", f"audit store unreachable: {exc}"))
         return found
     try:
         found.extend(
@@ -212,17 +310,10 @@ def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> l
                 )
             )
     except AuditError as exc:
-        found.append(Finding(unreachable, f"audit store unreachable: {exc}"))
+        found.append(Finding("error", f"audit store unreachable: {exc}"))
     finally:
         audit.close()
     return found
-
-
-def _no_sqlite_file(url: str, base: Path) -> bool:
-    if not url.startswith("sqlite:///"):
-        return False
-    path = Path(url[len("sqlite:///") :])
-    return not (path if path.is_absolute() else base / path).exists()
 
 
 def _get(url: str, timeout: float = 3.0) -> str | None:

@@ -52,7 +52,10 @@ DEFAULT_CONFIG_NAME = "flagwarden.yaml"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Field names whose values are never echoed back in an error message.
-_SECRET_FIELDS = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
+# The last part of a field name whose value is never echoed back in an error message.
+_SECRET_FIELDS = re.compile(
+    r"(^|[._])(\w*_)?(key|secret|token|password|passwd|credentials?)$", re.IGNORECASE
+)
 _PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
 
 
@@ -83,6 +86,16 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_STATE_SCHEMES = ("sqlite:///", "redis://", "rediss://", "unix://", "postgresql://", "postgres://")
+_AUDIT_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def _scheme(url: str) -> str:
+    """A store URL's scheme only: the rest may hold credentials."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://..." if sep else "a URL without a scheme"
 
 
 class LaunchDarklyProfile(_Model):
@@ -209,6 +222,24 @@ class FlagwardenConfig(_Model):
     unregistered: Literal["allow", "warn", "deny"] = "warn"
     state: str = "sqlite:///.flagwarden/state.db"
     audit: str = "sqlite:///.flagwarden/audit.db"
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        if not value.startswith(_STATE_SCHEMES):
+            raise ValueError(
+                "expected sqlite:///PATH, redis://HOST:PORT/DB or postgresql://..., "
+                f"got {_scheme(value)!r}"
+            )
+        return value
+
+    @field_validator("audit")
+    @classmethod
+    def _audit_url(cls, value: str) -> str:
+        if not value.startswith(_AUDIT_SCHEMES):
+            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {_scheme(value)!r}")
+        return value
+
     telemetry: TelemetryConfig = TelemetryConfig()
     shadow: ShadowConfig | None = None
 
@@ -273,6 +304,36 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML, stricter: a key given twice is an error (the second would silently win), and
+    dates stay text (the models parse them, so a bad one is a field error, not a bad file)."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key {key!r} is given twice (line {seen[key]} and line {mark.line + 1})",
+                mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -283,7 +344,7 @@ def read_yaml(path: Path) -> Any:
             path, None, f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         # Position and problem only: YAML's own message quotes the line, which may hold a key.
         mark = exc.problem_mark
@@ -291,7 +352,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, None, f"malformed YAML at {pos}: {exc.problem}") from None
     except yaml.YAMLError:
         raise ConfigError(path, None, "malformed YAML") from None
-    except ValueError as exc:  # a scalar YAML resolves but cannot build, e.g. 2099-13-45
+    except ValueError as exc:  # a scalar YAML resolves but cannot build
         raise ConfigError(path, None, f"malformed YAML: a value cannot be read ({exc})") from None
 
 
@@ -343,9 +404,14 @@ def _describe(detail: Any) -> tuple[str | None, str]:
         return "type", f"is required: one of {', '.join(_PROFILE_TYPES)}"
     msg = detail["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
-    if (field and _SECRET_FIELDS.search(field)) or ", got " in msg:
+    value = detail.get("input")
+    if (
+        (field and _SECRET_FIELDS.search(field))
+        or ", got " in msg
+        or not isinstance(value, str | int | float | bool | None)
+    ):
         return field, msg
-    return field, f"{msg}, got {detail.get('input')!r}"
+    return field, f"{msg}, got {value!r}"
 
 
 def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:

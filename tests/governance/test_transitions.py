@@ -289,3 +289,23 @@ def test_a_change_whose_audit_record_fails_says_it_took_effect(project: Project)
         assert state.load(FLAG).killed
     finally:
         state.close()
+
+
+def test_an_unreachable_audit_store_is_named_and_nothing_is_done(project: Project):
+    from tests.servers.launchdarkly import free_port
+
+    port = free_port()
+    governed_project(project, audit=f"postgresql://fw:s3cret@127.0.0.1:{port}/db?password=s3cret")
+    result = cli(project, "kill", FLAG, "--reason", "nulls")
+    assert result.returncode == 1
+    assert f"cannot open the audit store: postgresql://127.0.0.1:{port}/db?password=***: " in (
+        result.stderr
+    )
+    assert "OperationalError: connection failed" in result.stderr
+    assert result.stderr.rstrip().endswith("nothing was done")
+    assert "s3cret" not in result.stdout + result.stderr
+    store = open_state_store(f"sqlite:///{project.root}/.flagwarden/state.db")
+    try:
+        assert store.load(FLAG) is None  # not killed: the exit code told the truth
+    finally:
+        store.close()

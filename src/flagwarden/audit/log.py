@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flagwarden.errors import FlagwardenError
-from flagwarden.governance.state import create_tables, redact_url
+from flagwarden.governance.state import create_tables, redact_url, store_failure
 
 __all__ = ["AuditError", "AuditLog", "AuditRecord", "Verification", "open_audit_log"]
 
@@ -101,7 +101,7 @@ class AuditLog:
             create_tables(conn, _SCHEMA)
             return conn
         except psycopg.Error as exc:
-            raise AuditError(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+            raise AuditError(store_failure(self.url, exc)) from None
 
     def after_fork_in_child(self) -> None:
         """A forked child must not share its parent's database connection."""

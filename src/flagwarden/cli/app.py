@@ -96,5 +96,9 @@ def open_project(config: Path | None) -> tuple[Settings, Governance]:
     try:
         settings = load_settings(config)
         return settings, Governance.open(settings, strict=True)
-    except (ConfigError, StateStoreUnavailable, AuditError) as exc:
-        raise fail(str(exc)) from None
+    except ConfigError as exc:
+        raise fail(f"{exc} (flagwarden check lists every problem)") from None
+    except StateStoreUnavailable as exc:
+        raise fail(f"cannot open the state store: {exc}; nothing was done") from None
+    except AuditError as exc:
+        raise fail(f"cannot open the audit store: {exc}; nothing was done") from None

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from flagwarden.governance.state import StateStoreUnavailable, create_tables, redact_url
+from flagwarden.governance.state import (
+    StateStoreUnavailable,
+    create_tables,
+    redact_url,
+    store_failure,
+)
 
 __all__ = ["Measurement", "MeasurementStore", "open_measurement_store"]
 
@@ -117,9 +122,7 @@ class _SQLMeasurements(MeasurementStore):
                 return cursor.fetchall() if fetch else []
             except Exception as exc:
                 self._conn = None
-                raise StateStoreUnavailable(
-                    f"{redact_url(self.url)}: {type(exc).__name__}"
-                ) from None
+                raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def add(
         self,
@@ -231,7 +234,7 @@ class _RedisMeasurements(MeasurementStore):
         try:
             self._redis.zadd(self._key(flag, name, variant), {member: at})
         except redis.RedisError as exc:
-            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def series(self, flag: str, name: str, since: float, until: float) -> list[Measurement]:
         import redis
@@ -246,9 +249,7 @@ class _RedisMeasurements(MeasurementStore):
                     withscores=True,
                 )
             except redis.RedisError as exc:
-                raise StateStoreUnavailable(
-                    f"{redact_url(self.url)}: {type(exc).__name__}"
-                ) from None
+                raise StateStoreUnavailable(store_failure(self.url, exc)) from None
             for member, at in members:
                 fields = member.decode().split(":")
                 if len(fields) == 3:  # written before the stage stamp
@@ -275,7 +276,7 @@ class _RedisMeasurements(MeasurementStore):
         try:
             self._redis.set(f"{self._prefix}:verdicts:{flag}", doc)
         except redis.RedisError as exc:
-            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def verdicts(self, flag: str) -> tuple[float, list[dict[str, Any]]] | None:
         import redis
@@ -283,7 +284,7 @@ class _RedisMeasurements(MeasurementStore):
         try:
             raw = self._redis.get(f"{self._prefix}:verdicts:{flag}")
         except redis.RedisError as exc:
-            raise StateStoreUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}") from None
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
         if raw is None:
             return None
         doc = json.loads(raw)

@@ -10,7 +10,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flagwarden.config import describe_validation_error, interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
@@ -64,9 +72,11 @@ class Guard(_Model):
         if isinstance(limit, dict):
             if not limit:
                 raise ValueError("a per-stage limit needs at least one 'stage: limit' entry")
-            for stage in limit:
-                if not 0 < stage <= 100:
-                    raise ValueError(f"per-stage limit keys are stages in (0, 100], got {stage:g}")
+            bad = [f"{stage:g}" for stage in limit if not 0 < stage <= 100]
+            if bad:
+                raise ValueError(
+                    f"per-stage limit keys are stages in (0, 100], got {', '.join(bad)}"
+                )
         return limit
 
     @model_validator(mode="after")
@@ -97,9 +107,11 @@ class Variants(_Model):
     def _distinct_and_typed(self) -> Variants:
         if self.control == self.treatment:
             raise ValueError("control and treatment must differ")
-        if type(self.control) is not type(self.treatment) and not (
-            isinstance(self.control, int | float) and isinstance(self.treatment, int | float)
-        ):
+        numbers = all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in (self.control, self.treatment)
+        )
+        if type(self.control) is not type(self.treatment) and not numbers:
             raise ValueError(
                 f"control and treatment must have the same type "
                 f"({type(self.control).__name__} vs {type(self.treatment).__name__})"
@@ -136,30 +148,53 @@ class Policy(_Model):
     def _stages(cls, stages: list[float]) -> list[float]:
         if not stages:
             raise ValueError("at least one stage is required")
-        for before, after in itertools.pairwise(stages):
-            if after <= before:
-                raise ValueError(f"stages must be strictly ascending ({before} then {after})")
-        if stages[0] <= 0 or stages[-1] > 100:
-            raise ValueError("stages must lie in (0, 100]")
+        problems = [
+            f"not strictly ascending ({before:g} then {after:g})"
+            for before, after in itertools.pairwise(stages)
+            if after <= before
+        ]
+        outside = [f"{stage:g}" for stage in stages if not 0 < stage <= 100]
+        if outside:
+            problems.append(f"outside (0, 100]: {', '.join(outside)}")
+        if problems:
+            raise ValueError(
+                f"stages must be strictly ascending percents in (0, 100]: {'; '.join(problems)}"
+            )
         return stages
 
-    @model_validator(mode="after")
-    def _unique_guards(self) -> Policy:
-        names = [g.name for g in self.guards]
-        if len(names) != len(set(names)):
-            raise ValueError("guard names must be unique")
-        for guard in self.guards:
+    # Checks across fields are field validators (the fields they need come first), so they
+    # are reported together with every other problem of the file, not after them.
+
+    @field_validator("guards")
+    @classmethod
+    def _guards(cls, guards: list[Guard], info: ValidationInfo) -> list[Guard]:
+        problems = []
+        names = [g.name for g in guards]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            problems.append(f"guard names must be unique ({', '.join(twice)} given twice)")
+        stages = info.data.get("stages")
+        for guard in guards:
             for field in ("max", "min"):
                 limit = getattr(guard, field)
-                if isinstance(limit, dict) and min(limit) > self.stages[0]:
-                    raise ValueError(
+                if stages and isinstance(limit, dict) and min(limit) > stages[0]:
+                    problems.append(
                         f"guard {guard.name!r}: {field} has no limit for the first stage "
-                        f"({self.stages[0]:g}%): give an entry at or below it"
+                        f"({stages[0]:g}%): give an entry at or below it"
                     )
-        for prerequisite in self.requires:
-            if prerequisite.flag == self.flag:
-                raise ValueError("a flag cannot require itself")
-        return self
+        if problems:
+            raise ValueError("; ".join(problems))
+        return guards
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, requires: list[Prerequisite], info: ValidationInfo) -> list[Prerequisite]:
+        flags = [p.flag for p in requires]
+        if info.data.get("flag") in flags:
+            raise ValueError("a flag cannot require itself")
+        if len(flags) != len(set(flags)):
+            raise ValueError("each prerequisite flag once")
+        return requires
 
     @property
     def bucket_salt(self) -> str:
@@ -242,7 +277,7 @@ def sequencing_problems(found: PolicySet) -> list[ConfigError]:
                     ConfigError(
                         sources[flag],
                         f"requires[{i}].flag",
-                        f"{prerequisite.flag!r} has no policy (governed flags: "
+                        f"{prerequisite.flag!r} has no valid policy (governed flags: "
                         f"{', '.join(sorted(policies))})",
                     )
                 )

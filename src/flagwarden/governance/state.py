@@ -10,6 +10,7 @@ store says something changed (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or SQLite
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "create_tables",
     "open_state_store",
     "redact_url",
+    "store_failure",
 ]
 
 _log = structlog.get_logger("flagwarden.state")
@@ -45,10 +47,29 @@ class StateStoreUnavailable(FlagwardenError):
     """The state store could not be read or written."""
 
 
+# password=..., in a URL's query or a key=value DSN (libpq and redis accept both).
+_SECRET_PARAMS = re.compile(
+    r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|secret|token|api_key)=)[^&;\s]*"
+)
+
+
 def redact_url(url: str) -> str:
-    """A store URL without its credentials, for messages."""
+    """A store URL (or DSN) without its credentials, for messages."""
     scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+    text = f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+    return _SECRET_PARAMS.sub(r"\1***", text)
+
+
+def store_failure(url: str, exc: BaseException) -> str:
+    """What went wrong with a store, for a message: which store, the error's kind and first
+    line, with anything that looks like a credential masked."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    password = urlsplit(url).password if "://" in url else None
+    if password:
+        first = first.replace(password, "***")
+    first = _SECRET_PARAMS.sub(r"\1***", first)
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"{redact_url(url)}: {detail}"
 
 
 _SCHEMA_LOCK = 0x66770001
@@ -275,7 +296,7 @@ def _keep_listening(
                 if stop.is_set():
                     return
                 if on_error is not None:
-                    on_error(f"{redact_url(url)}: {type(exc).__name__}")
+                    on_error(store_failure(url, exc))
                 _log.warning(
                     "flagwarden.state_watch_reconnecting",
                     store=redact_url(url),
@@ -324,9 +345,7 @@ class RedisStateStore(StateStore):
         try:
             return fn()
         except redis.RedisError as exc:
-            raise StateStoreUnavailable(
-                f"{redact_url(self.url)}: {type(exc).__name__}: {exc}"
-            ) from None
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def load(self, flag: str) -> FlagState | None:
         raw = self._call(lambda: self._redis.hget(self._key(flag), "data"))
@@ -415,9 +434,7 @@ class PostgresStateStore(StateStore):
                 if self._conn is not None and not self._conn.closed:
                     self._conn.close()
                 self._conn = None
-                raise StateStoreUnavailable(
-                    f"{redact_url(self.url)}: {type(exc).__name__}"
-                ) from None
+                raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def load(self, flag: str) -> FlagState | None:
         row = self._call(
