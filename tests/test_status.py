@@ -31,7 +31,7 @@ def test_status_in_words(project: Project):
     config = governed_project(project, policy={"guards": [GUARD]})
     fresh = cli(config, "status").stdout
     assert f"{FLAG}  0% (not started)\n" in fresh
-    assert "  guard null-rate: not evaluated yet\n" in fresh
+    assert "  guard null-rate: not evaluated at this stage yet\n" in fresh
     assert "  no change recorded yet\n" in fresh
     assert "False" not in fresh and "None" not in fresh and "-:" not in fresh
 
@@ -66,3 +66,22 @@ def test_status_of_an_unknown_flag(project: Project):
     result = cli(config, "status", "nope")
     assert result.returncode == 1
     assert "'nope' has no policy (governed flags: new-scoring-model)" in result.stderr
+
+
+def test_status_shows_only_the_current_stages_verdicts_and_why_it_is_paused(project: Project):
+    config = governed_project(project, policy={"guards": [GUARD], "soak": "0s"})
+    cli(config, "advance", FLAG, "--reason", "go")
+    flagwarden.configure(config)
+    flagwarden.record_metric(FLAG, "null_rate", 0.5, variant="treatment", count=100)
+    assert cli(config, "watch", "--once").returncode == 3  # rolled back
+    assert "guard null-rate: breach 0.5" not in cli(config, "status").stdout  # at 0% now
+    cli(config, "advance", FLAG, "--reason", "fixed")
+    again = cli(config, "status").stdout
+    assert "  guard null-rate: not evaluated at this stage yet\n" in again  # old breach: history
+
+    cli(config, "pause", FLAG, "--reason", "waiting for the nightly run")
+    cli(config, "kill", FLAG, "--reason", "nulls")
+    revived = cli(config, "revive", FLAG, "--reason", "fixed")
+    assert "revived: back to stage 1% (still paused)" in revived.stdout
+    paused = cli(config, "status").stdout
+    assert "  no advance until resumed (paused by alice: waiting for the nightly run)\n" in paused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -210,14 +211,40 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
     a guard's ``min_samples`` counts. Stored beside the rollout state, so ``flagwarden watch``
     sees it from anywhere, stamped with the flag's current stage (guards judge only what was
     measured at the stage the flag is at), and exported as the ``flagwarden_data_quality``
-    gauge. Never raises for a storage problem: it is logged and the pipeline goes on.
+    gauge. Never raises for a storage problem or a measurement that cannot count (a value that
+    is not a finite number, as 0/0 over an empty batch gives, or a ``count`` below 1): it is
+    logged and the pipeline goes on. A ``variant`` other than the two arms is a programming
+    error (ValueError).
     """
     if variant not in ("control", "treatment"):
         raise ValueError(f"variant must be 'control' or 'treatment', got {variant!r}")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        _log.warning(
+            "flagwarden.record_metric_ignored",
+            flag=flag_key,
+            metric=name,
+            problem=f"the value must be a finite number, got {value!r}",
+        )
+        return
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        _log.warning(
+            "flagwarden.record_metric_ignored",
+            flag=flag_key,
+            metric=name,
+            problem=f"count must be a whole number of observations, at least 1, got {count!r}",
+        )
+        return
     METRIC_VALUE.labels(flag_key, name, variant).set(value)
     runtime = _current
     if runtime is None or runtime.measurements is None:
-        _log.warning("flagwarden.record_metric_not_stored", flag=flag_key, metric=name)
+        _log.warning(
+            "flagwarden.record_metric_not_stored",
+            flag=flag_key,
+            metric=name,
+            problem="flagwarden.configure() was not called"
+            if runtime is None
+            else "the state store could not be opened",
+        )
         return
     stage: float | None = None
     epoch: int | None = None

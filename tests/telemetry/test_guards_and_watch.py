@@ -332,3 +332,14 @@ def test_watch_once_exit_codes_and_json(project: Project):
     assert acted.returncode == 3
     assert json.loads(acted.stdout)[0]["action"] == "rollback"
     assert run("watch", "--once").returncode == 0  # at 0% there is nothing left to do
+
+
+def test_measurements_that_cannot_count_are_ignored_not_raised(setup_factory):
+    s = setup_factory({"guards": [{**NULL_GUARD, "min_samples": 100}]})
+    s.rollout.advance(FLAG, actor="t", reason="go")
+    s.record(0.9, count=500)  # a real breach
+    for value, count in ((float("nan"), 10), (float("inf"), 10), (0.0, -1000), (0.0, 0)):
+        flagwarden.record_metric(FLAG, "null_rate", value, variant="treatment", count=count)
+    (decision,) = s.watch.tick()
+    assert decision.action == "rollback"  # a negative count could have hidden the breach
+    assert decision.results[0].samples == 500

@@ -79,6 +79,8 @@ def _flag(row: FlagStatus) -> None:
         f"stage {row.stages.index(at) + 1} of {len(row.stages)}"
         if at in row.stages
         else "not started"
+        if row.version == 0
+        else "control for everyone"
     )
     state = "KILLED: everyone gets control" if row.killed else "paused" if row.paused else ""
     head = f"{row.flag}  {percent(at)} ({position})" + (f", {state}" if state else "")
@@ -90,7 +92,8 @@ def _flag(row: FlagStatus) -> None:
     if row.killed:
         _line("  revive it to serve the stage again")
     elif row.paused:
-        _line(f"  no advance until resumed ({row.reason})")
+        why = f" (paused by {row.pause.actor}: {row.pause.reason})" if row.pause else ""
+        _line(f"  no advance until resumed{why}")
     elif row.next_stage is None:
         _line("  at its last stage")
     elif row.soak_remaining_seconds:
@@ -110,7 +113,7 @@ def _flag(row: FlagStatus) -> None:
     for name in row.guard_names:
         guard = seen.get(name)
         if guard is None:
-            _line(f"  guard {name}: not evaluated yet")
+            _line(f"  guard {name}: not evaluated at this stage yet")
             continue
         value = "" if guard.value is None else f" {number(guard.value)}"
         limit = f" ({guard.limit})" if guard.limit else ""

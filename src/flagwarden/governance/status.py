@@ -56,6 +56,7 @@ class GuardStatus:
     stage: float | None = None
     upper: float | None = None
     lower: float | None = None
+    epoch: int | None = None  # the stage (by its epoch) the verdict judged
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class FlagStatus:
     requires: list[PrerequisiteStatus]
     guards: list[GuardStatus] = field(default_factory=list)
     last_change: Change | None = None
+    pause: Change | None = None  # the transition that paused it, while it is paused
 
 
 @dataclass(frozen=True)
@@ -162,35 +164,33 @@ def flag_status(
     )
 
 
-def _guards_from_audit(audit: AuditLog, flag: str) -> list[GuardStatus]:
-    """Each guard's latest audited verdict (before any watch kept its verdicts)."""
-    latest: dict[str, GuardStatus] = {}
-    for record in audit.records(flag=flag):
-        for guard in record.data.get("guards", []):
-            latest[guard["guard"]] = _guard(guard, record.at.isoformat())
-    return [latest[name] for name in sorted(latest)]
-
-
 def _guard(verdict: dict[str, Any], at: str) -> GuardStatus:
     known = GuardStatus.__dataclass_fields__
     return GuardStatus(at=at, **{k: v for k, v in verdict.items() if k in known and k != "at"})
 
 
-def _last_change(audit: AuditLog, flag: str) -> Change | None:
-    found = None
+def _changes(audit: AuditLog, flag: str) -> tuple[Change | None, Change | None]:
+    """The flag's latest transition and its latest pause, from the audit log."""
+    last = pause = None
     for record in audit.records(flag=flag):
-        if record.kind == "transition":
-            found = record
-    if found is None:
-        return None
-    return Change(
-        at=found.at.isoformat(),
-        actor=found.actor,
-        action=str(found.data.get("action")),
-        reason=found.data.get("reason"),
-        before=dict(found.data.get("before") or {}),
-        after=dict(found.data.get("after") or {}),
-    )
+        if record.kind != "transition":
+            continue
+        change = Change(
+            at=record.at.isoformat(),
+            actor=record.actor,
+            action=str(record.data.get("action")),
+            reason=record.data.get("reason"),
+            before=dict(record.data.get("before") or {}),
+            after=dict(record.data.get("after") or {}),
+        )
+        last = change
+        if change.action == "pause":
+            pause = change
+    return last, pause
+
+
+def _epoch(state: FlagState | None) -> int:
+    return state.stage_version if state is not None else 0
 
 
 def _latest_verdicts(store: MeasurementStore, flag: str) -> list[GuardStatus] | None:
@@ -247,11 +247,22 @@ def project_status(
             status = flag_status(
                 governance.policies[flag], states.get(flag) or FlagState(flag), states
             )
-            guards = _latest_verdicts(measurements, flag)
-            if guards is None:
-                guards = _guards_from_audit(audit, flag) if audit is not None else []
-            change = _last_change(audit, flag) if audit is not None else None
-            rows.append(replace(status, guards=guards, last_change=change))
+            # Only verdicts on the stage the flag is at now: after a rollback and a re-advance
+            # the old stage's breach is history (in the report), not the current health.
+            guards = [
+                guard
+                for guard in _latest_verdicts(measurements, flag) or []
+                if guard.epoch == _epoch(states.get(flag))
+            ]
+            change, pause = _changes(audit, flag) if audit is not None else (None, None)
+            rows.append(
+                replace(
+                    status,
+                    guards=guards,
+                    last_change=change,
+                    pause=pause if status.paused else None,
+                )
+            )
     finally:
         measurements.close()
     return StatusDocument(

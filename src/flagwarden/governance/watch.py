@@ -96,7 +96,7 @@ class Watch:
         # One tick's verdicts may reach the audit log twice (the breach and the rollback it
         # caused): the tick id lets the report show them once.
         measurements = {"guards": [r.as_dict() for r in results], "tick": uuid.uuid4().hex[:16]}
-        self._keep_verdicts(flag, results, now)
+        self._keep_verdicts(flag, results, now, state.stage_version)
         failures = dict(state.guard_failures)
         for result in results:
             if result.verdict == "breach":
@@ -177,13 +177,14 @@ class Watch:
             flag, "advance", results, f"{done.before.stage:g}% -> {done.after.stage:g}%"
         )
 
-    def _keep_verdicts(self, flag: str, results: list[GuardResult], now: float) -> None:
-        """The latest verdicts, for ``status`` (not a transition: no version, no audit)."""
+    def _keep_verdicts(self, flag: str, results: list[GuardResult], now: float, epoch: int) -> None:
+        """The latest verdicts, for ``status`` (not a transition: no version, no audit), with
+        the epoch of the stage they judged: a later stage shows none until it is judged."""
         store = self.evaluator.measurements
         if store is None or not results:
             return
         try:
-            store.save_verdicts(flag, [r.as_dict() for r in results], now)
+            store.save_verdicts(flag, [{**r.as_dict(), "epoch": epoch} for r in results], now)
         except StateStoreUnavailable as exc:
             _log.warning("flagwarden.verdicts_not_kept", flag=flag, error=str(exc))
 
