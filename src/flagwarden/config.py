@@ -41,6 +41,7 @@ __all__ = [
     "Settings",
     "ShadowConfig",
     "SplitProfile",
+    "is_duration",
     "load_profile",
     "load_settings",
     "parse_duration",
@@ -63,6 +64,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # Longer than any soak, window or report period anyone means; keeps date arithmetic in range.
 MAX_DURATION = timedelta(days=3650)
+
+
+def is_duration(text: str) -> bool:
+    """Whether ``text`` is written as a duration (``30m``), whatever its size."""
+    return bool(_DURATION.match(text))
 
 
 def parse_duration(value: str | int | float | timedelta) -> timedelta:

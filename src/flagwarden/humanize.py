@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["duration", "number", "percent", "when"]
+__all__ = ["duration", "number", "percent", "visible", "when"]
+
+# Control characters (terminal escape sequences among them, line breaks too) never reach a
+# terminal or a document raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: object) -> str:
+    """``text`` on one line with every control character shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def when(moment: datetime | str | None) -> str:
@@ -31,9 +41,9 @@ def duration(span: timedelta | float) -> str:
     return f"{seconds}s"
 
 
-def percent(stage: float) -> str:
-    """``25%``, ``0.5%``."""
-    return f"{stage:g}%"
+def percent(stage: float | None) -> str:
+    """``25%``, ``0.5%``; ``-`` for None."""
+    return "-" if stage is None else f"{stage:g}%"
 
 
 def number(value: float | None) -> str:

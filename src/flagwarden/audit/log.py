@@ -61,7 +61,7 @@ class Verification:
     checked: int
     first_bad_seq: int | None = None
     problem: str | None = None
-    head: str = GENESIS  # the hash of the last record: a digest of the whole log
+    head: str = GENESIS  # the hash of the last verified record (all of them: the whole log)
 
 
 class AuditLog:
@@ -176,6 +176,7 @@ class AuditLog:
                     expected_seq - 1,
                     expected_seq,
                     f"record {expected_seq} is missing (next is {seq})",
+                    head=prev,
                 )
             if prev_hash != prev:
                 return Verification(
@@ -183,10 +184,11 @@ class AuditLog:
                     seq - 1,
                     seq,
                     f"record {seq} does not follow record {seq - 1} (chain broken)",
+                    head=prev,
                 )
             if AuditRecord.digest(seq, at, kind, flag, actor, data, prev_hash) != digest:
                 return Verification(
-                    False, seq - 1, seq, f"record {seq} was modified (hash mismatch)"
+                    False, seq - 1, seq, f"record {seq} was modified (hash mismatch)", head=prev
                 )
             prev, expected_seq = digest, seq + 1
         return Verification(True, len(rows), head=prev)

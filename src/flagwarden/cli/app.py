@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
 from flagwarden.governance.project import Governance
 from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.humanize import visible
 
 __all__ = [
     "ActorOption",
@@ -67,13 +67,7 @@ ReasonOption = Annotated[
 ]
 
 
-# Control characters (terminal escape sequences among them) never reach the terminal raw.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def clean(text: object) -> str:
-    """``text`` safe for a terminal: control characters shown as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+clean = visible  # what reaches the terminal: no raw control characters, one line
 
 
 def say(message: str, *, tag: str = "ok", style: str = "green") -> None:

@@ -137,6 +137,7 @@ class Change:
     automatic: bool  # made by the watch (actor flagwarden-watch)
     cause: dict[str, str] | None = None  # {flag, action}: a prerequisite's kill or rollback
     tick: str | None = None  # the watch tick whose guard verdicts led to it
+    soak_seconds: float | None = None  # an advance: the soak its policy required then
 
 
 @dataclass
@@ -351,4 +352,4 @@ class Report:
         return {**self.body(), "digest": self.digest}
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2) + "\n"
+        return json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"

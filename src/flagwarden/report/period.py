@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, time, timedelta
 
-from flagwarden.governance.policy import parse_duration
+from flagwarden.config import is_duration, parse_duration
 
 __all__ = ["PeriodError", "resolve_period"]
-
-_DURATION = re.compile(r"^\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)$")
 
 
 class PeriodError(ValueError):
@@ -19,7 +16,7 @@ class PeriodError(ValueError):
 def _moment(option: str, value: str, anchor: datetime, *, end_of_day: bool) -> datetime:
     text = value.strip()
     delta = None
-    if _DURATION.match(text):
+    if is_duration(text):
         try:
             delta = parse_duration(text)
         except (ValueError, OverflowError):

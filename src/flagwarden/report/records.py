@@ -23,6 +23,7 @@ from typing import Any
 
 from flagwarden.audit.log import AuditRecord
 from flagwarden.governance.policy import Policy
+from flagwarden.governance.watch import ACTOR
 from flagwarden.report.document import (
     Change,
     Exposures,
@@ -49,11 +50,11 @@ __all__ = [
     "violations",
 ]
 
-WATCH_ACTOR = "flagwarden-watch"  # flagwarden.governance.watch.ACTOR
+WATCH_ACTOR = ACTOR
 TRANSITION_KINDS = frozenset(
     {"stage_skipped", "soak_cut_short", "advanced_while_paused", "prerequisite_short"}
 )
-NOT_A_VIOLATION = frozenset({"capped", ""})
+NOT_A_VIOLATION = frozenset({""})
 # Audit times are taken a few milliseconds after the state's own clock: a soak that the
 # rollout let pass is not called short over that difference.
 _SOAK_TOLERANCE = 1.0
@@ -111,9 +112,14 @@ def changes(transitions: list[AuditRecord]) -> list[Change]:
                 if isinstance(cause, Mapping)
                 else None,
                 tick=r.data.get("tick"),
+                soak_seconds=_number(r.data.get("soak_seconds")),
             )
         )
     return found
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def soak(
@@ -123,8 +129,8 @@ def soak(
     start: StageState | None,
     until: datetime,
 ) -> list[SoakRow]:
-    """Each stage held in the period: when entered and left, and whether the soak was kept."""
-    required = policy.soak.total_seconds()
+    """Each stage held in the period: when entered and left, and whether the soak was kept
+    (judged by the soak its policy required when it was left, as the advance recorded it)."""
     # (entered at, stage) of each stage held, and the change that left it (None: still held)
     held: list[tuple[datetime, float, Change | None]] = []
     current: tuple[datetime, float] | None = None
@@ -140,6 +146,9 @@ def soak(
         held.append((*current, None))
     rows = []
     for entered, stage, leaving in held:
+        required = policy.soak.total_seconds()
+        if leaving is not None and leaving.soak_seconds is not None:
+            required = leaving.soak_seconds
         seconds = ((leaving.at if leaving else until) - entered).total_seconds()
         forced = leaving is not None and any(v.kind == "soak_cut_short" for v in leaving.violations)
         status: SoakStatus
@@ -255,7 +264,7 @@ def exposures(rows: list[tuple[datetime, Mapping[str, Any]]]) -> Exposures:
     share: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
     for at, row in rows:
         n = int(row.get("count", 0) or 0)
-        arm = str(row["arm"] if "arm" in row else row.get("variant", "")) or "none"
+        arm = str(row.get("arm") or "none")
         by_arm[arm] += n
         by_source[str(row.get("source", "")) or "unknown"] += n
         capped += n if row.get("capped") else 0

@@ -58,8 +58,7 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{count(n)} {word if n == 1 else many}"
 
 
-def stage(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}%"
+stage = humanize.percent
 
 
 def share(value: float) -> str:
@@ -96,7 +95,6 @@ def quote(text: str | None, most: int = 80) -> str:
 # line (a heading, a table row, a list item).
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~!])")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n|\u2028|\u2029")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # GitHub turns bare addresses into links: break the scheme and the www. so they stay text.
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data|vbscript|file):")
 _WWW = re.compile(r"(?i)\bwww\.")
@@ -108,6 +106,6 @@ def markdown_escape(text: object) -> str:
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     s = _MD_SPECIAL.sub(r"\\\1", s)
     s = _LINE_BREAK.sub(" ↵ ", s)
-    s = _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", s)
+    s = humanize.visible(s)
     s = _AUTOLINK.sub(lambda m: f"{m.group(1)}\\:", s)
     return _WWW.sub(lambda m: m.group()[:3] + "\\.", s)
