@@ -288,3 +288,42 @@ def test_bad_policies_are_config_errors(project):
     (project.root / "policies" / "other.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(flagwarden.ConfigError, match=r"other.yaml: stages: .*strictly ascending"):
         flagwarden.configure(project.root / "flagwarden.yaml")
+
+
+def test_violations_whose_audit_append_failed_are_appended_later_and_counted_once(project):
+    import sqlite3
+
+    from prometheus_client import REGISTRY
+
+    from flagwarden.audit.log import AuditLog
+
+    def counted() -> float:
+        labels = {"feature_flag_key": FLAG, "kind": "unknown_variant"}
+        return REGISTRY.get_sample_value("flagwarden_policy_violations_total", labels) or 0.0
+
+    policy = {"variants": {"control": "geo-v1", "treatment": "geo-v2"}}
+    client = configure(project, serve="geo-v3", policy=policy)
+    set_stage(50)
+    before = counted()
+    audit_db = project.root / ".flagwarden" / "audit.db"
+    conn = sqlite3.connect(audit_db)
+    conn.execute("ALTER TABLE flagwarden_audit RENAME TO away")  # the audit store breaks
+    conn.commit()
+    conn.close()
+    client.get_string_details(FLAG, "x", EvaluationContext("u"))
+    violations = flagwarden.current().governed.violations
+    violations.flush()
+    assert counted() - before == 1
+    conn = sqlite3.connect(audit_db)
+    conn.execute("ALTER TABLE away RENAME TO flagwarden_audit")  # and comes back
+    conn.commit()
+    conn.close()
+    violations.flush()
+    violations.flush()
+    assert counted() - before == 1  # counted once, whatever the retries
+    log = AuditLog(f"sqlite:///{audit_db}")
+    try:
+        (record,) = [r for r in log.records() if r.kind == "violation"]
+    finally:
+        log.close()
+    assert (record.data["kind"], record.data["count"]) == ("unknown_variant", 1)

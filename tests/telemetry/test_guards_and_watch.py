@@ -272,36 +272,22 @@ def test_per_stage_limits_must_cover_the_first_stage():
         Policy.model_validate({**POLICY, "guards": [{**NULL_GUARD, "max": {0: 0.1, 250: 0.03}}]})
 
 
-def test_measurements_from_before_the_stamp_are_still_read(project: Project, redis_url: str):
-    """Tables and Redis members written by an earlier flagwarden gain the stamp as 'unknown'."""
-    import sqlite3
-
-    import redis
-
-    path = project.root / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute(
-        "CREATE TABLE flagwarden_measurements (flag TEXT NOT NULL, name TEXT NOT NULL, "
-        "variant TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, value DOUBLE PRECISION NOT NULL, "
-        "n INTEGER NOT NULL)"
-    )
-    conn.execute("INSERT INTO flagwarden_measurements VALUES ('f', 'm', 'treatment', 10, 0.5, 3)")
-    conn.commit()
-    conn.close()
-    store = open_measurement_store(f"sqlite:///{path}")
-    store.add("f", "m", "treatment", 0.25, 1, at=20, stage=5, epoch=7)
-    assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
-    assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
-    assert [(m.stage, m.epoch) for m in store.series("f", "m", 0, 100)] == [(None, None), (5, 7)]
-    store.close()
-
-    prefix = redis_url.rsplit("prefix=", 1)[1]
-    redis.Redis().zadd(f"{prefix}:measure:f:m:treatment", {"abc:3:0.5": 10})
-    store = open_measurement_store(redis_url)
-    store.add("f", "m", "treatment", 0.25, 1, at=20, stage=5, epoch=7)
-    assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
-    assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
-    store.close()
+def test_unstamped_measurements_count_from_the_stage_entry(project: Project, redis_url: str):
+    """A measurement without a stage stamp (a worker with no policy for the flag reported it)
+    counts at whatever stage, from the time the stage was entered; stamped ones only at
+    theirs. Same on SQLite and Redis."""
+    for url in (f"sqlite:///{project.root}/m.db", redis_url):
+        store = open_measurement_store(url)
+        store.add("f", "m", "treatment", 0.5, 3, at=10)
+        store.add("f", "m", "treatment", 0.25, 1, at=20, stage=5, epoch=7)
+        assert store.samples("f", "m", "treatment", 0, epoch=7) == [(0.5, 3), (0.25, 1)]
+        assert store.samples("f", "m", "treatment", 0, epoch=8) == [(0.5, 3)]
+        assert store.samples("f", "m", "treatment", 15, epoch=7) == [(0.25, 1)]
+        assert [(m.stage, m.epoch) for m in store.series("f", "m", 0, 100)] == [
+            (None, None),
+            (5, 7),
+        ]
+        store.close()
 
 
 def test_watch_once_exit_codes_and_json(project: Project):

@@ -54,16 +54,25 @@ Unregistered = Literal["allow", "warn", "deny"]
 
 
 class ViolationLog(PeriodicCounter[tuple[str, str]]):
-    """Counts policy violations per flag and kind; flushes them to Prometheus and, in
-    aggregate, to the audit log every ``flush_interval`` seconds."""
+    """Counts policy violations per flag and kind; every ``flush_interval`` seconds logs them,
+    counts them in Prometheus and appends them, in aggregate, to the audit log. An append that
+    fails is kept (merged per flag and kind, so memory stays bounded) and tried again at the
+    next flush; it is never counted twice."""
 
     def __init__(self, audit: AuditLog | None, flush_interval: float = 10.0) -> None:
         super().__init__(flush_interval, "flagwarden-violations")
         self.audit = audit
         self.totals: Counter[tuple[str, str]] = Counter()
+        # (flag, kind) -> [count, since, until] not yet in the audit log
+        self._unaudited: dict[tuple[str, str], list[Any]] = {}
 
     def count(self, flag: str, kind: str, n: int = 1) -> None:
         self.add((flag, kind), n)
+
+    def flush(self) -> None:
+        super().flush()
+        if self._unaudited:
+            self._append_unaudited()
 
     def _write(self, counts: Counter[tuple[str, str]], since: datetime, until: datetime) -> None:
         _log.warning(
@@ -77,14 +86,24 @@ class ViolationLog(PeriodicCounter[tuple[str, str]]):
             VIOLATIONS.labels(flag, kind).inc(n)
         if self.audit is None:
             return
-        for (flag, kind), n in sorted(counts.items()):
+        for key, n in counts.items():
+            pending = self._unaudited.get(key)
+            if pending is None:
+                self._unaudited[key] = [n, since, until]
+            else:
+                pending[0] += n
+                pending[2] = until
+
+    def _append_unaudited(self) -> None:
+        assert self.audit is not None
+        for (flag, kind), (n, since, until) in sorted(self._unaudited.items()):
             window = {"since": since.isoformat(), "until": until.isoformat()}
             try:
                 self.audit.append("violation", {"kind": kind, "count": n, **window}, flag=flag)
             except AuditError as exc:
                 _log.error("flagwarden.violation_flush_failed", error=str(exc))
-                self.totals.subtract({(flag, kind): n})
-                self._requeue(Counter({(flag, kind): n}))
+                return  # the rest waits for the next flush, with this one
+            del self._unaudited[(flag, kind)]
 
 
 class GovernedProvider(SourceProvider):

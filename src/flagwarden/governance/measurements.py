@@ -39,8 +39,6 @@ _VERDICTS = (
     "CREATE TABLE IF NOT EXISTS flagwarden_guard_verdicts ("
     "flag TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)"
 )
-# Tables from before the stage stamp get its columns (NULL: judged by time alone).
-_STAMP_COLUMNS = (("stage", "DOUBLE PRECISION"), ("epoch", "BIGINT"))
 _INDEX = (
     "CREATE INDEX IF NOT EXISTS flagwarden_measurements_lookup "
     "ON flagwarden_measurements (flag, name, variant, at)"
@@ -251,12 +249,7 @@ class _RedisMeasurements(MeasurementStore):
             except redis.RedisError as exc:
                 raise StateStoreUnavailable(store_failure(self.url, exc)) from None
             for member, at in members:
-                fields = member.decode().split(":")
-                if len(fields) == 3:  # written before the stage stamp
-                    _, n, value = fields
-                    stage = epoch = ""
-                else:
-                    _, n, stage, epoch, value = fields
+                _, n, stage, epoch, value = member.decode().split(":")
                 found.append(
                     Measurement(
                         float(at),
@@ -309,10 +302,6 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
             conn.execute(_SCHEMA)
             conn.execute(_INDEX)
             conn.execute(_VERDICTS)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(flagwarden_measurements)")}
-            for column, kind in _STAMP_COLUMNS:
-                if column not in columns:
-                    conn.execute(f"ALTER TABLE flagwarden_measurements ADD COLUMN {column} {kind}")
             return conn
 
         return _SQLMeasurements(url, connect_sqlite, "?")
@@ -333,10 +322,6 @@ def open_measurement_store(url: str, base_dir: Path | None = None) -> Measuremen
                 _SCHEMA,
                 _INDEX,
                 _VERDICTS,
-                *(
-                    f"ALTER TABLE flagwarden_measurements ADD COLUMN IF NOT EXISTS {column} {kind}"
-                    for column, kind in _STAMP_COLUMNS
-                ),
             )
             return conn
 
