@@ -28,8 +28,8 @@ from flagwarden.config import (
     Settings,
     load_profile,
     load_settings,
-    read_yaml,
 )
+from flagwarden.documents import read_yaml
 from flagwarden.errors import ConfigError
 from flagwarden.governance.enforcement import same_value
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered

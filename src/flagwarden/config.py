@@ -1,8 +1,8 @@
 """Typed configuration: ``flagwarden.yaml`` and the provider profiles in ``providers/``.
 
-Files are parsed and validated once, here; everything else works on these models.
-Relative paths are resolved against the directory of the file that contains them.
-Values may reference the environment as ``${VAR}`` or ``${VAR:-fallback}``.
+Files are parsed (:mod:`flagwarden.documents`) and validated once, here; everything else
+works on these models. Relative paths are resolved against the directory of the file that
+contains them. Values may reference the environment as ``${VAR}`` or ``${VAR:-fallback}``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from flagwarden.documents import interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
 __all__ = [
@@ -41,53 +40,19 @@ __all__ = [
     "Settings",
     "ShadowConfig",
     "SplitProfile",
-    "is_duration",
     "load_profile",
     "load_settings",
-    "parse_duration",
 ]
 
 CONFIG_ENV = "FLAGWARDEN_CONFIG"
 PROVIDER_ENV = "FLAGWARDEN_PROVIDER"
 DEFAULT_CONFIG_NAME = "flagwarden.yaml"
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-# Field names whose values are never echoed back in an error message.
 # The last part of a field name whose value is never echoed back in an error message.
 _SECRET_FIELDS = re.compile(
     r"(^|[._])(\w*_)?(key|secret|token|password|passwd|credentials?)$", re.IGNORECASE
 )
 _PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-# Longer than any soak, window or report period anyone means; keeps date arithmetic in range.
-MAX_DURATION = timedelta(days=3650)
-
-
-def is_duration(text: str) -> bool:
-    """Whether ``text`` is written as a duration (``30m``), whatever its size."""
-    return bool(_DURATION.match(text))
-
-
-def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """``"30m"``, ``"1h"``, ``"2d"``, ``"45s"``, ``"500ms"`` or a number of seconds.
-
-    Negative, not-a-number and longer than ten years are refused (ValueError).
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration like 30s, 30m, 1h or 2d, got {value!r}")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also refuses NaN
-        raise ValueError(f"expected a duration between 0s and 3650d, got {value!r}")
-    return timedelta(seconds=seconds)
 
 
 class _Model(BaseModel):
@@ -308,86 +273,6 @@ class Settings:
 
 def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML, stricter: a key given twice is an error (the second would silently win), and
-    dates stay text (the models parse them, so a bad one is a field error, not a bad file)."""
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"the key {key!r} is given twice (line {seen[key]} and line {mark.line + 1})",
-                mark,
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read the file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            path, None, f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
-        ) from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        # Position and problem only: YAML's own message quotes the line, which may hold a key.
-        mark = exc.problem_mark
-        pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(path, None, f"malformed YAML at {pos}: {exc.problem}") from None
-    except yaml.YAMLError:
-        raise ConfigError(path, None, "malformed YAML") from None
-    except ValueError as exc:  # a scalar YAML resolves but cannot build
-        raise ConfigError(path, None, f"malformed YAML: a value cannot be read ({exc})") from None
-
-
-def interpolate(value: Any, file: Path | str, field: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-fallback}`` in every string of a parsed document."""
-    if isinstance(value, str):
-
-        def sub(match: re.Match[str]) -> str:
-            name, fallback = match.group(1), match.group(2)
-            found = os.environ.get(name)
-            if found is not None:
-                return found
-            if fallback is not None:
-                return fallback
-            raise ConfigError(
-                file,
-                field or None,
-                f"environment variable {name} is not set "
-                f"(set it, or give a fallback as ${{{name}:-value}})",
-            )
-
-        return _VAR.sub(sub, value)
-    if isinstance(value, Mapping):
-        return {
-            k: interpolate(v, file, f"{field}.{k}" if field else str(k)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [interpolate(v, file, f"{field}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 def _describe(detail: Any) -> tuple[str | None, str]:

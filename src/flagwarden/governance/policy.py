@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from flagwarden.config import describe_validation_error, interpolate, parse_duration, read_yaml
+from flagwarden.config import describe_validation_error
+from flagwarden.documents import interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
 __all__ = [

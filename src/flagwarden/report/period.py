@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from flagwarden.config import is_duration, parse_duration
+from flagwarden.documents import is_duration, parse_duration
 
 __all__ = ["PeriodError", "resolve_period"]
 
