@@ -250,8 +250,11 @@ def run_demo(output: Path, console: Console) -> int:
         f"{'s' if flag.automatic_rollbacks != 1 else ''}, {violations} policy violation"
         f"{'s' if violations != 1 else ''}"
         + (
-            f"; outage of {outage.duration_seconds or 0:.1f} s served "
-            + ", ".join(f"{n:,} from the {source}" for source, n in sorted(outage.served.items()))
+            f"; during the {outage.duration_seconds or 0:.1f} s outage "
+            + ", ".join(
+                f"{n:,} evaluations were answered from the {source}"
+                for source, n in sorted(outage.served.items())
+            )
             if outage
             else ""
         )

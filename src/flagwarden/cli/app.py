@@ -20,6 +20,7 @@ from flagwarden.humanize import visible
 __all__ = [
     "ActorOption",
     "ConfigOption",
+    "FlagArgument",
     "ReasonOption",
     "app",
     "clean",
@@ -50,6 +51,7 @@ ConfigOption = Annotated[
         help="flagwarden.yaml to use (default: $FLAGWARDEN_CONFIG, ./flagwarden.yaml, embedded)",
     ),
 ]
+FlagArgument = Annotated[str, typer.Argument(metavar="FLAG", help="a governed flag's key")]
 ActorOption = Annotated[
     str | None,
     typer.Option("--actor", help="who does this (default: $FLAGWARDEN_ACTOR, else the OS user)"),

@@ -26,7 +26,9 @@ _DID = {
 
 @app.command()
 def status(
-    flag: Annotated[str | None, typer.Argument()] = None,
+    flag: Annotated[
+        str | None, typer.Argument(metavar="[FLAG]", help="one flag (default: every one)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     config: ConfigOption = None,
 ) -> None:

@@ -16,6 +16,7 @@ from flagwarden.audit.log import AuditError
 from flagwarden.cli.app import (
     ActorOption,
     ConfigOption,
+    FlagArgument,
     ReasonOption,
     app,
     fail,
@@ -79,7 +80,7 @@ def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -
 
 @app.command()
 def advance(
-    flag: str,
+    flag: FlagArgument,
     reason: ReasonOption,
     to: Annotated[float | None, typer.Option("--to", help="skip to this approved stage")] = None,
     force: Annotated[
@@ -96,7 +97,7 @@ def advance(
 
 @app.command()
 def rollback(
-    flag: str,
+    flag: FlagArgument,
     reason: ReasonOption,
     to: Annotated[
         float | None, typer.Option("--to", help="roll back to this stage (0 = control)")
@@ -110,7 +111,10 @@ def rollback(
 
 def _switch(action: str, summary: str) -> Callable[..., None]:
     def command(
-        flag: str, reason: ReasonOption, actor: ActorOption = None, config: ConfigOption = None
+        flag: FlagArgument,
+        reason: ReasonOption,
+        actor: ActorOption = None,
+        config: ConfigOption = None,
     ) -> None:
         _transition(config, action, flag, actor=resolve_actor(actor), reason=reason)
 

@@ -65,12 +65,8 @@ def _bounds(
     return upper, lower
 
 
-def _judge(
-    guard: Guard, stage: float, value: float, samples: int, baseline: float | None
-) -> GuardResult:
-    upper, lower = _bounds(guard, stage, baseline)
-    ok = (upper is None or value <= upper) and (lower is None or value >= lower)
-    limit = " and ".join(
+def _limit_text(upper: float | None, lower: float | None) -> str:
+    return " and ".join(
         text
         for text in (
             None if upper is None else f"<= {upper:.4g}",
@@ -78,6 +74,32 @@ def _judge(
         )
         if text
     )
+
+
+def _inconclusive(
+    guard: Guard, stage: float, value: float | None, samples: int, detail: str
+) -> GuardResult:
+    """Too little to judge; the limit that will apply is said when it is known already."""
+    upper, lower = (None, None) if guard.relative_to_control else _bounds(guard, stage, None)
+    return GuardResult(
+        guard.name,
+        "inconclusive",
+        value,
+        samples,
+        limit=_limit_text(upper, lower),
+        detail=detail,
+        stage=stage,
+        upper=upper,
+        lower=lower,
+    )
+
+
+def _judge(
+    guard: Guard, stage: float, value: float, samples: int, baseline: float | None
+) -> GuardResult:
+    upper, lower = _bounds(guard, stage, baseline)
+    ok = (upper is None or value <= upper) and (lower is None or value >= lower)
+    limit = _limit_text(upper, lower)
     return GuardResult(
         guard.name,
         "healthy" if ok else "breach",
@@ -152,13 +174,8 @@ class GuardEvaluator:
         except StateStoreUnavailable as exc:
             return GuardResult(guard.name, "unreachable", detail=str(exc), stage=stage)
         if value is None or n < guard.min_samples:
-            return GuardResult(
-                guard.name,
-                "inconclusive",
-                value,
-                n,
-                detail=f"{n} of {guard.min_samples} samples at this stage",
-                stage=stage,
+            return _inconclusive(
+                guard, stage, value, n, f"{n} of {guard.min_samples} samples at this stage"
             )
         if guard.relative_to_control and (baseline is None or control_n < guard.min_samples):
             return GuardResult(

@@ -50,7 +50,8 @@ def lint_unregistered(audit: AuditLog, policies: dict[str, Policy]) -> list[str]
         if record.kind == "violation" and record.data.get("kind") == "unregistered" and record.flag:
             seen[record.flag] = seen.get(record.flag, 0) + int(record.data.get("count", 1))
     return [
-        f"{flag}: evaluated {n} times with no policy: write policies/{flag}.yaml"
+        f"{flag}: evaluated {n} time{'s' * (n != 1)} with no policy: "
+        f"give it a policy (policies/{flag}.yaml) or stop asking for it"
         for flag, n in sorted(seen.items())
         if flag not in policies
     ]

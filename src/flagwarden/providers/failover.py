@@ -444,6 +444,11 @@ class FailoverProvider(SourceProvider):
             threading.Thread(target=vendor.start, name="flagwarden-refork", daemon=True).start()
 
     def _warn_bad_override(self, flag_key: str, problem: str) -> None:
-        if flag_key not in self._bad_env_warned:
+        if flag_key not in self._bad_env_warned and self._env is not None:
             self._bad_env_warned.add(flag_key)
-            _log.warning("flagwarden.env_override_ignored", flag=flag_key, problem=problem)
+            _log.warning(
+                "flagwarden.env_override_ignored",
+                flag=flag_key,
+                variable=self._env.variable_for(flag_key),
+                problem=problem,
+            )
