@@ -89,7 +89,7 @@ class ExposureSummary(PeriodicCounter[SummaryKey]):
                 "variant": variant,
                 "reason": reason,
                 "source": source,
-                "arm": arm,
+                "arm": arm or None,  # null: a flag without a policy (as in exposure events)
                 "capped": capped,
                 "count": n,
             }
