@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,26 @@ from tests.servers.split import SplitServer
 # The vendor SDKs log every refused reconnect; the tests provoke many on purpose.
 for name in ("ldclient", "splitio", "launchdarkly-openfeature-server"):
     logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    config: Path, *args: str, actor: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``flagwarden ARGS -c CONFIG`` in a process of its own, as an operator would run it."""
+    env = dict(os.environ)
+    if actor is not None:
+        env["FLAGWARDEN_ACTOR"] = actor
+    return subprocess.run(
+        [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 from tests.servers.launchdarkly import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def check(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "flagwarden.cli", "check", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FLAGWARDEN_")},
-    )
+    result = run_cli(config, "check", *args)
     assert "Traceback" not in result.stderr, result.stderr
     assert "unexpected" not in result.stderr, result.stderr  # the CLI's safety net: a bug
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import run_cli, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +28,7 @@ def examples(tmp_path: Path) -> Path:
 
 
 def cli(examples: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(examples / "flagwarden.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(examples / "flagwarden.yaml", *args)
     assert result.returncode == 0, result.stderr
     return result
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import flagwarden
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 
 FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,14 +15,7 @@ GUARD = {"name": "null-rate", "metric": "null_rate", "max": {1: 0.05, 25: 0.03}}
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "FLAGWARDEN_ACTOR": "alice"},
-    )
+    return run_cli(config, *args, actor="alice")
 
 
 def test_status_in_words(project: Project):

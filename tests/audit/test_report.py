@@ -29,7 +29,7 @@ from flagwarden.report import (
 )
 from flagwarden.report.period import PeriodError
 from flagwarden.report.text import markdown_escape, num, when
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 
 FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +37,7 @@ EMPTY_TH = re.compile(r"<th[^>]*>\s*</th>")
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return run_cli(config, *args)
 
 
 def report_json(config: Path, *args: str) -> dict:

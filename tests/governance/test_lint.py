@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import yaml
@@ -15,24 +14,11 @@ from flagwarden.governance.lint import lint_state
 from flagwarden.governance.policy import load_policies
 from flagwarden.governance.project import Governance
 from flagwarden.governance.state import FlagState
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 
 
 def check(project: Project, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flagwarden.cli",
-            "check",
-            *extra,
-            "-c",
-            str(project.root / "flagwarden.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(project.root / "flagwarden.yaml", "check", *extra)
 
 
 def test_expired_flag_is_reported_and_fails_strict(project: Project):

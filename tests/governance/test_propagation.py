@@ -15,7 +15,7 @@ from openfeature.evaluation_context import EvaluationContext
 import flagwarden
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
-from tests.conftest import POLICY, Project, governed_project, wait_for
+from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
 from tests.servers.launchdarkly import free_port
 
 FLAG = POLICY["flag"]
@@ -24,22 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli_kill(config: Path, reason: str) -> subprocess.CompletedProcess[str]:
     """`flagwarden kill` from another process, as an operator would run it."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flagwarden.cli",
-            "kill",
-            FLAG,
-            "--reason",
-            reason,
-            "-c",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(config, "kill", FLAG, "--reason", reason)
 
 
 def start_workers(config: Path, n: int) -> list[subprocess.Popen[str]]:

@@ -6,9 +6,7 @@ a prerequisite below that stage pauses the live dependants, in the same act, aud
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -16,7 +14,7 @@ import yaml
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout, TransitionRefused
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 
 SCORING = POLICY["flag"]
 VALIDATION = "new-validation"
@@ -98,16 +96,9 @@ def test_dependants_not_yet_started_are_left_alone(governance: Governance):
 
 def test_the_cli_says_what_it_paused(project: Project):
     write_policies(project, f"sqlite:///{project.root}/state.db", [{"flag": VALIDATION}])
-    config = str(project.root / "flagwarden.yaml")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flagwarden.cli", *args, "-c", config],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "FLAGWARDEN_ACTOR": "ops"},
-        )
+        return run_cli(project.root / "flagwarden.yaml", *args, actor="ops")
 
     refused = cli("advance", SCORING, "--reason", "go")
     assert refused.returncode == 1

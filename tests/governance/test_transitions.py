@@ -14,27 +14,13 @@ from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import TransitionRefused, resolve_actor
 from flagwarden.governance.state import FlagState, open_state_store
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, run_cli
 
 FLAG = POLICY["flag"]
 
 
 def cli(project: Project, *args: str, actor: str = "ci-bot") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLAGWARDEN_ACTOR": actor}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flagwarden.cli",
-            *args,
-            "-c",
-            str(project.root / "flagwarden.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_cli(project.root / "flagwarden.yaml", *args, actor=actor)
 
 
 @pytest.fixture
@@ -255,7 +241,7 @@ def test_a_kill_is_never_refused_by_a_concurrent_counter_update(governance: Gove
             other.compare_and_set(
                 replace(state, version=state.version + 1, guard_failures={"g": n})
             )
-            time.sleep(0.001)  # a watch stores counts once a pass; this is a thousand a second
+            time.sleep(0.005)  # a watch stores counts once a pass; this is 200 a second
 
     thread = threading.Thread(target=count_breaches)
     thread.start()

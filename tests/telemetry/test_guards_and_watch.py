@@ -18,7 +18,7 @@ from flagwarden.governance.measurements import open_measurement_store
 from flagwarden.governance.project import Governance
 from flagwarden.governance.state import FlagState
 from flagwarden.governance.watch import Watch
-from tests.conftest import POLICY, Project, governed_project, wait_for
+from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
 from tests.servers.launchdarkly import free_port
 
 FLAG = POLICY["flag"]
@@ -294,13 +294,7 @@ def test_watch_once_exit_codes_and_json(project: Project):
     config = governed_project(project, policy={"guards": [{**NULL_GUARD, "min_samples": 10}]})
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        return run_cli(config, *args)
 
     quiet = run("watch", "--once")
     assert (quiet.returncode, quiet.stdout) == (0, "new-scoring-model: skip not started\n")

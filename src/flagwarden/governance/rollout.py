@@ -38,7 +38,7 @@ __all__ = ["Rollout", "Transition", "TransitionRefused", "Violation", "resolve_a
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
-_SWITCH_ATTEMPTS = 10
+_SWITCH_ATTEMPTS = 50  # with the backoff below: a couple of seconds of contention at most
 
 
 def _require_reason(reason: str) -> None:
@@ -386,7 +386,7 @@ class Rollout:
         at 0% or killed (pausing a dependant).
         """
         _require_reason(reason)
-        for _ in range(_SWITCH_ATTEMPTS):
+        for attempt in range(_SWITCH_ATTEMPTS):
             before = self.state(flag)
             if only_if_live and (before.stage <= 0 or before.killed):
                 return self._unchanged(action, before, f"{flag} is not live")
@@ -400,7 +400,8 @@ class Rollout:
                     action, before, after, actor=actor, reason=reason, details=details
                 )
             except ConcurrentChange:
-                time.sleep(random.uniform(0, 0.002))  # let the other writer finish
+                # Let the other writer finish; jittered so two retrying writers part ways.
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
         raise TransitionRefused(
             f"{flag}: changed by others {_SWITCH_ATTEMPTS} times while trying to {action} it; "
