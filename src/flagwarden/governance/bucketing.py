@@ -1,4 +1,4 @@
-"""Deterministic, sticky, monotone bucketing (PRODUCT.md).
+"""Deterministic, sticky, monotone bucketing (the formula docs/policy.md gives).
 
 A unit's bucket is ``murmur3_x86_32(utf8(f"{salt}:{unit_value}"), seed=0, unsigned) % 100000``
 and it gets the treatment at stage ``p`` percent when ``bucket < p * 1000``. The bucket does
