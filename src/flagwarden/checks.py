@@ -331,21 +331,18 @@ def _get(url: str, timeout: float = 3.0) -> str | None:
 
 def _check_telemetry(settings: Settings) -> Iterator[Finding]:
     prometheus = settings.config.telemetry.prometheus
-    if prometheus.query_url:
-        url = prometheus.query_url.rstrip("/")
-        problem = _get(f"{url}/api/v1/query?query=vector(1)")
+    for name, url, probe, ok in (
+        ("Prometheus", prometheus.query_url, "/api/v1/query?query=vector(1)", "answers queries"),
+        ("Pushgateway", prometheus.pushgateway, "/-/ready", "ready"),
+    ):
+        if not url:
+            continue
+        base = url.rstrip("/")
+        problem = _get(base + probe)
         yield (
-            Finding("ok", f"Prometheus {redact_url(url)} answers queries")
+            Finding("ok", f"{name} {redact_url(base)} {ok}")
             if problem is None
-            else Finding("error", f"Prometheus {redact_url(url)} unreachable: {problem}")
-        )
-    if prometheus.pushgateway:
-        url = prometheus.pushgateway.rstrip("/")
-        problem = _get(f"{url}/-/ready")
-        yield (
-            Finding("ok", f"Pushgateway {redact_url(url)} ready")
-            if problem is None
-            else Finding("error", f"Pushgateway {redact_url(url)} unreachable: {problem}")
+            else Finding("error", f"{name} {redact_url(base)} unreachable: {problem}")
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from flagwarden.audit.log import AuditLog
 from flagwarden.config import Settings
+from flagwarden.governance.guards import GuardResult
 from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
@@ -42,21 +43,12 @@ class PrerequisiteStatus:
 
 
 @dataclass(frozen=True)
-class GuardStatus:
-    """A guard's latest verdict (``GuardResult`` fields, and when it was reached)."""
+class GuardStatus(GuardResult):
+    """A guard's latest verdict: the watch's result, when it was reached, and the stage (by
+    its epoch) it judged."""
 
-    guard: str
-    at: str
-    verdict: str
-    value: float | None = None
-    samples: int = 0
-    control: float | None = None
-    limit: str = ""
-    detail: str = ""
-    stage: float | None = None
-    upper: float | None = None
-    lower: float | None = None
-    epoch: int | None = None  # the stage (by its epoch) the verdict judged
+    at: str = ""
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +158,7 @@ def flag_status(
 
 def _guard(verdict: dict[str, Any], at: str) -> GuardStatus:
     known = GuardStatus.__dataclass_fields__
-    return GuardStatus(at=at, **{k: v for k, v in verdict.items() if k in known and k != "at"})
+    return GuardStatus(**{k: v for k, v in verdict.items() if k in known and k != "at"}, at=at)
 
 
 def _changes(audit: AuditLog, flag: str) -> tuple[Change | None, Change | None]:

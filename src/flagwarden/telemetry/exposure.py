@@ -142,22 +142,10 @@ class ExposureHook(Hook):
         arm: str = "",
         capped: bool = False,
     ) -> None:
-        """Count ``n`` exposures served by ``assign`` at once (no per-record log lines)."""
+        """Count ``n`` exposures at once: ``assign``'s batches, and each evaluation (no log
+        line here: ``_observe`` writes the deduplicated exposure events)."""
         if n <= 0:
             return
-        self._count(flag, variant, reason, error, source, arm, capped, n)
-
-    def _count(
-        self,
-        flag: str,
-        variant: str,
-        reason: str,
-        error: str,
-        source: str,
-        arm: str,
-        capped: bool,
-        n: int,
-    ) -> None:
         key = (flag, variant, reason, error, source)
         child = self._children.get(key)
         if child is None:
@@ -182,7 +170,16 @@ class ExposureHook(Hook):
         metadata = details.flag_metadata
         source = str(metadata.get("flagwarden.source", ""))
         arm = str(metadata.get("flagwarden.arm", ""))
-        self._count(flag, variant, reason, error, source, arm, metadata.get(CAPPED_KEY) is True, 1)
+        self.record_batch(
+            flag,
+            variant,
+            reason,
+            error,
+            source,
+            1,
+            arm=arm,
+            capped=metadata.get(CAPPED_KEY) is True,
+        )
         deduper = self.deduper
         if deduper is None:
             return
