@@ -16,12 +16,13 @@ from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent
 from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagType
 from openfeature.provider import ProviderStatus
 
 import flagwarden
 from flagwarden.errors import ConfigError
 from flagwarden.providers import file as file_module
-from flagwarden.providers.file import read_flag_file
+from flagwarden.providers.file import FileProvider, read_flag_file
 from tests.conftest import Project, wait_for
 
 FLAGS = {
@@ -107,6 +108,35 @@ def test_broken_reload_keeps_previous_flags(project):
         "tier-gate", False, EvaluationContext("k", {"tier": "gold"})
     )
     assert details.value is True and details.error_code is None
+
+
+def test_a_file_caught_mid_write_is_judged_on_a_second_look(tmp_path: Path):
+    """Truncated, then written: the empty moment between is not an outage."""
+    flag_file = tmp_path / "flags.json"
+    flag_file.write_text(json.dumps(FLAGS))
+    provider = FileProvider(flag_file, poll_interval=3600)  # the test is the only poller
+    provider.initialize(EvaluationContext())
+
+    def enabled(provider: FileProvider) -> bool:
+        return provider.resolve(FlagType.BOOLEAN, "disabled", False, EvaluationContext("k")).value
+
+    try:
+        flag_file.write_text("")
+        assert provider.reload_if_changed() is False
+        assert provider.status is ProviderStatus.READY
+        doc = json.loads(json.dumps(FLAGS))
+        doc["flags"]["disabled"]["state"] = "ENABLED"
+        flag_file.write_text(json.dumps(doc))
+        assert provider.reload_if_changed() is True
+        assert enabled(provider)
+        flag_file.write_text("{ not json")
+        assert provider.reload_if_changed() is False
+        assert provider.status is ProviderStatus.READY
+        assert provider.reload_if_changed() is False  # unchanged on the second look: broken
+        assert provider.status is ProviderStatus.STALE
+        assert enabled(provider)
+    finally:
+        provider.shutdown()
 
 
 def test_a_reload_flagd_core_refuses_keeps_the_old_flags_and_all_derived_from_them(

@@ -301,6 +301,10 @@ class FileProvider(SourceProvider):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._poll_error: str | None = None
+        # The stamp of a file that failed to load once while the watcher polls: judged only
+        # when a second look finds it unchanged, so a file caught mid-write (truncated, then
+        # written) is not reported as broken.
+        self._unsettled: tuple[tuple[int, ...] | None] | None = None
 
     @property
     def invalid_flags(self) -> dict[str, str]:
@@ -379,15 +383,22 @@ class FileProvider(SourceProvider):
                     _log.exception("flagwarden.flag_file_poll_failed", path=str(self.path))
 
     def reload_if_changed(self) -> bool:
-        """Reload when the file changed since the last load; True when flags were replaced."""
+        """Reload when the file changed since the last load; True when flags were replaced.
+
+        A file that fails to load is reported when the next call finds it unchanged.
+        """
         stamp = self._file_stamp()
         if stamp == self._stamp and (stamp is not None or self._problem is not None):
             return False  # unchanged, or still gone and already reported
         try:
             changed = self._load(stamp)
         except ConfigError as exc:
+            if self._unsettled != (stamp,):
+                self._unsettled = (stamp,)
+                return False
             self._fail(exc, stamp)
             return False
+        self._unsettled = None
         if self._problem is not None:
             _log.info("flagwarden.flag_file_recovered", path=str(self.path))
         self._problem = None
