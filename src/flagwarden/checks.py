@@ -34,7 +34,8 @@ from flagwarden.errors import ConfigError
 from flagwarden.governance.enforcement import same_value
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
 from flagwarden.governance.policy import PolicySet, read_policies, sequencing_problems
-from flagwarden.governance.state import StateStoreUnavailable, open_state_store, redact_url
+from flagwarden.governance.state import StateStoreUnavailable, open_state_store
+from flagwarden.storage import redact_url
 
 __all__ = ["Finding", "check_project"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flagwarden.errors import FlagwardenError
-from flagwarden.governance.state import create_tables, redact_url, store_failure
+from flagwarden.storage import create_tables, redact_url, store_failure
 
 __all__ = ["AuditError", "AuditLog", "AuditRecord", "Verification", "open_audit_log"]
 

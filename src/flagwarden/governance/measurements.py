@@ -20,12 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from flagwarden.governance.state import (
-    StateStoreUnavailable,
-    create_tables,
-    redact_url,
-    store_failure,
-)
+from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.storage import create_tables, redact_url, store_failure
 
 __all__ = ["Measurement", "MeasurementStore", "open_measurement_store"]
 

@@ -20,9 +20,9 @@ from flagwarden.governance.state import (
     StateStore,
     StateStoreUnavailable,
     open_state_store,
-    redact_url,
 )
 from flagwarden.providers.failover import FailoverProvider
+from flagwarden.storage import redact_url
 
 __all__ = ["KILL_ENV", "Governance", "env_killed_flags"]
 

@@ -10,7 +10,6 @@ store says something changed (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or SQLite
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -25,16 +24,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import structlog
 
 from flagwarden.errors import FlagwardenError
+from flagwarden.storage import create_tables, redact_url, store_failure
 
 __all__ = [
     "FlagState",
     "StateCache",
     "StateStore",
     "StateStoreUnavailable",
-    "create_tables",
     "open_state_store",
-    "redact_url",
-    "store_failure",
 ]
 
 _log = structlog.get_logger("flagwarden.state")
@@ -45,47 +42,6 @@ ErrorCallback = Callable[[str], None]
 
 class StateStoreUnavailable(FlagwardenError):
     """The state store could not be read or written."""
-
-
-# password=..., in a URL's query or a key=value DSN (libpq and redis accept both).
-_SECRET_PARAMS = re.compile(
-    r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|secret|token|api_key)=)[^&;\s]*"
-)
-
-
-def redact_url(url: str) -> str:
-    """A store URL (or DSN) without its credentials, for messages."""
-    scheme, sep, rest = url.partition("://")
-    text = f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
-    return _SECRET_PARAMS.sub(r"\1***", text)
-
-
-def store_failure(url: str, exc: BaseException) -> str:
-    """What went wrong with a store, for a message: which store, the error's kind and first
-    line, with anything that looks like a credential masked."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    password = urlsplit(url).password if "://" in url else None
-    if password:
-        first = first.replace(password, "***")
-    first = _SECRET_PARAMS.sub(r"\1***", first)
-    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return f"{redact_url(url)}: {detail}"
-
-
-_SCHEMA_LOCK = 0x66770001
-
-
-def create_tables(conn: Any, *statements: str) -> None:
-    """Run CREATE ... IF NOT EXISTS statements on PostgreSQL, one process at a time.
-
-    Concurrent ``CREATE TABLE IF NOT EXISTS`` is not race-free in PostgreSQL (two sessions
-    can both decide to create, and one fails on the catalog's unique index), so the creation
-    holds a transaction-scoped advisory lock.
-    """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        for statement in statements:
-            conn.execute(statement)
 
 
 def _now() -> datetime:

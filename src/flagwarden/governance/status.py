@@ -17,7 +17,8 @@ from flagwarden.governance.guards import GuardResult
 from flagwarden.governance.measurements import MeasurementStore, open_measurement_store
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
-from flagwarden.governance.state import FlagState, StateStoreUnavailable, redact_url
+from flagwarden.governance.state import FlagState, StateStoreUnavailable
+from flagwarden.storage import redact_url
 
 __all__ = [
     "Change",
