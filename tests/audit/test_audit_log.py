@@ -45,7 +45,7 @@ def test_intact_chain_verifies(audit_url):
     log = filled(audit_url)
     result = log.verify()
     assert (result.ok, result.checked) == (True, 6)
-    assert result.head == log.records()[-1].hash
+    assert result.head == list(log.records())[-1].hash
     log.close()
 
 
@@ -137,5 +137,5 @@ def test_records_are_json_and_filterable(project: Project):
     log = filled(f"sqlite:///{project.root}/a.db", 3)
     log.append("outage", {"provider": "ld"})
     assert [r.kind for r in log.records(flag="f")] == ["transition"] * 3
-    assert json.dumps(log.records()[-1].data) == '{"provider": "ld"}'
+    assert json.dumps(list(log.records())[-1].data) == '{"provider": "ld"}'
     log.close()

@@ -46,8 +46,8 @@ def lint_state(
 
 def lint_unregistered(audit: AuditLog, policies: dict[str, Policy]) -> list[str]:
     seen: dict[str, int] = {}
-    for record in audit.records():
-        if record.kind == "violation" and record.data.get("kind") == "unregistered" and record.flag:
+    for record in audit.records(kind="violation"):
+        if record.data.get("kind") == "unregistered" and record.flag:
             seen[record.flag] = seen.get(record.flag, 0) + int(record.data.get("count", 1))
     return [
         f"{flag}: evaluated {n} time{'s' * (n != 1)} with no policy: "

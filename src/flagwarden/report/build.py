@@ -3,6 +3,11 @@
 The one place the document is assembled: :mod:`flagwarden.report.records` reads each flag's
 audit records, :mod:`flagwarden.report.series` the measurements behind the guard charts, and
 :mod:`flagwarden.report.verdict` judges each flag; the renderers only render the result.
+
+The audit log is read in bounded memory: the period's records are streamed once and folded
+(exposure summaries into tallies, outages into rows); only each covered flag's transitions,
+guard decisions and violations are kept, because the document lists them. What came before
+the period is read backwards per flag, by index, only as far as the last stage change.
 """
 
 from __future__ import annotations
@@ -10,9 +15,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from flagwarden.audit.log import AuditLog, AuditRecord
+from flagwarden.audit.log import AuditLog, AuditRecord, Verification
 from flagwarden.governance.lint import STALE_AFTER
 from flagwarden.governance.measurements import MeasurementStore
 from flagwarden.governance.policy import Policy
@@ -20,6 +24,7 @@ from flagwarden.governance.state import FlagState
 from flagwarden.report import records as read
 from flagwarden.report.document import (
     AuditStatus,
+    Exposures,
     FlagNow,
     FlagReport,
     Outage,
@@ -27,7 +32,9 @@ from flagwarden.report.document import (
     Removal,
     Report,
     Requirement,
+    StageState,
     TimelinePoint,
+    UnreadableRecord,
     Unregistered,
     Verdict,
 )
@@ -37,12 +44,18 @@ from flagwarden.report.verdict import glossary, verdict
 __all__ = ["build_report"]
 
 
+# The kinds of a flag's own records that its section lists (the rest is folded or global).
+_HISTORY_KINDS = ("transition", "guard", "violation")
+_GLOBAL_KINDS = ("outage", "exposure_summary")
+_MOST_NAMED = 10  # unreadable records named in the audit problem
+
+
 def _flag(
     policy: Policy,
     state: FlagState,
     history: list[AuditRecord],
-    earlier: list[AuditRecord],
-    exposure_rows: list[tuple[datetime, Mapping[str, Any]]],
+    before: tuple[StageState | None, datetime | None],
+    exposures: Exposures,
     period: Period,
     measurements: MeasurementStore | None,
     audit: AuditStatus,
@@ -50,11 +63,7 @@ def _flag(
 ) -> FlagReport:
     transitions = [r for r in history if r.kind == "transition"]
     changes = read.changes(transitions)
-    before = [r for r in earlier if r.kind == "transition"]
-    start = read.stage_state(before[-1].data.get("after")) if before else None
-    entered = next(
-        (c.at for c in reversed(read.changes(before)) if c.after.stage != c.before.stage), None
-    )
+    start, entered = before
     decisions = read.decisions(history)
     counts, events = read.violations(changes, history)
     timeline = [
@@ -101,10 +110,102 @@ def _flag(
         manual_kills=manual["kill"],
         violations=counts,
         violation_details=events,
-        exposures=read.exposures(exposure_rows),
+        exposures=exposures,
     )
     report.verdict = verdict(report, audit)
     return report
+
+
+class _Reading:
+    """The period's records, folded as they stream past."""
+
+    def __init__(self, selected: Sequence[str], *, count_unregistered: bool) -> None:
+        self.selected = frozenset(selected)
+        self.count_unregistered = count_unregistered
+        self.history: dict[str, list[AuditRecord]] = defaultdict(list)
+        self.exposures: dict[str, read.ExposureTally] = {f: read.ExposureTally() for f in selected}
+        self.outages: list[Outage] = []
+        self.unregistered: Counter[str] = Counter()
+        self.unreadable: dict[int, AuditRecord] = {}
+
+    def readable(self, r: AuditRecord) -> bool:
+        if not r.readable:
+            self.unreadable[r.seq] = r
+        return r.readable
+
+    def add_history(self, r: AuditRecord) -> None:
+        if r.flag in self.selected and r.kind in _HISTORY_KINDS and self.readable(r):
+            self.history[r.flag].append(r)
+
+    def add_global(self, r: AuditRecord) -> None:
+        if r.kind not in (*_GLOBAL_KINDS, "violation") or not self.readable(r):
+            return
+        d = r.data
+        if r.kind == "outage":
+            self.outages.append(
+                Outage(
+                    d.get("provider"),
+                    d.get("vendor"),
+                    d.get("cause"),
+                    read.parse_time(d.get("started_at")),
+                    read.parse_time(d.get("ended_at")),
+                    d.get("duration_seconds"),
+                    {str(k): int(v) for k, v in (d.get("served") or {}).items()},
+                    d.get("ended_by"),
+                )
+            )
+        elif r.kind == "violation":
+            if self.count_unregistered and r.flag and read.violation(d).kind == "unregistered":
+                self.unregistered[r.flag] += int(d.get("count", 1) or 1)
+        else:  # exposure_summary
+            at = read.parse_time(d.get("to")) or r.at
+            for row in d.get("rows") or []:
+                tally = self.exposures.get(str(row.get("flag", "")))
+                if tally is not None:
+                    tally.add(at, row)
+
+
+def _before(
+    audit: AuditLog, flag: str, since: datetime, reading: _Reading
+) -> tuple[StageState | None, datetime | None]:
+    """The flag's stage state when the period starts (its last transition before it) and when
+    it entered that stage (the last transition that changed the stage): read newest first."""
+    start: StageState | None = None
+    for r in audit.records(until=since, flag=flag, kind="transition", newest_first=True):
+        if r.at >= since or not reading.readable(r):
+            continue
+        (change,) = read.changes([r])
+        if start is None:
+            start = change.after
+        if change.after.stage != change.before.stage:
+            return start, change.at
+    return start, None
+
+
+def _audit_status(checked: Verification, unreadable: Mapping[int, AuditRecord]) -> AuditStatus:
+    """The chain's verification, and the records the report could not read: a record whose
+    data is not JSON was not written by flagwarden, so the log does not verify either."""
+    named = [
+        UnreadableRecord(r.seq, r.kind, r.flag, getattr(r.data, "problem", "unreadable"))
+        for r in (unreadable[seq] for seq in sorted(unreadable))
+    ]
+    status = AuditStatus(
+        checked.ok,
+        checked.checked,
+        checked.head,
+        checked.problem,
+        checked.first_bad_seq,
+        unreadable_records=named,
+    )
+    if named:
+        shown = ", ".join(f"record {u.seq} ({u.problem})" for u in named[:_MOST_NAMED])
+        more = f" and {len(named) - _MOST_NAMED} more" if len(named) > _MOST_NAMED else ""
+        words = f"unreadable, left out of this report: {shown}{more}"
+        status.problem = f"{checked.problem}; {words}" if checked.problem else words
+        if status.verified:
+            status.verified = False
+            status.first_bad_record = named[0].seq
+    return status
 
 
 def build_report(
@@ -125,44 +226,20 @@ def build_report(
     until = until or now
     period = Period(until - since if isinstance(since, timedelta) else since, until)
     checked = audit.verify()
-    status = AuditStatus(
-        checked.ok, checked.checked, checked.head, checked.problem, checked.first_bad_seq
-    )
-    records = audit.records()
-    in_period = [r for r in records if period.since <= r.at <= period.until]
     selected = sorted(policies) if flags is None else sorted(set(flags) & set(policies))
-
-    by_flag: dict[str, list[AuditRecord]] = defaultdict(list)
-    earlier: dict[str, list[AuditRecord]] = defaultdict(list)
-    for r in records:
-        if r.flag and r.at < period.since and r.kind == "transition":
-            earlier[r.flag].append(r)
-    exposures: dict[str, list[tuple[datetime, Mapping[str, Any]]]] = defaultdict(list)
-    outages: list[Outage] = []
-    unregistered: Counter[str] = Counter()
-    for r in in_period:
-        if r.flag:
-            by_flag[r.flag].append(r)
-        if r.kind == "outage":
-            d = r.data
-            outages.append(
-                Outage(
-                    d.get("provider"),
-                    d.get("vendor"),
-                    d.get("cause"),
-                    read.parse_time(d.get("started_at")),
-                    read.parse_time(d.get("ended_at")),
-                    d.get("duration_seconds"),
-                    {str(k): int(v) for k, v in (d.get("served") or {}).items()},
-                    d.get("ended_by"),
-                )
-            )
-        elif r.kind == "violation" and r.flag and read.violation(r.data).kind == "unregistered":
-            unregistered[r.flag] += int(r.data.get("count", 1) or 1)
-        elif r.kind == "exposure_summary":
-            at = read.parse_time(r.data.get("to")) or r.at
-            for row in r.data.get("rows") or []:
-                exposures[str(row.get("flag", ""))].append((at, row))
+    reading = _Reading(selected, count_unregistered=flags is None)
+    if flags is None:
+        for r in audit.records(period.since, until=period.until):
+            reading.add_history(r)
+            reading.add_global(r)
+    else:
+        for flag in selected:
+            for r in audit.records(period.since, flag, until=period.until, kind=_HISTORY_KINDS):
+                reading.add_history(r)
+        for r in audit.records(period.since, until=period.until, kind=_GLOBAL_KINDS):
+            reading.add_global(r)
+    before = {flag: _before(audit, flag, period.since, reading) for flag in selected}
+    status = _audit_status(checked, reading.unreadable)
 
     flag_reports = []
     to_remove = []
@@ -173,9 +250,9 @@ def build_report(
             _flag(
                 policy,
                 state,
-                by_flag.get(flag, []),
-                earlier.get(flag, []),
-                exposures.get(flag, []),
+                reading.history.pop(flag, []),  # released once its section is built
+                before[flag],
+                reading.exposures[flag].result(),
                 period,
                 measurements,
                 status,
@@ -202,10 +279,12 @@ def build_report(
         audit=status,
         glossary=[],
         flags=flag_reports,
-        outages=outages,
+        outages=reading.outages,
         unregistered_flags=[]
         if flags is not None
-        else [Unregistered(f, n) for f, n in sorted(unregistered.items()) if f not in policies],
+        else [
+            Unregistered(f, n) for f, n in sorted(reading.unregistered.items()) if f not in policies
+        ],
         to_remove=to_remove,
     )
     report.glossary = glossary(report)

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from flagwarden.documents import is_duration, parse_duration
 
-__all__ = ["PeriodError", "resolve_period"]
+__all__ = ["PeriodError", "resolve_moment", "resolve_period"]
 
 
 class PeriodError(ValueError):
@@ -46,6 +46,12 @@ def _moment(option: str, value: str, anchor: datetime, *, end_of_day: bool) -> d
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # no zone given: UTC
     return moment.astimezone(UTC)
+
+
+def resolve_moment(option: str, value: str, *, now: datetime | None = None) -> datetime:
+    """One moment in UTC (``--before``): an ISO date (the start of that day) or datetime, or a
+    duration counted back from now (``90d``: ninety days ago)."""
+    return _moment(option, value, now or datetime.now(UTC), end_of_day=False)
 
 
 def resolve_period(

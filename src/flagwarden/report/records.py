@@ -17,7 +17,7 @@ Rules that keep the report honest (docs/report.md says them for readers):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "NOT_A_VIOLATION",
     "TRANSITION_KINDS",
     "WATCH_ACTOR",
+    "ExposureTally",
     "changes",
     "decisions",
     "exposures",
@@ -257,23 +258,36 @@ def violations(
     return dict(sorted(counts.items())), events
 
 
-def exposures(rows: list[tuple[datetime, Mapping[str, Any]]]) -> Exposures:
-    by_arm: Counter[str] = Counter({"treatment": 0, "control": 0, "none": 0})
-    by_source: Counter[str] = Counter()
-    capped = 0
-    share: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
-    for at, row in rows:
+class ExposureTally:
+    """Exposure summary rows of one flag, added as they are read (never kept as rows)."""
+
+    def __init__(self) -> None:
+        self.by_arm: Counter[str] = Counter({"treatment": 0, "control": 0, "none": 0})
+        self.by_source: Counter[str] = Counter()
+        self.capped = 0
+        self.share: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, at: datetime, row: Mapping[str, Any]) -> None:
         n = int(row.get("count", 0) or 0)
         arm = str(row.get("arm") or "none")
-        by_arm[arm] += n
-        by_source[str(row.get("source", "")) or "unknown"] += n
-        capped += n if row.get("capped") else 0
-        share[at][1] += n
-        share[at][0] += n if arm == "treatment" else 0
-    return Exposures(
-        total=sum(by_arm.values()),
-        by_arm=dict(by_arm),
-        capped=capped,
-        by_source=dict(sorted(by_source.items())),
-        treatment_share=bucket_shares([(at, t, n) for at, (t, n) in share.items()]),
-    )
+        self.by_arm[arm] += n
+        self.by_source[str(row.get("source", "")) or "unknown"] += n
+        self.capped += n if row.get("capped") else 0
+        self.share[at][1] += n
+        self.share[at][0] += n if arm == "treatment" else 0
+
+    def result(self) -> Exposures:
+        return Exposures(
+            total=sum(self.by_arm.values()),
+            by_arm=dict(self.by_arm),
+            capped=self.capped,
+            by_source=dict(sorted(self.by_source.items())),
+            treatment_share=bucket_shares([(at, t, n) for at, (t, n) in self.share.items()]),
+        )
+
+
+def exposures(rows: Iterable[tuple[datetime, Mapping[str, Any]]]) -> Exposures:
+    tally = ExposureTally()
+    for at, row in rows:
+        tally.add(at, row)
+    return tally.result()
