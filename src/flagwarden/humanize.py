@@ -8,13 +8,20 @@ from datetime import UTC, datetime, timedelta
 __all__ = ["duration", "number", "percent", "visible", "when"]
 
 # Control characters (terminal escape sequences among them, line breaks too) never reach a
-# terminal or a document raw.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# terminal or a document raw; nor do Unicode's line separators and bidirectional overrides,
+# which let a reason break the line or show its characters in another order than typed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def visible(text: object) -> str:
-    """``text`` on one line with every control character shown as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """``text`` on one line with every control character shown as ``\\xNN`` (``\\u202e`` for
+    Unicode's line separators and bidirectional controls)."""
+    return _CONTROL.sub(_shown, str(text))
 
 
 def when(moment: datetime | str | None) -> str:

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from flagwarden.cli.app import ConfigOption, app, fail, out
+from flagwarden.cli.app import ConfigOption, app, fail, out, say
 from flagwarden.errors import ConfigError
+from flagwarden.storage import redact_url
 
 
 @app.command()
@@ -36,7 +37,7 @@ def snapshot(config: ConfigOption = None) -> None:
                 f"{runtime.profile.type} is not ready ({runtime.provider.vendor.status_message}); "
                 "the existing snapshot was left as it is"
             )
-        out.print(f"[green]ok[/green] snapshot of {written.profile} written to {location}")
+        say(f"snapshot of {written.profile} written to {redact_url(location or '')}")
     finally:
         flagwarden.shutdown()
 

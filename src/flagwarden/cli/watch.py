@@ -10,6 +10,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out
 from flagwarden.governance.state import StateStoreUnavailable
@@ -47,7 +48,7 @@ def watch(
                 print(json.dumps([d.as_dict() for d in decisions], indent=2, default=str))
             for decision in decisions if not as_json else ():
                 line = f"{decision.flag}: {decision.action} {decision.detail}".rstrip()
-                out.print(clean(line), highlight=False, markup=False)
+                out.print(Text(clean(line)), highlight=False)
             actions = {d.action for d in decisions}
             if "error" in actions:
                 raise typer.Exit(1)

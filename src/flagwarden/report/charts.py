@@ -13,8 +13,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
+from markupsafe import escape as _xml_escape
 
+from flagwarden.humanize import visible
 from flagwarden.report.document import (
     FlagReport,
     GuardChart,
@@ -25,6 +27,15 @@ from flagwarden.report.document import (
 )
 from flagwarden.report.series import stage_segments
 from flagwarden.report.text import num, stage, when
+
+__all__ = ["guard_chart", "share_chart", "span", "stage_chart"]
+
+
+def escape(text: object) -> Markup:
+    """XML-escaped, with control characters shown as ``\\xNN`` (a terminal escape in an
+    actor's name must not reach a reader's screen when the HTML is printed)."""
+    return _xml_escape(visible(text))
+
 
 __all__ = ["guard_chart", "share_chart", "span", "stage_chart"]
 

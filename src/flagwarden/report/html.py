@@ -7,8 +7,12 @@ state (reasons, descriptions, actors, flag names, outage causes) is escaped; onl
 
 from __future__ import annotations
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from flagwarden.humanize import visible
 from flagwarden.report import charts
 from flagwarden.report.document import Report
 from flagwarden.report.series import limit_words
@@ -17,8 +21,16 @@ from flagwarden.report.verdict import CAPPING, VERDICT_TITLES, split_verdict
 
 __all__ = ["render_html"]
 
+
+def _printable(value: Any) -> Any:
+    """Text from the log shown, not obeyed: control characters (a terminal escape in a reason)
+    become ``\\xNN``; the charts' own markup is left alone."""
+    return visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
 _env = Environment(
     loader=PackageLoader("flagwarden.report", "templates"),
+    finalize=_printable,
     autoescape=True,
     undefined=StrictUndefined,
     trim_blocks=True,

@@ -96,8 +96,9 @@ def quote(text: str | None, most: int = 80) -> str:
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~!])")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n|\u2028|\u2029")
 # GitHub turns bare addresses into links: break the scheme and the www. so they stay text.
-_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data|vbscript|file):")
-_WWW = re.compile(r"(?i)\bwww\.")
+# No word boundary: GitHub links "www." right after an "_" too, which \b would miss.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|javascript|data|vbscript|file):")
+_WWW = re.compile(r"(?i)www\.")
 
 
 def markdown_escape(text: object) -> str:

@@ -13,6 +13,8 @@ import threading
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, push_to_gateway, start_http_server
 
+from flagwarden.storage import redact_text, redact_url
+
 __all__ = ["push_metrics", "serve_metrics"]
 
 _log = structlog.get_logger("flagwarden.metrics")
@@ -58,5 +60,9 @@ def push_metrics(gateway: str, job: str) -> bool:
         )
         return True
     except OSError as exc:
-        _log.error("flagwarden.pushgateway_failed", gateway=gateway, error=str(exc))
+        _log.error(
+            "flagwarden.pushgateway_failed",
+            gateway=redact_url(gateway),
+            error=redact_text(str(exc), gateway),
+        )
         return False
