@@ -1,7 +1,9 @@
 """Counts kept in memory and handed on every few seconds (violations, exposure summaries).
 
 The evaluation path only increments a Counter entry; a background thread swaps the Counter
-out every ``interval`` seconds (and at close) and writes what it held.
+out every ``interval`` seconds (and at close) and writes what it held. The thread is
+supervised (:mod:`flagwarden.background`): a write that raises is reported, its counts are
+kept for the next flush, and the thread backs off and keeps running.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+import structlog
+
+from flagwarden.background import report_failure, run_supervised
+
 __all__ = ["PeriodicCounter"]
 
 K = TypeVar("K", bound=Hashable)
+
+_log = structlog.get_logger("flagwarden.periodic")
 
 
 class PeriodicCounter(ABC, Generic[K]):
@@ -32,23 +40,36 @@ class PeriodicCounter(ABC, Generic[K]):
         # A dict increment under the GIL; the lock is only taken by flush's swap.
         self._counts[key] += n
 
+    @property
+    def thread_name(self) -> str:
+        """The flush thread's name, as :func:`flagwarden.background.health_snapshot` keys it."""
+        return self._thread_name
+
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+            self._thread = run_supervised(
+                self._thread_name, self.flush, self.interval, self._stop, max_backoff=60.0
+            )
 
     def flush(self) -> None:
-        """Hand on the counts since the last flush (nothing when there are none)."""
+        """Hand on the counts since the last flush (nothing when there are none).
+
+        A write that raises keeps its counts for the next flush (their log line may then be
+        written twice, the counts once) and raises on.
+        """
         with self._lock:
             counts, self._counts = self._counts, Counter()
             since, until = self._since, datetime.now(UTC)
+        if not counts:
             self._since = until
-        if counts:
+            return
+        try:
             self._write(counts, since, until)
+        except BaseException:
+            self._requeue(counts)  # the next flush covers this window too: since stays
+            raise
+        with self._lock:
+            self._since = until
 
     def _requeue(self, counts: Counter[K]) -> None:
         """Keep counts a failed write could not hand on, for the next flush."""
@@ -70,4 +91,8 @@ class PeriodicCounter(ABC, Generic[K]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.flush()
+        try:
+            self.flush()
+        except Exception as exc:  # shutdown goes on; the counts that could not go are said lost
+            report_failure(self._thread_name, exc)
+            _log.error("flagwarden.final_flush_failed", thread=self._thread_name, error=str(exc))

@@ -719,10 +719,12 @@ def test_the_watcher_survives_an_exception(
 
     monkeypatch.setattr(file_module, "read_flag_file", boom)
     flag_file.write_text(json.dumps(FLAGS) + "\n")
-    wait_for(lambda: logs.named("flagwarden.flag_file_poll_failed"))
+    # Whatever fails a load is a failed load: STALE, not READY on definitions it lost.
+    wait_for(lambda: logs.named("flagwarden.flag_file_unusable"))
     time.sleep(0.2)  # the same failure every poll: logged once
-    assert len(logs.named("flagwarden.flag_file_poll_failed")) == 1
-    assert vendor._watcher.is_alive()
+    (unusable,) = logs.named("flagwarden.flag_file_unusable")
+    assert "RuntimeError: disk on fire" in unusable["error"]
+    assert vendor.status is ProviderStatus.STALE and vendor._watcher.is_alive()
     monkeypatch.setattr(file_module, "read_flag_file", read_flag_file)
     doc = json.loads(json.dumps(FLAGS))
     doc["flags"]["tier-gate"]["defaultVariant"] = "on"

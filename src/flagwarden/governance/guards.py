@@ -9,18 +9,21 @@ stage). Limits are absolute (``max``/``min``), one number or one per stage (the 
 below the current stage), or, with ``relative_to_control``, fractions of control's value
 (``max: 0.5`` = at most 50% above control). Fewer than ``min_samples`` observations at this
 stage is inconclusive; an unreachable Prometheus is ``unreachable`` (the watch loop pauses
-rather than rolls back on it).
+rather than rolls back on it). An answer the guard cannot judge (not JSON, the wrong shape, a
+value that is not a finite number, ``status: error``) is ``inconclusive`` for that guard, its
+detail quoting the answer; evaluating a guard never raises.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from flagwarden.governance.measurements import MeasurementStore
 from flagwarden.governance.policy import Guard, Policy
@@ -29,6 +32,58 @@ from flagwarden.governance.state import FlagState, StateStoreUnavailable
 __all__ = ["GuardEvaluator", "GuardResult"]
 
 Verdict = Literal["healthy", "breach", "inconclusive", "unreachable"]
+
+QUOTE_LIMIT = 200  # characters of an answer quoted in a verdict's detail
+_MAX_ANSWER = 1 << 20  # bytes read of an answer: a guard's query answers a few series
+
+
+class _Unjudgeable(ValueError):
+    """A Prometheus answer the guard cannot judge; the message says why."""
+
+
+def _quote(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = " ".join(text.split())  # one line, whatever the answer's layout
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
+
+
+def _sample_value(sample: Any) -> float:
+    """The value of a ``[timestamp, "value"]`` pair; _Unjudgeable when it is not one."""
+    if not isinstance(sample, list) or len(sample) != 2:
+        raise _Unjudgeable("a sample is not a [timestamp, value] pair")
+    value = sample[1]
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise _Unjudgeable(f"a sample value is not a number: {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise _Unjudgeable(f"a sample value is not a number: {value!r}") from None
+
+
+def _query_values(doc: Any) -> list[float]:
+    """The values of an instant query's answer (a vector's series, or a scalar): the
+    answer's shape checked at every step, _Unjudgeable for anything else."""
+    if not isinstance(doc, dict):
+        raise _Unjudgeable("the answer is not a JSON object")
+    if doc.get("status") != "success":
+        said = doc.get("error") or doc.get("status")
+        raise _Unjudgeable(f"status is not success ({said!r})")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise _Unjudgeable("no data object")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        return [_sample_value(result)]  # exactly one [timestamp, value]
+    if kind != "vector":
+        raise _Unjudgeable(f"resultType {kind!r}: an instant vector or a scalar was expected")
+    if not isinstance(result, list):
+        raise _Unjudgeable("the vector's result is not a list of series")
+    values = []
+    for series in result:
+        if not isinstance(series, dict) or "value" not in series:
+            raise _Unjudgeable("a series has no value")
+        values.append(_sample_value(series["value"]))
+    return values
 
 
 @dataclass(frozen=True)
@@ -127,7 +182,19 @@ class GuardEvaluator:
     def evaluate(
         self, policy: Policy, guard: Guard, state: FlagState, now: float | None = None
     ) -> GuardResult:
-        """Judge ``guard`` on what was measured at ``state``'s stage, against that stage's limit."""
+        """Judge ``guard`` on what was measured at ``state``'s stage, against that stage's limit.
+
+        Never raises: what cannot be judged is inconclusive, for this guard only.
+        """
+        try:
+            return self._evaluate(policy, guard, state, now)
+        except Exception as exc:  # one guard's trouble holds its own flag, nothing else
+            detail = f"the guard could not be evaluated: {type(exc).__name__}: {exc}"
+            return _inconclusive(guard, state.stage, None, 0, _quote(detail))
+
+    def _evaluate(
+        self, policy: Policy, guard: Guard, state: FlagState, now: float | None
+    ) -> GuardResult:
         now = time.time() if now is None else now
         if guard.metric is not None:
             return self._metric(policy, guard, state, now)
@@ -199,12 +266,12 @@ class GuardEvaluator:
         )
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
-                doc = json.load(response)
+                raw = response.read(_MAX_ANSWER + 1)
         except urllib.error.HTTPError as exc:
             # Prometheus answers errors with JSON ({"errorType", "error"}): say what it said.
             try:
                 said = json.load(exc).get("error", "")
-            except (ValueError, OSError):
+            except (ValueError, OSError, AttributeError):
                 said = ""
             return GuardResult(
                 guard.name, "unreachable", detail=f"prometheus: HTTP {exc.code} {said}".strip()
@@ -213,15 +280,28 @@ class GuardEvaluator:
             return GuardResult(
                 guard.name, "unreachable", detail=f"prometheus: {type(exc).__name__}"
             )
-        if doc.get("status") != "success":
-            return GuardResult(guard.name, "unreachable", detail=f"prometheus: {doc.get('error')}")
-        data = doc.get("data") or {}
-        result = data.get("result")
-        if data.get("resultType") == "scalar" and result:
-            values = [float(result[1])]
-        else:
-            values = [float(item["value"][1]) for item in result or []]
-        values = [v for v in values if v == v]  # drop NaN (e.g. a rate over no samples)
-        if not values:
-            return GuardResult(guard.name, "inconclusive", detail="query returned no data")
-        return _judge(guard, stage, max(values), len(values), None)
+        try:
+            if len(raw) > _MAX_ANSWER:
+                raise _Unjudgeable(f"the answer is larger than {_MAX_ANSWER} bytes")
+            try:
+                doc = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise _Unjudgeable("the answer is not JSON") from None
+            values = _query_values(doc)
+        except _Unjudgeable as exc:
+            return _inconclusive(
+                guard,
+                stage,
+                None,
+                0,
+                f"prometheus answered what the guard cannot judge: "
+                f"{exc}; the answer: {_quote(raw)}",
+            )
+        if any(math.isinf(v) for v in values):
+            return _inconclusive(
+                guard, stage, None, 0, f"the query returned an infinite value: {_quote(raw)}"
+            )
+        finite = [v for v in values if not math.isnan(v)]  # NaN: e.g. a rate over no samples
+        if not finite:
+            return _inconclusive(guard, stage, None, 0, f"query returned no data: {_quote(raw)}")
+        return _judge(guard, stage, max(finite), len(finite), None)

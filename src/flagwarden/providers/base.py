@@ -18,7 +18,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, FlagValueType, Reason
 from openfeature.provider import AbstractProvider, Metadata, ProviderStatus
 
-__all__ = ["SourceProvider", "error_details", "type_matches"]
+__all__ = ["SourceProvider", "error_details", "too_deep", "type_matches"]
 
 _EVENT_FOR_STATUS = {
     ProviderStatus.READY: ProviderEvent.PROVIDER_READY,
@@ -52,6 +52,22 @@ def type_matches(flag_type: FlagType, value: Any) -> bool:
     if flag_type is FlagType.FLOAT:
         return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, Mapping | list)
+
+
+def too_deep(document: Any, limit: int) -> str | None:
+    """Where (a dotted path, its first levels) ``document`` nests lists and mappings deeper than
+    ``limit`` levels, or None. Iterative: it never recurses, however deep the document."""
+    pending: list[tuple[Any, int, tuple[str, ...]]] = [(document, 1, ())]
+    while pending:
+        node, depth, path = pending.pop()
+        if not isinstance(node, Mapping | list):
+            continue
+        if depth > limit:
+            shown = ".".join(path[:6])
+            return f"{shown}... (level {depth})" if len(path) > 6 else f"{shown} (level {depth})"
+        items = node.items() if isinstance(node, Mapping) else enumerate(node)
+        pending.extend((item, depth + 1, (*path, str(key))) for key, item in items)
+    return None
 
 
 class SourceProvider(AbstractProvider):

@@ -26,6 +26,7 @@ from openfeature.exception import ErrorCode, ProviderNotReadyError
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import FeatureProvider, Metadata, ProviderStatus
 
+from flagwarden.background import report_failure, report_ok
 from flagwarden.events import EventSink, OutageWindow
 from flagwarden.providers.base import SourceProvider, error_details
 from flagwarden.providers.env import EnvProvider, EnvValueError, parse_env_value
@@ -37,6 +38,7 @@ __all__ = ["FailoverProvider", "aggregate_status"]
 _log = structlog.get_logger("flagwarden.failover")
 
 SOURCE = "flagwarden.source"
+REFORK_THREAD = "flagwarden-refork"
 _SEVERITY = {
     ProviderStatus.READY: 0,
     ProviderStatus.STALE: 1,
@@ -58,18 +60,22 @@ def aggregate_status(statuses: list[ProviderStatus]) -> ProviderStatus:
 
 
 class _KeyMap:
-    """Flag key -> the key a provider spells it with, memoized."""
+    """Flag key -> the key a provider spells it with, memoized for the first ``limit`` keys
+    (unregistered flag keys are unbounded: memory must not grow with them)."""
 
-    def __init__(self, translate: Callable[[str], str] | None) -> None:
+    def __init__(self, translate: Callable[[str], str] | None, limit: int = 4096) -> None:
         self._translate = translate
         self._cache: dict[str, str] = {}
+        self._limit = limit
 
     def __call__(self, flag_key: str) -> str:
         if self._translate is None:
             return flag_key
         found = self._cache.get(flag_key)
         if found is None:
-            found = self._cache[flag_key] = self._translate(flag_key)
+            found = self._translate(flag_key)
+            if len(self._cache) < self._limit:
+                self._cache[flag_key] = found
         return found
 
 
@@ -107,6 +113,7 @@ class FailoverProvider(SourceProvider):
         self._initialized = False
         self._closed = False
         self._bad_env_warned: set[str] = set()
+        self._snapshot_problem: str | None = None  # the last one reported
         if self._snapshot_store is not None:
             self._writer = SnapshotWriter(self._snapshot_store, self._export, snapshot_debounce)
 
@@ -158,18 +165,23 @@ class FailoverProvider(SourceProvider):
             )
 
     def _load_snapshot(self) -> None:
-        if self._snapshot_store is None or self._restore is None or self._snapshot is not None:
+        """Start the last-known-good snapshot's replay; a snapshot that cannot be read or
+        replayed is reported (location and reason) and the chain goes on without it: the
+        writer replaces it at the vendor's next good answer."""
+        store = self._snapshot_store
+        if store is None or self._restore is None or self._snapshot is not None:
             return
         try:
-            snapshot = self._snapshot_store.load()
+            snapshot = store.load()
         except SnapshotError as exc:
-            self.events.emit("flagwarden.snapshot_unreadable", level="error", error=str(exc))
+            self._snapshot_unusable(str(exc))
+            return
+        except Exception as exc:  # whatever a store does wrong costs the snapshot, not the chain
+            self._snapshot_unusable(f"{store.location}: {type(exc).__name__}: {exc}")
             return
         if snapshot is None:
             self.events.emit(
-                "flagwarden.snapshot_missing",
-                level="warning",
-                location=self._snapshot_store.location,
+                "flagwarden.snapshot_missing", level="warning", location=store.location
             )
             return
         if snapshot.vendor != self._vendor.kind:
@@ -180,20 +192,35 @@ class FailoverProvider(SourceProvider):
                 vendor=self._vendor.kind,
             )
             return
-        restored = self._restore(snapshot.data)
+        try:
+            restored = self._restore(snapshot.data)
+        except Exception as exc:  # a replay the vendor's offline mode refuses outright
+            problem = f"{type(exc).__name__}: {exc}"
+            self._snapshot_unusable(f"{store.location}: cannot replay ({problem})")
+            return
         if restored.start():
             self._snapshot = restored
             self.events.emit(
                 "flagwarden.snapshot_loaded",
                 provider=self._vendor.name,
                 written_at=snapshot.written_at.isoformat(),
-                location=self._snapshot_store.location,
+                location=store.location,
             )
         else:
             restored.shutdown()
-            self.events.emit(
-                "flagwarden.snapshot_unreadable", level="error", error=restored.status_message
-            )
+            self._snapshot_unusable(f"{store.location}: cannot replay ({restored.status_message})")
+
+    def _snapshot_unusable(self, error: str) -> None:
+        assert self._snapshot_store is not None
+        if error == self._snapshot_problem:
+            return  # the start and the outage it opens both look: one report
+        self._snapshot_problem = error
+        self.events.emit(
+            "flagwarden.snapshot_unreadable",
+            level="error",
+            location=self._snapshot_store.location,
+            error=error,
+        )
 
     def shutdown(self) -> None:
         if self._closed:
@@ -441,7 +468,19 @@ class FailoverProvider(SourceProvider):
         if self._restore is None:
             vendor.start()  # file and env sources start in milliseconds
         else:
-            threading.Thread(target=vendor.start, name="flagwarden-refork", daemon=True).start()
+            threading.Thread(
+                target=self._restart_vendor, args=(vendor,), name=REFORK_THREAD, daemon=True
+            ).start()
+
+    @staticmethod
+    def _restart_vendor(vendor: SourceProvider) -> None:
+        """A forked child's vendor start, off the fork's path; its failure is reported."""
+        try:
+            vendor.start()  # start() turns the vendor's own errors into its ERROR status
+        except Exception as exc:
+            report_failure(REFORK_THREAD, exc)
+        else:
+            report_ok(REFORK_THREAD)
 
     def _warn_bad_override(self, flag_key: str, problem: str) -> None:
         if flag_key not in self._bad_env_warned and self._env is not None:

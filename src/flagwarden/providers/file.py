@@ -32,11 +32,12 @@ from openfeature.exception import ErrorCode, OpenFeatureError
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import ProviderStatus
 
+from flagwarden.background import run_supervised
 from flagwarden.errors import ConfigError
-from flagwarden.providers.base import SourceProvider, error_details, type_matches
+from flagwarden.providers.base import SourceProvider, error_details, too_deep, type_matches
 from flagwarden.providers.snapshot import write_private_json
 
-__all__ = ["FileProvider", "FlagFile", "FlagProblem", "read_flag_file"]
+__all__ = ["MAX_NESTING", "FileProvider", "FlagFile", "FlagProblem", "read_flag_file"]
 
 _log = structlog.get_logger("flagwarden.file")
 
@@ -46,6 +47,9 @@ _FLAG_FIELDS = ("state", "variants", "defaultVariant", "targeting", "metadata")
 _SCALAR = (str, int, float, bool)
 _IGNORED = f"ignored: is not a flagd flag field ({', '.join(_FLAG_FIELDS)})"
 _MISFIT = "holds a value JSON cannot carry ({}): quote it in YAML"
+# Deeper than this, a file is refused whole: copying, hashing and JSON Logic evaluation all
+# recurse per level, and a RecursionError there must never depend on the caller's stack.
+MAX_NESTING = 100
 
 
 @dataclass(frozen=True)
@@ -220,8 +224,12 @@ def read_flag_file(path: Path) -> FlagFile:
         raise ConfigError(path, None, f"cannot read the flag file ({reason})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+    except RecursionError:
+        raise ConfigError(path, None, f"nested deeper than {MAX_NESTING} levels") from None
+    except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(path, None, f"malformed flag file: {exc}") from None
+    if (deep := too_deep(data, MAX_NESTING)) is not None:
+        raise ConfigError(path, deep, f"nested deeper than {MAX_NESTING} levels")
     if not isinstance(data, dict) or not isinstance(data.get("flags"), dict):
         raise ConfigError(path, "flags", "expected a mapping of flag definitions (flagd format)")
     loaded = FlagFile(path=path, document=data, flags={})
@@ -300,7 +308,6 @@ class FileProvider(SourceProvider):
         self._key_dependent: dict[str, bool] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._poll_error: str | None = None
         # The stamp of a file that failed to load once while the watcher polls: judged only
         # when a second look finds it unchanged, so a file caught mid-write (truncated, then
         # written) is not reported as broken.
@@ -320,6 +327,17 @@ class FileProvider(SourceProvider):
         return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
     def _load(self, stamp: tuple[int, ...] | None) -> list[str]:
+        """Load the file; ConfigError (file and reason) for whatever makes it unusable, so a
+        failure can never leave the provider READY on definitions it no longer has."""
+        try:
+            return self._load_file(stamp)
+        except ConfigError:
+            raise
+        except Exception as exc:  # RecursionError, MemoryError, a bug: the file is not loaded
+            reason = f"cannot load the flag file ({type(exc).__name__}: {exc})"
+            raise ConfigError(self.path, None, reason) from None
+
+    def _load_file(self, stamp: tuple[int, ...] | None) -> list[str]:
         loaded = read_flag_file(self.path)
         # Everything derived first, kept aside until flagd-core takes the definitions: a file it
         # refuses leaves the previous flags and all of this consistent with them.
@@ -367,20 +385,19 @@ class FileProvider(SourceProvider):
             raise
         finally:
             if self._watcher is None and self._snapshot_file is None:  # a snapshot never changes
-                self._watcher = threading.Thread(
-                    target=self._watch, name=f"flagwarden-file-{self.name}", daemon=True
+                # Supervised: a pass that raises is reported and retried with backoff.
+                self._watcher = run_supervised(
+                    self.watcher_name, self._poll, self.poll_interval, self._stop
                 )
-                self._watcher.start()
         self._set_status(ProviderStatus.READY)
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
-            try:
-                self.reload_if_changed()
-            except Exception as exc:  # the watcher outlives any bug: log it once, keep polling
-                if repr(exc) != self._poll_error:
-                    self._poll_error = repr(exc)
-                    _log.exception("flagwarden.flag_file_poll_failed", path=str(self.path))
+    @property
+    def watcher_name(self) -> str:
+        """The watcher thread's name (one per profile), as background health keys it."""
+        return f"flagwarden-file-{self.name}"
+
+    def _poll(self) -> None:
+        self.reload_if_changed()
 
     def reload_if_changed(self) -> bool:
         """Reload when the file changed since the last load; True when flags were replaced.

@@ -2,7 +2,10 @@
 
 A snapshot holds definitions, not evaluated values, so a worker that cold-starts during an
 outage evaluates percentages and targeting exactly as the vendor would. Writes are atomic
-(temporary file + rename, or a single Redis SET) and debounced on a background thread.
+(temporary file + rename, or a single Redis SET) and debounced on a supervised background
+thread (a failed write is reported and retried with backoff). A snapshot that cannot be read
+(not UTF-8, not JSON, nested too deep, not ours) is a :class:`SnapshotError` naming its
+location and the reason, never another exception.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from flagwarden.background import run_supervised
 from flagwarden.errors import FlagwardenError
+from flagwarden.providers.base import too_deep
+from flagwarden.storage import redact_url
 
 __all__ = [
     "FileSnapshotStore",
@@ -35,6 +41,10 @@ __all__ = [
 
 _log = structlog.get_logger("flagwarden.snapshot")
 FORMAT = 1
+# Vendors' definitions nest a few levels (a flag file at most 100): deeper is not a snapshot,
+# and would make the replay recurse past Python's limit.
+MAX_NESTING = 128
+WRITER_THREAD = "flagwarden-snapshot"
 
 
 class SnapshotError(FlagwardenError):
@@ -62,8 +72,20 @@ class Snapshot:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> Snapshot:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SnapshotError(f"{where}: not UTF-8 ({exc})") from None
         try:
             doc = json.loads(text)
+        except RecursionError:
+            raise SnapshotError(f"{where}: nested deeper than {MAX_NESTING} levels") from None
+        except ValueError as exc:
+            raise SnapshotError(f"{where}: not JSON ({exc})") from None
+        if (deep := too_deep(doc, MAX_NESTING)) is not None:
+            raise SnapshotError(f"{where}: {deep}: nested deeper than {MAX_NESTING} levels")
+        try:
             if doc.get("format") != FORMAT:
                 raise SnapshotError(f"{where}: unsupported snapshot format {doc.get('format')!r}")
             return cls(
@@ -109,6 +131,8 @@ class FileSnapshotStore:
             return None
         except OSError as exc:
             raise SnapshotError(f"{self.path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise SnapshotError(f"{self.path}: not UTF-8 ({exc})") from None
         return Snapshot.from_json(text, str(self.path))
 
     def save(self, snapshot: Snapshot) -> None:
@@ -132,7 +156,7 @@ class RedisSnapshotStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.key = key
         # Never echo credentials embedded in the URL.
-        self.location = "redis://" + url.split("://", 1)[-1].split("@")[-1]
+        self.location = redact_url(url)
 
     def load(self) -> Snapshot | None:
         import redis
@@ -184,40 +208,53 @@ class SnapshotWriter:
     def request(self) -> None:
         """Ask for a write ``debounce`` seconds from now; requests in between coalesce."""
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._run, name="flagwarden-snapshot", daemon=True
-            )
-            self._thread.start()
+            # Supervised: a failed write is reported and retried after a backoff.
+            self._thread = run_supervised(WRITER_THREAD, self._step, 0.0, self._stop)
         self._pending = True
         self._wake.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            if self._stop.is_set():
-                return
-            # Coalesce a burst of changes into one write.
-            while self._wake.is_set() and not self._stop.is_set():
-                self._wake.clear()
-                self._stop.wait(self.debounce)
-            if not self._stop.is_set():
-                self.write_now()
-
-    def write_now(self) -> Snapshot | None:
-        """Export and save immediately; None (and nothing written) when there is nothing fresh."""
-        self._pending = False
+    def _step(self) -> None:
+        """Wait for a request (a second at most, to see ``stop``), debounce, write."""
+        if not self._wake.wait(1.0) or self._stop.is_set():
+            return
+        # Coalesce a burst of changes into one write.
+        while self._wake.is_set() and not self._stop.is_set():
+            self._wake.clear()
+            self._stop.wait(self.debounce)
+        if self._stop.is_set():
+            return
         try:
-            snapshot = self._export()
-            if snapshot is None:
-                return None
-            self.store.save(snapshot)
+            self._save()
         except Exception as exc:
-            _log.error(
-                "flagwarden.snapshot_write_failed", location=self.store.location, error=str(exc)
-            )
+            self._log_failure(exc)
+            self._pending = True
+            self._wake.set()  # the write is still owed: tried again after the backoff
+            raise
+
+    def _save(self) -> Snapshot | None:
+        self._pending = False
+        snapshot = self._export()
+        if snapshot is None:
             return None
+        self.store.save(snapshot)
         self.writes += 1
         return snapshot
+
+    def _log_failure(self, exc: Exception) -> None:
+        _log.error(
+            "flagwarden.snapshot_write_failed",
+            location=self.store.location,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def write_now(self) -> Snapshot | None:
+        """Export and save immediately; None (and nothing written) when there is nothing fresh
+        or the write failed (logged as ``flagwarden.snapshot_write_failed``)."""
+        try:
+            return self._save()
+        except Exception as exc:
+            self._log_failure(exc)
+            return None
 
     def close(self, flush: bool = True) -> None:
         pending = self._pending

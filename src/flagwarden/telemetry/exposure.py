@@ -12,6 +12,9 @@
 * Summaries: counts per flag, variant, reason, source, policy arm and capped, logged as
   ``feature_flag.summary`` and appended to the audit log (for the compliance report) every
   ``summary_interval``.
+* Bounded: a flag without a policy is counted (metrics, children, summaries) under the label
+  :class:`~flagwarden.telemetry.cardinality.FlagLabels` gives it, ``__unregistered__`` past
+  ``telemetry.max_unregistered_flags`` distinct ones; the exposure event keeps the real key.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
 from flagwarden.periodic import PeriodicCounter
+from flagwarden.telemetry.cardinality import FlagLabels, flag_labels
 from flagwarden.telemetry.metrics import CAPPED, EVALUATIONS
 
 __all__ = ["ExposureDeduper", "ExposureHook", "ExposureSummary"]
@@ -112,10 +116,12 @@ class ExposureHook(Hook):
         provider_name: str,
         deduper: ExposureDeduper | None,
         summary: ExposureSummary | None,
+        labels: FlagLabels = flag_labels,
     ) -> None:
         self.provider_name = provider_name
         self.deduper = deduper
         self.summary = summary
+        self.labels = labels
         self._children: dict[tuple[str, str, str, str, str], Any] = {}
         self._capped: dict[str, Any] = {}
 
@@ -143,9 +149,11 @@ class ExposureHook(Hook):
         capped: bool = False,
     ) -> None:
         """Count ``n`` exposures at once: ``assign``'s batches, and each evaluation (no log
-        line here: ``_observe`` writes the deduplicated exposure events)."""
+        line here: ``_observe`` writes the deduplicated exposure events). ``arm`` is empty
+        for a flag without a policy, whose label is bounded."""
         if n <= 0:
             return
+        flag = self.labels(flag, registered=bool(arm))
         key = (flag, variant, reason, error, source)
         child = self._children.get(key)
         if child is None:

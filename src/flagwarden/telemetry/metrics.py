@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 __all__ = [
+    "BACKGROUND_HEALTHY",
     "CAPPED",
     "EVALUATIONS",
     "FALLBACK_ACTIVE",
@@ -69,4 +70,10 @@ METRIC_VALUE = Gauge(
     "The last value a pipeline reported with flagwarden.record_metric",
     ["feature_flag_key", "name", "variant"],
     multiprocess_mode="max",
+)
+BACKGROUND_HEALTHY = Gauge(
+    "flagwarden_background_healthy",
+    "1 while a background thread's passes succeed, 0 after one failed (until one succeeds)",
+    ["thread"],
+    multiprocess_mode="livemin",  # a fleet of workers is healthy only if every live one is
 )

@@ -12,6 +12,7 @@ from flagwarden.config import TelemetryConfig
 from flagwarden.events import Event, EventSink
 from flagwarden.governance.policy import parse_duration
 from flagwarden.governance.state import FlagState
+from flagwarden.telemetry.cardinality import flag_labels
 from flagwarden.telemetry.export import push_metrics, serve_metrics
 from flagwarden.telemetry.exposure import ExposureDeduper, ExposureHook, ExposureSummary
 from flagwarden.telemetry.logging import configure_logging
@@ -33,6 +34,7 @@ class Telemetry:
     def __init__(self, config: TelemetryConfig, provider_name: str, audit: AuditLog | None) -> None:
         configure_logging(config.log_format)
         self.config = config
+        flag_labels.limit = config.max_unregistered_flags  # process-wide, as the registry is
         self.provider_name = provider_name
         self.audit = audit
         exposure = config.exposure_log
