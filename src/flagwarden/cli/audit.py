@@ -9,33 +9,157 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from flagwarden.audit.archive import archive, verify_archives
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.cli.app import ConfigOption, app, clean, err, fail, open_project, out, say, warn
-from flagwarden.config import load_settings
+from flagwarden.cli.app import (
+    ActorOption,
+    ConfigOption,
+    app,
+    clean,
+    err,
+    fail,
+    open_project,
+    out,
+    say,
+    warn,
+)
+from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.governance.rollout import Rollout, Unrecorded
+from flagwarden.governance.state import StateStoreUnavailable, open_state_store
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
+ArchiveFiles = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--archive",
+        help="archive files to verify too, and that they join the live chain (repeatable; "
+        "more files may follow as arguments)",
+    ),
+]
+
+
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None) -> None:
-    """Check the audit log's hash chain; name the first edited, deleted or moved record."""
+def audit_verify(
+    archives: ArchiveFiles = None,
+    more: Annotated[
+        list[Path] | None, typer.Argument(metavar="[FILE]...", help="more archive files")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check the audit log's hash chain; name the first edited, deleted or moved record.
+
+    First writes the records that wait in the state store's outbox (changes whose record
+    could not be written at the time), then checks that every state version has its record.
+    """
+    files = [*(archives or ()), *(more or ())]
+    if more and not archives:
+        raise _usage("archive files are given with --archive FILE...")
     try:
         settings = load_settings(config)
         log = AuditLog(settings.config.audit, settings.base_dir)
     except (ConfigError, AuditError) as exc:
         raise fail(str(exc)) from None
     try:
+        written, unrecorded = _cross_check(settings, log)
         result = log.verify()
+        joined = verify_archives(log, files) if files else None
+    except AuditError as exc:
+        raise fail(str(exc)) from None
     finally:
         log.close()
+    if written:
+        say(f"wrote {written} record{'s' * (written != 1)} that waited in the state store's outbox")
     if not result.ok:
         raise fail(f"audit chain broken at record {result.first_bad_seq}: {result.problem}")
+    if joined is not None and not joined.ok:
+        raise fail(f"archive does not verify: {joined.problem}")
+    if unrecorded:
+        for missing in unrecorded[:20]:
+            fail(f"state change without its record: {missing}")
+        raise fail(f"{len(unrecorded)} state version(s) have no audit record")
+    cut = f" (records 1-{result.archived_through} archived)" if result.archived_through else ""
     out.print(
-        f"[green]ok[/green] {result.checked} records, chain head {result.head[:16]}",
+        f"[green]ok[/green] {result.checked} records{cut}, chain head {result.head[:16]}",
         highlight=False,
+    )
+    if joined is not None:
+        say(
+            f"{joined.records} archived records in {joined.files} file"
+            f"{'s' * (joined.files != 1)} (records {joined.first_seq}-{joined.last_seq}) "
+            "verify and join the live chain"
+            + ("" if joined.first_seq == 1 else f"; records before {joined.first_seq} not given")
+        )
+
+
+def _cross_check(settings: Settings, log: AuditLog) -> tuple[int, list[Unrecorded]]:
+    """Write what waits in the state store's outbox, then name every state version that has
+    no audit record. A state store that cannot be opened is said, not failed: the chain can
+    still be checked."""
+    try:
+        store = open_state_store(settings.config.state, settings.base_dir)
+    except StateStoreUnavailable as exc:
+        warn(f"cannot open the state store, so state versions are not checked: {exc}")
+        return 0, []
+    try:
+        rollout = Rollout({}, store, log)
+        done = rollout.reconcile()
+        if done.error is not None:
+            raise AuditError(done.error)
+        return done.written, rollout.unrecorded()
+    except StateStoreUnavailable as exc:
+        warn(f"cannot read the state store, so state versions are not checked: {exc}")
+        return 0, []
+    finally:
+        store.close()
+
+
+@audit_app.command("archive")
+def audit_archive(
+    before: Annotated[
+        str,
+        typer.Option(
+            "--before",
+            help="move records older than this: an ISO date or datetime (UTC unless it says "
+            "otherwise) or a duration ago (90d); at least 24 hours ago",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="the archive file (default audit-before-DATE.jsonl)"),
+    ] = None,
+    actor: ActorOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move old records to a JSON Lines file; the live chain keeps verifying from the cut."""
+    from flagwarden.governance.rollout import resolve_actor
+    from flagwarden.report.period import PeriodError, resolve_moment
+
+    try:
+        moment = resolve_moment("--before", before)
+    except PeriodError as exc:
+        raise _usage(str(exc)) from None
+    path = output or Path(f"audit-before-{moment:%Y-%m-%dT%H%M%S}.jsonl")
+    try:
+        settings = load_settings(config)
+        log = AuditLog(settings.config.audit, settings.base_dir)
+    except (ConfigError, AuditError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        done = archive(log, moment, path, actor=resolve_actor(actor))
+    except AuditError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        log.close()
+    if done is None:
+        say(f"nothing to archive: no record is older than {moment:%Y-%m-%d %H:%M:%S} UTC")
+        return
+    say(
+        f"archived {done.count} records ({done.first_seq}-{done.last_seq}) to {done.path}; "
+        f"archive record {done.record.seq} states the cut (head {done.head[:16]})"
     )
 
 
@@ -88,7 +212,9 @@ def report(
     settings, governance = open_project(config)
     measurements = None
     try:
-        assert governance.store is not None and governance.audit is not None
+        assert governance.store is not None
+        if governance.audit is None:  # the report is read from it: nothing to say without it
+            raise fail(f"cannot open the audit store: {governance.audit_problem}")
         unknown = sorted(set(flags or ()) - set(governance.policies))
         if unknown:
             known = ", ".join(sorted(governance.policies)) or "none"

@@ -11,7 +11,12 @@ from rich.text import Text
 from flagwarden.audit.log import AuditError
 from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out
 from flagwarden.governance.state import StateStoreUnavailable
-from flagwarden.governance.status import FlagStatus, ProviderStatus, project_status
+from flagwarden.governance.status import (
+    FlagStatus,
+    ProviderStatus,
+    StatusDocument,
+    project_status,
+)
 from flagwarden.humanize import duration, number, percent, when
 
 _DID = {
@@ -35,7 +40,7 @@ def status(
     """Stage, killed/paused, soak, guard health of each governed flag; the provider's state."""
     settings, governance = open_project(config)
     try:
-        if flag is not None and flag not in governance.policies:
+        if flag is not None and flag not in governance.policies and flag not in governance.broken:
             known = ", ".join(sorted(governance.policies)) or "none"
             raise fail(f"{flag!r} has no policy (governed flags: {known})")
         doc = project_status(settings, governance, None if flag is None else [flag])
@@ -47,11 +52,44 @@ def status(
         print(json.dumps(doc.as_dict(), indent=2, default=str))
         return
     _line(_provider_line(doc.provider))
-    if not doc.flags:
+    _line(_store_line(doc))
+    for worker in doc.workers:
+        if worker.behind:
+            _line(
+                f"worker {worker.worker} sees another state of {', '.join(worker.behind)} "
+                f"(it last reported {when(worker.at)}; generation {worker.generation or '-'})",
+                "yellow",
+            )
+        for name, thread in sorted(worker.threads.items()):
+            if not thread.get("healthy", True):
+                _line(
+                    f"worker {worker.worker}: background thread {name} is failing "
+                    f"({thread.get('failures')} times: {thread.get('last_error')})",
+                    "yellow",
+                )
+    if not doc.flags and not doc.broken_policies:
         _line(f"no governed flags (policies go in {settings.policies_dir})")
     for row in doc.flags:
         _line("")
         _flag(row)
+    for broken in doc.broken_policies:
+        _line("")
+        state = "killed" if broken.killed else f"stage {percent(broken.stage)}"
+        _line(
+            f"{broken.flag}: its policy cannot be used ({broken.problem}); workers serve the "
+            f"caller's default for it ({state}{', paused' if broken.paused else ''}, "
+            f"version {broken.version})",
+            "red",
+        )
+
+
+def _store_line(doc: StatusDocument) -> str:
+    workers = len(doc.workers)
+    behind = sum(1 for w in doc.workers if w.behind)
+    heard = f"{workers} worker{'s' * (workers != 1)} heard from in the last minute" + (
+        f", {behind} not up to date" if behind else ", all up to date" if workers else ""
+    )
+    return f"state store {doc.state_store}: generation {doc.generation or '-'}; {heard}"
 
 
 def _line(text: str, style: str = "") -> None:

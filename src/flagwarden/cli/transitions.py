@@ -1,7 +1,10 @@
 """The transitions: advance, rollback, kill, revive, pause, resume.
 
 Every one needs ``--reason``. A transition that finds the flag already so (a retried kill)
-exits 0 and says that nothing changed; a refusal exits 1 with the reason.
+exits 0 and says that nothing changed; a refusal exits 1 with the reason, and nothing
+changed. A change that took effect exits 0, also when its audit record could not be written
+yet (it waits in the state store's outbox, said as a warning) or a flag that requires this
+one could not be paused with it (said as an error).
 """
 
 from __future__ import annotations
@@ -63,19 +66,18 @@ def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -
         say(f"{describe(paused)}, because {paused.after.reason}", tag="also")
     for violation in done.violations:
         warn(f"recorded as a policy violation: {violation}")
-    # The change took effect: the exit code says so; what could not follow it is said loudly.
-    for failure in done.cascade_failures:
-        fail(f"a flag that requires {flag} could not be paused: {failure}")
+    # The change took effect, so the exit code is 0 (a retry would change nothing); what did
+    # not follow it is said on stderr: a record not written yet waits in the state store's
+    # outbox (not lost), a dependant that could not be paused is an error to act on.
     for paused in done.cascade:
         if paused.audit_error:
-            fail(
-                f"{paused.after.flag} was paused, but its audit record could not be written: "
-                f"{paused.audit_error}"
+            warn(
+                f"{paused.after.flag} was paused; its audit record is pending: {paused.audit_error}"
             )
     if done.audit_error:
-        fail(
-            f"the change took effect, but its audit record could not be written: {done.audit_error}"
-        )
+        warn(f"the change took effect; its audit record is pending: {done.audit_error}")
+    for failure in done.cascade_failures:
+        fail(f"a flag that requires {flag} could not be paused: {failure}")
 
 
 @app.command()

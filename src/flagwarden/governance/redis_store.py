@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from flagwarden.governance.state import (
+    WORKER_TTL,
     ChangeCallback,
     ErrorCallback,
     FlagState,
+    OutboxEntry,
     StateStore,
     StateStoreUnavailable,
     keep_listening,
+    new_generation,
 )
 from flagwarden.storage import store_failure
 
@@ -21,11 +26,16 @@ __all__ = ["RedisStateStore"]
 
 # -- Redis -------------------------------------------------------------------------------
 
+# KEYS: state hash, flag set, channel, generation, outbox hash.
+# ARGV: version, state json, flag, a new generation id (kept only if there is none: a store
+# that lost its data starts a new generation), outbox ref ("" for none), outbox json.
 _CAS_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) - 1 then return 0 end
+redis.call('SET', KEYS[4], ARGV[4], 'NX')
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5], ARGV[6]) end
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 """
@@ -39,9 +49,15 @@ class RedisStateStore(StateStore):
 
         self.url = url
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        except ValueError as exc:  # a URL redis-py cannot read (a port that is not a number)
+            raise StateStoreUnavailable(store_failure(url, exc)) from None
         self._cas = self._redis.register_script(_CAS_SCRIPT)
         self._channel = f"{prefix}:state-changes"
+        self._generation = f"{prefix}:generation"
+        self._outbox = f"{prefix}:outbox"
+        self._workers = f"{prefix}:workers"
         self._stop = threading.Event()
         self._pubsub: Any = None
 
@@ -56,28 +72,81 @@ class RedisStateStore(StateStore):
         except redis.RedisError as exc:
             raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
+    def _with_generation(
+        self, raws: dict[str, bytes | None], generation: bytes | None
+    ) -> dict[str, FlagState]:
+        self.last_generation = generation.decode() if generation else ""
+        return {
+            flag: FlagState.from_json(raw).with_generation(self.last_generation)
+            for flag, raw in raws.items()
+            if raw
+        }
+
     def load(self, flag: str) -> FlagState | None:
-        raw = self._call(lambda: self._redis.hget(self._key(flag), "data"))
-        return FlagState.from_json(raw) if raw else None
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(self._key(flag), "data")
+        pipe.get(self._generation)
+        raw, generation = self._call(pipe.execute)
+        return self._with_generation({flag: raw}, generation).get(flag)
 
     def load_all(self) -> dict[str, FlagState]:
         flags = sorted(
             f.decode() for f in self._call(lambda: self._redis.smembers(f"{self.prefix}:flags"))
         )
-        if not flags:
-            return {}
-        pipe = self._redis.pipeline()
+        pipe = self._redis.pipeline(transaction=True)
         for flag in flags:
             pipe.hget(self._key(flag), "data")
-        raws = self._call(pipe.execute)
-        return {
-            flag: FlagState.from_json(raw) for flag, raw in zip(flags, raws, strict=True) if raw
-        }
+        pipe.get(self._generation)
+        *raws, generation = self._call(pipe.execute)
+        return self._with_generation(dict(zip(flags, raws, strict=True)), generation)
 
-    def compare_and_set(self, new: FlagState) -> bool:
-        keys = [self._key(new.flag), f"{self.prefix}:flags", self._channel]
-        args: list[str | int] = [new.version, new.to_json(), new.flag]
+    def generation(self) -> str:
+        raw = self._call(lambda: self._redis.get(self._generation))
+        return raw.decode() if raw else ""
+
+    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
+        keys = [
+            self._key(new.flag),
+            f"{self.prefix}:flags",
+            self._channel,
+            self._generation,
+            self._outbox,
+        ]
+        args: list[str | int] = [
+            new.version,
+            new.to_json(),
+            new.flag,
+            new_generation(),
+            outbox.ref if outbox else "",
+            outbox.to_json() if outbox else "",
+        ]
         return bool(self._call(lambda: self._cas(keys=keys, args=args)))
+
+    def pending_outbox(self) -> list[OutboxEntry]:
+        raws = self._call(lambda: self._redis.hvals(self._outbox))
+        entries = [OutboxEntry.from_json(raw) for raw in raws]
+        return sorted(entries, key=lambda e: (e.created_at, e.ref))
+
+    def clear_outbox(self, ref: str) -> None:
+        self._call(lambda: self._redis.hdel(self._outbox, ref))
+
+    def heartbeat(self, worker: str, report: dict[str, Any]) -> None:
+        doc = json.dumps({**report, "_beat": time.time()}, sort_keys=True, default=str)
+        self._call(lambda: self._redis.hset(self._workers, worker, doc))
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        raws = self._call(lambda: self._redis.hgetall(self._workers))
+        now, found, gone = time.time(), {}, []
+        for worker, raw in raws.items():
+            doc = json.loads(raw)
+            age = now - float(doc.pop("_beat", 0))
+            if age <= WORKER_TTL:
+                found[worker.decode()] = doc
+            elif age > WORKER_TTL * 10:
+                gone.append(worker)
+        if gone:
+            self._call(lambda: self._redis.hdel(self._workers, *gone))
+        return dict(sorted(found.items()))
 
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         import redis

@@ -5,6 +5,13 @@ compare-and-set; the audit log gets who, when, why, before and after. A refusal 
 :class:`TransitionRefused` with the reason; a store that cannot be written raises
 :class:`~flagwarden.governance.state.StateStoreUnavailable` (a kill is never a silent no-op).
 
+No change without its record: the audit records of a change are stored with the change, in
+the same compare-and-set (the store's outbox), then written to the audit log and cleared. A
+change whose records could not be written (the audit log is down, the process was killed
+between the two) keeps them in the outbox; :meth:`Rollout.reconcile` (run by every
+transition and every watch pass) writes them later, exactly once (each carries its change's
+ref). A change that took effect is reported as done, with its record pending if so.
+
 Transitions are idempotent where a retry is natural: killing a killed flag, pausing a paused
 one, advancing to the stage it is at (or past its last stage), rolling back to where it is:
 nothing changes, nothing is audited, and the result says so (``changed`` is False).
@@ -31,29 +38,57 @@ import structlog
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.policy import Policy
-from flagwarden.governance.state import FlagState, StateCache, StateStore, StateStoreUnavailable
+from flagwarden.governance.state import (
+    FlagState,
+    OutboxEntry,
+    StateCache,
+    StateStore,
+    StateStoreUnavailable,
+    change_ref,
+    ref_version,
+)
 from flagwarden.humanize import duration, percent
 
-__all__ = ["Rollout", "Transition", "TransitionRefused", "Violation", "resolve_actor"]
+__all__ = [
+    "Reconciled",
+    "Rollout",
+    "Transition",
+    "TransitionRefused",
+    "Unrecorded",
+    "Violation",
+    "resolve_actor",
+    "storable",
+]
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
+_KEPT = (
+    "the change's records are kept in the state store and written by the next transition, "
+    "watch pass or audit verify"
+)
 _SWITCH_ATTEMPTS = 50  # with the backoff below: a couple of seconds of contention at most
 
 
-def _require_reason(reason: str) -> None:
+def _require_reason(reason: str) -> str:
     if not reason or not reason.strip():
         raise TransitionRefused("a reason is required: say why, it goes to the audit log")
+    return storable(reason)
+
+
+def storable(text: str) -> str:
+    """Text any store accepts: bytes that were not UTF-8 (command-line arguments arrive as
+    lone surrogates) become U+FFFD instead of failing the write after the change."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def resolve_actor(actor: str | None) -> str:
     """``--actor``, else ``$FLAGWARDEN_ACTOR``, else the OS user."""
     if actor:
-        return actor
+        return storable(actor)
     if os.environ.get(ACTOR_ENV):
-        return os.environ[ACTOR_ENV]
+        return storable(os.environ[ACTOR_ENV])
     try:
-        return getpass.getuser()
+        return storable(getpass.getuser())
     except Exception:
         return f"uid:{os.getuid()}"
 
@@ -90,7 +125,30 @@ class Transition:
     note: str = ""  # why nothing changed
     cascade: tuple[Transition, ...] = ()  # dependants paused by this change
     cascade_failures: tuple[str, ...] = ()  # dependants that could not be paused, and why
-    audit_error: str | None = None  # the change took effect but its audit record failed
+    audit_error: str | None = None  # took effect; its records wait in the outbox (why)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What :meth:`Rollout.reconcile` did: records written from the outbox, and what kept
+    the rest waiting (None: nothing)."""
+
+    written: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    """A state version with no audit record, or one whose record waits in the outbox."""
+
+    flag: str
+    version: int
+    pending: bool  # in the outbox: written by the next transition or watch pass
+
+    def __str__(self) -> str:
+        if self.pending:
+            return f"{self.flag} version {self.version}: its record waits in the outbox"
+        return f"{self.flag} version {self.version}: no audit record"
 
 
 class Rollout:
@@ -102,21 +160,43 @@ class Rollout:
         store: StateStore,
         audit: AuditLog | None,
         cache: StateCache | None = None,
+        *,
+        broken: Mapping[str, str] | None = None,
+        any_flag_switchable: bool = False,
+        audit_problem: str | None = None,
     ) -> None:
         self.policies = policies
         self.store = store
         self.audit = audit
         self.cache = cache
+        # Flags whose policy file cannot be read, and why: they can still be killed, revived,
+        # paused and resumed (the red button needs no policy), not advanced or rolled back.
+        self.broken = dict(broken or {})
+        # The policies folder could not be listed: no flag can be told to be ungoverned, so
+        # kill, revive, pause and resume reach any flag.
+        self.any_flag_switchable = any_flag_switchable
+        # The audit log is configured but could not be opened: records wait in the outbox.
+        self.audit_problem = audit_problem
 
     def policy(self, flag: str) -> Policy:
         policy = self.policies.get(flag)
         if policy is None:
+            if flag in self.broken:
+                raise TransitionRefused(
+                    f"{flag}'s policy cannot be read ({self.broken[flag]}): fix it first "
+                    "(kill, revive, pause and resume still work)"
+                )
             known = ", ".join(sorted(self.policies)) or "none"
             raise TransitionRefused(f"{flag!r} has no policy (governed flags: {known})")
         return policy
 
     def state(self, flag: str) -> FlagState:
         self.policy(flag)
+        return self.store.load(flag) or FlagState(flag)
+
+    def _switchable_state(self, flag: str) -> FlagState:
+        if flag not in self.broken and not self.any_flag_switchable:
+            self.policy(flag)
         return self.store.load(flag) or FlagState(flag)
 
     def dependants(self, flag: str) -> list[tuple[Policy, float]]:
@@ -142,15 +222,32 @@ class Rollout:
         violations: tuple[Violation, ...] = (),
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        if not self.store.compare_and_set(after):
+        data = {
+            "action": action,
+            "reason": reason,
+            "before": before.summary(),
+            "after": after.summary(),
+            "ref": after.ref,  # hashed with the record, unlike the ref column
+            **(details or {}),
+        }
+        if violations:
+            data["violations"] = [v.as_dict() for v in violations]
+        records = [{"kind": "transition", "data": data, "actor": actor}]
+        records += [
+            {
+                "kind": "violation",
+                "data": {**violation.as_dict(), "count": 1, "action": action, "reason": reason},
+                "actor": actor,
+            }
+            for violation in violations
+        ]
+        if not self._store(before, after, records):
             current = self.store.load(before.flag)
             raise ConcurrentChange(
                 f"{before.flag}: another change landed first "
                 f"(version {current.version if current else 0}, "
                 f"expected {before.version}); nothing was changed, look at the state and retry"
             )
-        if self.cache is not None:
-            self.cache.put(after)
         _log.info(
             "flagwarden.transition",
             flag=before.flag,
@@ -162,31 +259,100 @@ class Rollout:
             violations=[v.as_dict() for v in violations],
         )
         done = Transition(action, before, after, violations)
-        if self.audit is None:
+        if self.audit is None and self.audit_problem is None:
             return done
-        data = {
-            "action": action,
-            "reason": reason,
-            "before": before.summary(),
-            "after": after.summary(),
-            **(details or {}),
-        }
-        if violations:
-            data["violations"] = [v.as_dict() for v in violations]
-        try:
-            self.audit.append("transition", data, flag=before.flag, actor=actor)
-            for violation in violations:
-                self.audit.append(
-                    "violation",
-                    {**violation.as_dict(), "count": 1, "action": action, "reason": reason},
-                    flag=before.flag,
-                    actor=actor,
-                )
-        except AuditError as exc:
-            # The change is stored: say so, and that its record is missing.
-            _log.error("flagwarden.transition_not_audited", flag=before.flag, error=str(exc))
-            return replace(done, audit_error=str(exc))
+        result = self.reconcile()
+        if result.error is not None:
+            _log.error("flagwarden.transition_not_audited", flag=before.flag, error=result.error)
+            return replace(done, audit_error=result.error)
         return done
+
+    def _store(self, before: FlagState, after: FlagState, records: list[dict[str, Any]]) -> bool:
+        """Compare-and-set ``after``, with its audit records in the outbox (when there is an
+        audit log to write them to)."""
+        assert after.ref is not None
+        outbox = None
+        if self.audit is not None or self.audit_problem is not None:
+            outbox = OutboxEntry(after.ref, after.flag, datetime.now(UTC), tuple(records))
+        if not self.store.compare_and_set(after, outbox):
+            return False
+        if self.cache is not None:
+            self.cache.put(after)
+        return True
+
+    def reconcile(self) -> Reconciled:
+        """Write every record waiting in the outbox to the audit log, oldest first, and clear
+        them. Safe to run anywhere, any time, concurrently: a record whose ref is already in
+        the log is not written again."""
+        if self.audit is None:
+            if self.audit_problem is None:
+                return Reconciled()
+            return Reconciled(0, f"{self.audit_problem}; {_KEPT}")
+        written = 0
+        try:
+            for entry in self.store.pending_outbox():
+                for record, ref in zip(entry.records, entry.record_refs(), strict=True):
+                    self.audit.append(
+                        record["kind"],
+                        record["data"],
+                        flag=entry.flag,
+                        actor=record.get("actor"),
+                        ref=ref,
+                    )
+                    written += 1
+                self.store.clear_outbox(entry.ref)
+        except (AuditError, StateStoreUnavailable) as exc:
+            return Reconciled(written, f"{exc}; {_KEPT}")
+        return Reconciled(written)
+
+    def store_guard_counts(self, state: FlagState, failures: dict[str, int]) -> FlagState:
+        """Keep a watch pass's consecutive-breach counts: a new version (with its record, as
+        every version has), only from the state the pass judged; if anything changed meanwhile
+        the counts are dropped and the next pass counts again from that state."""
+        counted = replace(
+            state,
+            version=state.version + 1,
+            guard_failures=failures,
+            ref=change_ref(state.flag, state.version + 1),
+        )
+        record = {
+            "kind": "guard_counts",
+            "data": {
+                "failures": failures,
+                "before": state.summary(),
+                "after": counted.summary(),
+                "ref": counted.ref,
+            },
+            "actor": None,
+        }
+        if not self._store(state, counted, [record]):
+            return state
+        self.reconcile()
+        return counted
+
+    def unrecorded(self) -> list[Unrecorded]:
+        """State versions without their audit record, per flag in the store: each version
+        from the first one written with a ref (0.2.0) up to the current one must have one."""
+        if self.audit is None:
+            return []
+        pending = {(e.flag, ref_version(e.ref)) for e in self.store.pending_outbox()}
+        found: list[Unrecorded] = []
+        for flag, state in sorted(self.store.load_all().items()):
+            if state.ref is None:
+                continue  # written before changes carried refs
+            recorded = {
+                version
+                for ref in self.audit.refs(f"{flag}:")
+                if ref.rsplit(":", 2)[0] == flag and (version := ref_version(ref)) is not None
+            }
+            low = min([*recorded, state.version])
+            for version in range(low, state.version + 1):
+                if version == state.version and self.audit.find(state.ref) is not None:
+                    continue
+                if version != state.version and version in recorded:
+                    continue
+                found.append(Unrecorded(flag, version, (flag, version) in pending))
+        return found
 
     # -- sequencing --------------------------------------------------------------------
 
@@ -251,7 +417,7 @@ class Rollout:
         now: datetime | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        _require_reason(reason)
+        reason = _require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if to is not None and to == before.stage:
@@ -341,7 +507,7 @@ class Rollout:
         to: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        _require_reason(reason)
+        reason = _require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if before.stage <= 0:
@@ -385,9 +551,9 @@ class Rollout:
         refuses it: it is tried again on the new state. ``only_if_live``: a no-op for a flag
         at 0% or killed (pausing a dependant).
         """
-        _require_reason(reason)
+        reason = _require_reason(reason)
         for attempt in range(_SWITCH_ATTEMPTS):
-            before = self.state(flag)
+            before = self._switchable_state(flag)
             if only_if_live and (before.stage <= 0 or before.killed):
                 return self._unchanged(action, before, f"{flag} is not live")
             if getattr(before, field) == value:

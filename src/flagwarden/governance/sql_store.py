@@ -1,34 +1,184 @@
-"""The state store in SQLite (one machine, many processes) or PostgreSQL (many machines)."""
+"""The state store in SQLite (one machine, many processes) or PostgreSQL (many machines).
+
+Both keep the same three tables and run the same SQL (only the placeholder and the way a
+transaction starts differ): ``flagwarden_state`` (one row per flag, plus the generation row
+with the empty flag key, which no policy can name), ``flagwarden_outbox`` (audit records of
+changes not yet in the audit log) and ``flagwarden_workers`` (what each worker last saw).
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from flagwarden.governance.state import (
+    WORKER_TTL,
     ChangeCallback,
     ErrorCallback,
     FlagState,
+    OutboxEntry,
     StateStore,
     StateStoreUnavailable,
     keep_listening,
+    new_generation,
 )
 from flagwarden.storage import create_tables, store_failure
 
 __all__ = ["PostgresStateStore", "SQLiteStateStore"]
 
 _log = structlog.get_logger("flagwarden.state")
+T = TypeVar("T")
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS flagwarden_state ("
+    "flag TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flagwarden_outbox ("
+    "ref TEXT PRIMARY KEY, flag TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flagwarden_workers ("
+    "worker TEXT PRIMARY KEY, at TEXT NOT NULL, data TEXT NOT NULL)",
+)
+_GENERATION_ROW = ""  # the flag key of the generation row: no policy can name it
+
+
+class _SQLStateStore(StateStore):
+    """The SQL both backends share; subclasses connect and open transactions."""
+
+    ph = "?"
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        raise NotImplementedError
+
+    def _write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in one transaction."""
+        raise NotImplementedError
+
+    def _notify(self, conn: Any, flag: str) -> None:
+        """Announce a change (PostgreSQL NOTIFY; SQLite's readers poll data_version)."""
+
+    def _ensure_generation(self, conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO flagwarden_state (flag, version, data) "
+            f"VALUES ({self.ph}, 0, {self.ph}) ON CONFLICT (flag) DO NOTHING",
+            (_GENERATION_ROW, new_generation()),
+        )
+
+    def _states(self, rows: list[Any]) -> dict[str, FlagState]:
+        generation = next((data for flag, data in rows if flag == _GENERATION_ROW), "")
+        self.last_generation = generation
+        return {
+            flag: FlagState.from_json(data).with_generation(generation)
+            for flag, data in rows
+            if flag != _GENERATION_ROW
+        }
+
+    def load(self, flag: str) -> FlagState | None:
+        ph = self.ph
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT flag, data FROM flagwarden_state WHERE flag IN ({ph}, {ph})",
+                (flag, _GENERATION_ROW),
+            ).fetchall()
+        )
+        return self._states(rows).get(flag)
+
+    def load_all(self) -> dict[str, FlagState]:
+        rows = self._read(lambda c: c.execute("SELECT flag, data FROM flagwarden_state").fetchall())
+        return self._states(rows)
+
+    def generation(self) -> str:
+        ph = self.ph
+        row = self._read(
+            lambda c: c.execute(
+                f"SELECT data FROM flagwarden_state WHERE flag = {ph}", (_GENERATION_ROW,)
+            ).fetchone()
+        )
+        return str(row[0]) if row else ""
+
+    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
+        ph = self.ph
+
+        def cas(conn: Any) -> bool:
+            self._ensure_generation(conn)
+            if new.version == 1:
+                cur = conn.execute(
+                    "INSERT INTO flagwarden_state (flag, version, data) "
+                    f"VALUES ({ph}, 1, {ph}) ON CONFLICT (flag) DO NOTHING",
+                    (new.flag, new.to_json()),
+                )
+            else:
+                cur = conn.execute(
+                    f"UPDATE flagwarden_state SET version = {ph}, data = {ph} "
+                    f"WHERE flag = {ph} AND version = {ph}",
+                    (new.version, new.to_json(), new.flag, new.version - 1),
+                )
+            if cur.rowcount != 1:
+                return False
+            if outbox is not None:
+                conn.execute(
+                    "INSERT INTO flagwarden_outbox (ref, flag, created_at, data) "
+                    f"VALUES ({ph}, {ph}, {ph}, {ph})",
+                    (outbox.ref, outbox.flag, outbox.created_at.isoformat(), outbox.to_json()),
+                )
+            self._notify(conn, new.flag)
+            return True
+
+        return self._write(cas)
+
+    def pending_outbox(self) -> list[OutboxEntry]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT data FROM flagwarden_outbox ORDER BY created_at, ref"
+            ).fetchall()
+        )
+        return [OutboxEntry.from_json(r[0]) for r in rows]
+
+    def clear_outbox(self, ref: str) -> None:
+        ph = self.ph
+        self._write(lambda c: c.execute(f"DELETE FROM flagwarden_outbox WHERE ref = {ph}", (ref,)))
+
+    def heartbeat(self, worker: str, report: dict[str, Any]) -> None:
+        import json
+
+        ph = self.ph
+        now = datetime.now(UTC)
+        stale = (now - timedelta(seconds=WORKER_TTL * 10)).isoformat()
+
+        def beat(conn: Any) -> None:
+            conn.execute(
+                "INSERT INTO flagwarden_workers (worker, at, data) "
+                f"VALUES ({ph}, {ph}, {ph}) "
+                "ON CONFLICT (worker) DO UPDATE SET at = excluded.at, data = excluded.data",
+                (worker, now.isoformat(), json.dumps(report, sort_keys=True, default=str)),
+            )
+            conn.execute(f"DELETE FROM flagwarden_workers WHERE at < {ph}", (stale,))
+
+        self._write(beat)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        import json
+
+        ph = self.ph
+        since = (datetime.now(UTC) - timedelta(seconds=WORKER_TTL)).isoformat()
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT worker, data FROM flagwarden_workers WHERE at >= {ph} ORDER BY worker",
+                (since,),
+            ).fetchall()
+        )
+        return {worker: json.loads(data) for worker, data in rows}
 
 
 # -- SQLite ------------------------------------------------------------------------------
 
 
-class SQLiteStateStore(StateStore):
+class SQLiteStateStore(_SQLStateStore):
     """One file, many processes on one machine (WAL)."""
 
     def __init__(self, path: Path, poll_interval: float = 0.25) -> None:
@@ -40,73 +190,86 @@ class SQLiteStateStore(StateStore):
         self._thread: threading.Thread | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = self._connect()
-            with self._lock, self._conn:
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS flagwarden_state ("
-                    "flag TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL)"
-                )
+            self._conn, self._inode = self._connect()
         except (OSError, sqlite3.Error) as exc:
-            raise StateStoreUnavailable(f"{self.url}: {exc}") from None
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def _connect(self) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
         conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=10000")
-        return conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _TABLES:
+                conn.execute(statement)
+            self._ensure_generation(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        return conn, self._file_id()
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    def _current(self) -> sqlite3.Connection:
+        """The connection, reopened when the file was replaced (a restore from a copy, or
+        deleted and recreated): an open connection keeps reading the old file."""
+        if self._file_id() != self._inode:
+            self._conn.close()
+            self._conn, self._inode = self._connect()
+        return self._conn
+
+    def _read(self, fn: Callable[[Any], T]) -> T:
         try:
             with self._lock:
-                return self._conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StateStoreUnavailable(f"{self.url}: {exc}") from None
+                return fn(self._current())
+        except (OSError, sqlite3.Error) as exc:
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
-    def load(self, flag: str) -> FlagState | None:
-        rows = self._query("SELECT data FROM flagwarden_state WHERE flag = ?", (flag,))
-        return FlagState.from_json(rows[0][0]) if rows else None
-
-    def load_all(self) -> dict[str, FlagState]:
-        rows = self._query("SELECT data FROM flagwarden_state")
-        states = [FlagState.from_json(r[0]) for r in rows]
-        return {s.flag: s for s in states}
-
-    def compare_and_set(self, new: FlagState) -> bool:
+    def _write(self, fn: Callable[[Any], T]) -> T:
         try:
             with self._lock:
-                if new.version == 1:
-                    cur = self._conn.execute(
-                        "INSERT INTO flagwarden_state (flag, version, data) VALUES (?, 1, ?) "
-                        "ON CONFLICT(flag) DO NOTHING",
-                        (new.flag, new.to_json()),
-                    )
-                else:
-                    cur = self._conn.execute(
-                        "UPDATE flagwarden_state SET version = ?, data = ? "
-                        "WHERE flag = ? AND version = ?",
-                        (new.version, new.to_json(), new.flag, new.version - 1),
-                    )
-                return cur.rowcount == 1
-        except sqlite3.Error as exc:
-            raise StateStoreUnavailable(f"{self.url}: {exc}") from None
+                conn = self._current()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+        except (OSError, sqlite3.Error) as exc:
+            raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         def poll() -> None:
-            try:
-                conn = self._connect()
-                last = conn.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error as exc:
-                _log.error("flagwarden.state_watch_failed", store=self.url, error=str(exc))
-                return
-            while not self._stop.wait(self.poll_interval):
+            conn: sqlite3.Connection | None = None
+            last: Any = None
+            inode: tuple[int, int] | None = None
+            first = True
+            while not self._stop.wait(0 if first else self.poll_interval):
                 try:
+                    if conn is None or self._file_id() != inode:
+                        if conn is not None:
+                            conn.close()
+                        conn, inode = self._connect()
+                        last = None  # another file (or a lost connection): reload everything
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.Error:
+                except (OSError, sqlite3.Error) as exc:
+                    if on_error is not None:
+                        on_error(store_failure(self.url, exc))
+                    conn = None
                     continue
-                if version != last:
-                    last = version
+                if version != last and not first:
                     callback(None)
-            conn.close()
+                last, first = version, False
+            if conn is not None:
+                conn.close()
 
         self._thread = threading.Thread(target=poll, name="flagwarden-state-sqlite", daemon=True)
         self._thread.start()
@@ -121,10 +284,11 @@ class SQLiteStateStore(StateStore):
 # -- PostgreSQL --------------------------------------------------------------------------
 
 
-class PostgresStateStore(StateStore):
+class PostgresStateStore(_SQLStateStore):
     """Many machines; changes announced with LISTEN/NOTIFY."""
 
     CHANNEL = "flagwarden_state"
+    ph = "%s"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -136,63 +300,36 @@ class PostgresStateStore(StateStore):
         import psycopg
 
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
-        create_tables(
-            conn,
-            "CREATE TABLE IF NOT EXISTS flagwarden_state ("
-            "flag TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL)",
-        )
+        create_tables(conn, *_TABLES)
+        with conn.transaction():
+            self._ensure_generation(conn)
         return conn
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[Any], T], *, transaction: bool) -> T:
         import psycopg
 
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
-                return fn()
+                if not transaction:
+                    return fn(self._conn)
+                with self._conn.transaction():
+                    return fn(self._conn)
             except psycopg.Error as exc:
                 if self._conn is not None and not self._conn.closed:
                     self._conn.close()
                 self._conn = None
                 raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
-    def load(self, flag: str) -> FlagState | None:
-        row = self._call(
-            lambda: self._conn.execute(
-                "SELECT data FROM flagwarden_state WHERE flag = %s", (flag,)
-            ).fetchone()
-        )
-        return FlagState.from_json(row[0]) if row else None
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        return self._call(fn, transaction=False)
 
-    def load_all(self) -> dict[str, FlagState]:
-        rows = self._call(
-            lambda: self._conn.execute("SELECT data FROM flagwarden_state").fetchall()
-        )
-        states = [FlagState.from_json(r[0]) for r in rows]
-        return {s.flag: s for s in states}
+    def _write(self, fn: Callable[[Any], T]) -> T:
+        return self._call(fn, transaction=True)
 
-    def compare_and_set(self, new: FlagState) -> bool:
-        def cas() -> bool:
-            with self._conn.transaction():
-                if new.version == 1:
-                    cur = self._conn.execute(
-                        "INSERT INTO flagwarden_state (flag, version, data) VALUES (%s, 1, %s) "
-                        "ON CONFLICT (flag) DO NOTHING",
-                        (new.flag, new.to_json()),
-                    )
-                else:
-                    cur = self._conn.execute(
-                        "UPDATE flagwarden_state SET version = %s, data = %s "
-                        "WHERE flag = %s AND version = %s",
-                        (new.version, new.to_json(), new.flag, new.version - 1),
-                    )
-                if cur.rowcount != 1:
-                    return False
-                self._conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, new.flag))
-                return True
-
-        return bool(self._call(cas))
+    def _notify(self, conn: Any, flag: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, flag))
 
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         import psycopg

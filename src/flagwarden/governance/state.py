@@ -1,17 +1,29 @@
 """Rollout state (stage, killed, paused) in SQLite, Redis or PostgreSQL.
 
 Every change is an atomic compare-and-set on the state's version: of two concurrent
-transitions exactly one wins. Workers never read the store on the evaluation path: a
-:class:`StateCache` keeps every governed flag's state in memory and refreshes it when the
-store says something changed (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or SQLite's
-``data_version`` polled every ``poll_interval``).
+transitions exactly one wins, and the change's audit records go into the store's outbox in
+the same act (:class:`OutboxEntry`), so a change can never lose its record: whoever writes
+the records to the audit log next (the transition itself, else the next transition, watch
+pass or ``audit verify``) clears them.
+
+Workers never read the store on the evaluation path: a :class:`StateCache` keeps every
+governed flag's state in memory and refreshes it when the store says something changed
+(Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or SQLite's ``data_version`` polled every
+``poll_interval``), and reloads everything every ``reload_interval`` as a backstop. The
+store is authoritative: the latest read replaces the cache whatever its version, so a store
+that lost its data (a new *generation*) or was restored from an older copy is followed, and
+a kill written there arrives.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import socket
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,11 +34,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from flagwarden.background import health_snapshot, run_supervised
 from flagwarden.errors import FlagwardenError
 from flagwarden.storage import redact_url, store_failure
 
 __all__ = [
     "FlagState",
+    "OutboxEntry",
     "StateCache",
     "StateStore",
     "StateStoreUnavailable",
@@ -48,6 +62,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_generation() -> str:
+    """A fresh store generation id: written when a store (or its table) is created."""
+    return uuid.uuid4().hex[:16]
+
+
+def change_ref(flag: str, version: int) -> str:
+    """The id of one state change: its audit records carry it. The nonce keeps it unique
+    when a store restored from an older copy hands out a version number again."""
+    return f"{flag}:{version}:{uuid.uuid4().hex[:12]}"
+
+
+def ref_version(ref: str) -> int | None:
+    """The state version a change ref (or one of its records' refs) names."""
+    parts = ref.rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 @dataclass(frozen=True)
 class FlagState:
     """A governed flag's rollout state. Stage 0 means control for everyone (not started)."""
@@ -66,9 +97,12 @@ class FlagState:
     # The version at which the current stage was entered: measurements stamped with it were
     # taken under this stage (0: not known, for states written before 0.1.0).
     stage_version: int = 0
+    ref: str | None = None  # the change that made this version; its audit records carry it
+    generation: str = ""  # the store's generation it was read from (not stored with the state)
 
     def to_json(self) -> str:
         doc = asdict(self)
+        del doc["generation"]
         for key in ("stage_entered_at", "updated_at"):
             doc[key] = doc[key].isoformat() if doc[key] else None
         doc["history"] = list(self.history)
@@ -82,7 +116,11 @@ class FlagState:
         doc["history"] = tuple(doc.get("history") or ())
         doc["guard_failures"] = dict(doc.get("guard_failures") or {})
         doc["stage_version"] = int(doc.get("stage_version") or 0)
+        doc.pop("generation", None)
         return cls(**doc)
+
+    def with_generation(self, generation: str) -> FlagState:
+        return replace(self, generation=generation)
 
     def summary(self) -> dict[str, Any]:
         """The fields a person cares about, for audit before/after."""
@@ -109,22 +147,76 @@ class FlagState:
             updated_at=now,
             updated_by=actor,
             reason=reason,
+            ref=change_ref(self.flag, self.version + 1),
             **changes,
         )
 
 
+@dataclass(frozen=True)
+class OutboxEntry:
+    """The audit records of one state change, stored with the change in the same act."""
+
+    ref: str
+    flag: str
+    created_at: datetime
+    records: tuple[dict[str, Any], ...]  # each {"kind", "data", "actor"}
+
+    def to_json(self) -> str:
+        doc = {"ref": self.ref, "flag": self.flag, "created_at": self.created_at.isoformat()}
+        return json.dumps({**doc, "records": list(self.records)}, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> OutboxEntry:
+        doc = json.loads(text)
+        return cls(
+            doc["ref"],
+            doc["flag"],
+            datetime.fromisoformat(doc["created_at"]),
+            tuple(doc["records"]),
+        )
+
+    def record_refs(self) -> list[str]:
+        """One ref per record: the change's ref, then ``ref/1``, ``ref/2``..."""
+        return [self.ref if i == 0 else f"{self.ref}/{i}" for i in range(len(self.records))]
+
+
+WORKER_TTL = 60.0  # a worker that has not reported for this long is not listed
+
+
 class StateStore(ABC):
     url: str
+    last_generation: str = ""  # the generation the last load saw
 
     @abstractmethod
     def load(self, flag: str) -> FlagState | None: ...
 
     @abstractmethod
-    def load_all(self) -> dict[str, FlagState]: ...
+    def load_all(self) -> dict[str, FlagState]:
+        """Every stored state, each carrying the store's generation."""
 
     @abstractmethod
-    def compare_and_set(self, new: FlagState) -> bool:
-        """Store ``new`` if the stored version is ``new.version - 1`` (0: absent); True if so."""
+    def generation(self) -> str:
+        """The store's generation id ("" when nothing was ever written to it)."""
+
+    @abstractmethod
+    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
+        """Store ``new`` if the stored version is ``new.version - 1`` (0: absent), and
+        ``outbox`` with it in the same act; True if so."""
+
+    @abstractmethod
+    def pending_outbox(self) -> list[OutboxEntry]:
+        """Outbox entries not yet cleared, oldest first."""
+
+    @abstractmethod
+    def clear_outbox(self, ref: str) -> None: ...
+
+    @abstractmethod
+    def heartbeat(self, worker: str, report: dict[str, Any]) -> None:
+        """Keep what a worker sees (generation, versions, health) for ``status``."""
+
+    @abstractmethod
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Worker reports of the last ``WORKER_TTL`` seconds, by worker id."""
 
     @abstractmethod
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
@@ -202,22 +294,42 @@ def open_state_store(url: str, base_dir: Path | None = None) -> StateStore:
 # -- the in-process cache ----------------------------------------------------------------
 
 
+def worker_id() -> str:
+    """This process, as ``status`` lists it."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class StateCache:
-    """Every governed flag's state in memory; the evaluation path reads only this."""
+    """Every governed flag's state in memory; the evaluation path reads only this.
+
+    The store is authoritative: each read (a flag, or everything) takes a ticket before it
+    asks the store, and replaces the cached state unless a read that started later (or this
+    process's own write) got there first. Versions are not compared: a store recreated empty
+    or restored from an older copy counts lower again, and its answer (a kill above all)
+    must still win. A full reload also resets flags the store no longer has to stage 0.
+    """
 
     def __init__(
         self,
         store: StateStore | None,
         flags: Iterable[str],
         on_update: Callable[[dict[str, FlagState]], None] | None = None,
+        *,
+        reload_interval: float = 10.0,
     ) -> None:
         self.store = store
         self.flags = frozenset(flags)
         self.on_update = on_update
+        self.reload_interval = reload_interval
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
+        self._tickets = itertools.count(1)
+        self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
         self._healthy = True
+        self._error: str | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self.refreshes = 0
+        self.generation = ""
 
     def get(self, flag: str) -> FlagState:
         state = self._states.get(flag)
@@ -233,30 +345,53 @@ class StateCache:
     def start(self) -> None:
         self.refresh(None)
         if self.store is not None:
+            self.report()
             self.store.watch(self.refresh, self._lost)
+            self._start_backstop()
+
+    def _start_backstop(self) -> None:
+        """A full reload and a heartbeat every ``reload_interval``: notifications can be
+        dropped (pub/sub), and a store file replaced under us sends none."""
+
+        def step() -> None:
+            self.refresh(None)
+            self.report()
+            if not self._healthy:  # kept serving the last state: the thread's health says so
+                raise StateStoreUnavailable(self._error or "the state store cannot be read")
+
+        run_supervised("flagwarden-state-backstop", step, self.reload_interval, self._stop)
 
     def refresh(self, flag: str | None) -> None:
         """Reload one flag (or all) from the store; on failure keep the last known state."""
-        if self.store is None:
+        if self.store is None or (flag is not None and flag not in self.flags):
             return
+        ticket = next(self._tickets)
         try:
             if flag is None:
                 loaded = self.store.load_all()
-            elif flag in self.flags:
+            else:
                 one = self.store.load(flag)
                 loaded = {flag: one} if one else {}
-            else:
-                return
         except StateStoreUnavailable as exc:
             self._mark(False, str(exc))
             return
+        except (ValueError, TypeError, KeyError) as exc:  # a state row we cannot read
+            self._mark(False, f"{redact_url(self.store.url)}: unreadable state: {exc!r}")
+            return
         with self._lock:
             states = dict(self._states)
+            generation = next((s.generation for s in loaded.values()), "")
+            if flag is None:
+                generation = generation or self.store.last_generation
+                for name in self.flags - loaded.keys():
+                    # Not in the store (any more): stage 0, control for everyone.
+                    loaded[name] = FlagState(name, generation=generation)
             for name, state in loaded.items():
-                if name in self.flags:
-                    current = states.get(name)
-                    if current is None or state.version >= current.version:
-                        states[name] = state
+                if name in self.flags and self._taken.get(name, 0) < ticket:
+                    states[name] = state
+                    self._taken[name] = ticket
+            if generation or flag is None:
+                self.generation = generation
             self._states = states  # one assignment: readers see the old dict or the new one
         self.refreshes += 1
         self._mark(True, None)
@@ -265,10 +400,29 @@ class StateCache:
     def put(self, state: FlagState) -> None:
         """Take a state this process just stored (no need to wait for the notification)."""
         with self._lock:
-            current = self._states.get(state.flag)
-            if current is None or state.version >= current.version:
-                self._states = {**self._states, state.flag: state}
+            self._taken[state.flag] = next(self._tickets)
+            self._states = {**self._states, state.flag: state}
         self._updated()
+
+    def report(self) -> None:
+        """Tell the store what this worker sees, for ``status``."""
+        if self.store is None:
+            return
+        doc: dict[str, Any] = {
+            "at": _now().isoformat(),
+            "generation": self.generation,
+            "healthy": self._healthy,
+            "versions": {name: s.version for name, s in sorted(self._states.items())},
+            "killed": sorted(name for name, s in self._states.items() if s.killed),
+        }
+        doc["threads"] = {
+            name: {"healthy": h.healthy, "failures": h.failures, "last_error": h.last_error}
+            for name, h in sorted(health_snapshot().items())
+        }
+        try:
+            self.store.heartbeat(worker_id(), doc)
+        except StateStoreUnavailable as exc:
+            self._mark(False, str(exc))
 
     def _updated(self) -> None:
         if self.on_update is not None:
@@ -281,6 +435,7 @@ class StateCache:
         self._mark(False, error)
 
     def _mark(self, healthy: bool, error: str | None) -> None:
+        self._error = error
         if healthy == self._healthy:
             return
         self._healthy = healthy
@@ -299,10 +454,13 @@ class StateCache:
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         if self.store is not None:
             self.store = self.store.after_fork_in_child()
             self.store.watch(self.refresh, self._lost)
+            self._start_backstop()
 
     def close(self) -> None:
+        self._stop.set()
         if self.store is not None:
             self.store.close()

@@ -101,10 +101,39 @@ class ProviderStatus:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """What one worker process last said it sees (it reports every ~10 s)."""
+
+    worker: str  # host-pid
+    at: str | None
+    generation: str
+    healthy: bool  # its state store connection
+    versions: dict[str, int]
+    killed: list[str]
+    behind: list[str]  # flags it holds at another generation or version than the store
+    threads: dict[str, Any] = field(default_factory=dict)  # background thread health
+
+
+@dataclass(frozen=True)
+class BrokenPolicy:
+    """A flag whose policy file cannot be used: workers serve the caller's default for it."""
+
+    flag: str
+    problem: str
+    killed: bool
+    paused: bool
+    stage: float
+    version: int
+
+
+@dataclass(frozen=True)
 class StatusDocument:
     provider: ProviderStatus
     state_store: str
     flags: list[FlagStatus]
+    generation: str = ""  # the state store's generation: changes when it lost its data
+    workers: list[WorkerStatus] = field(default_factory=list)
+    broken_policies: list[BrokenPolicy] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,11 +191,12 @@ def _guard(verdict: dict[str, Any], at: str) -> GuardStatus:
     return GuardStatus(**{k: v for k, v in verdict.items() if k in known and k != "at"}, at=at)
 
 
-def _changes(audit: AuditLog, flag: str) -> tuple[Change | None, Change | None]:
-    """The flag's latest transition and its latest pause, from the audit log."""
+def _changes(audit: AuditLog, flag: str, paused: bool) -> tuple[Change | None, Change | None]:
+    """The flag's latest transition and, while it is ``paused``, the pause that did it: read
+    newest first by index, as far back as needed (usually one record), never the whole log."""
     last = pause = None
-    for record in audit.records(flag=flag):
-        if record.kind != "transition":
+    for record in audit.records(flag=flag, kind="transition", newest_first=True):
+        if not record.readable:
             continue
         change = Change(
             at=record.at.isoformat(),
@@ -176,9 +206,11 @@ def _changes(audit: AuditLog, flag: str) -> tuple[Change | None, Change | None]:
             before=dict(record.data.get("before") or {}),
             after=dict(record.data.get("after") or {}),
         )
-        last = change
+        last = last or change
         if change.action == "pause":
             pause = change
+        if not paused or pause is not None:
+            break
     return last, pause
 
 
@@ -199,12 +231,12 @@ def provider_status(
 ) -> ProviderStatus:
     now = now or datetime.now(UTC)
     written = snapshot.written_at if snapshot is not None else None
-    outages = [r for r in audit.records() if r.kind == "outage"] if audit is not None else []
+    outage = audit.records(kind="outage", newest_first=True).first() if audit is not None else None
     return ProviderStatus(
         name=name,
         snapshot_written_at=_iso(written),
         snapshot_age_seconds=round((now - written).total_seconds(), 1) if written else None,
-        last_outage=dict(outages[-1].data) if outages else None,
+        last_outage=dict(outage.data) if outage is not None else None,
     )
 
 
@@ -230,8 +262,22 @@ def project_status(
     """
     if governance.store is None:
         raise StateStoreUnavailable(f"{redact_url(settings.config.state)}: not available")
-    names = sorted(governance.policies) if flags is None else flags
+    wanted = sorted({*governance.policies, *governance.broken}) if flags is None else flags
+    names = [flag for flag in wanted if flag in governance.policies]
     states = governance.store.load_all()
+    broken = [
+        BrokenPolicy(
+            flag,
+            str(governance.broken[flag]),
+            state.killed,
+            state.paused,
+            state.stage,
+            state.version,
+        )
+        for flag in wanted
+        if flag in governance.broken
+        for state in [states.get(flag) or FlagState(flag)]
+    ]
     audit = governance.audit
     measurements = open_measurement_store(settings.config.state, settings.base_dir)
     try:
@@ -247,7 +293,9 @@ def project_status(
                 for guard in _latest_verdicts(measurements, flag) or []
                 if guard.epoch == _epoch(states.get(flag))
             ]
-            change, pause = _changes(audit, flag) if audit is not None else (None, None)
+            change, pause = (
+                _changes(audit, flag, status.paused) if audit is not None else (None, None)
+            )
             rows.append(
                 replace(
                     status,
@@ -262,4 +310,34 @@ def project_status(
         provider=provider_status(settings.provider_name, audit, _snapshot(settings)),
         state_store=redact_url(settings.config.state),
         flags=rows,
+        generation=governance.store.last_generation,
+        workers=_workers(governance.store.workers(), states, governance.store.last_generation),
+        broken_policies=broken,
     )
+
+
+def _workers(
+    reports: dict[str, dict[str, Any]], states: dict[str, FlagState], generation: str
+) -> list[WorkerStatus]:
+    found = []
+    for worker, doc in reports.items():
+        versions = {str(k): int(v) for k, v in (doc.get("versions") or {}).items()}
+        behind = sorted(
+            flag
+            for flag, version in versions.items()
+            if doc.get("generation") != generation
+            or version != (states[flag].version if flag in states else 0)
+        )
+        found.append(
+            WorkerStatus(
+                worker=worker,
+                at=doc.get("at"),
+                generation=str(doc.get("generation") or ""),
+                healthy=bool(doc.get("healthy", True)),
+                versions=versions,
+                killed=list(doc.get("killed") or []),
+                behind=behind,
+                threads=dict(doc.get("threads") or {}),
+            )
+        )
+    return found

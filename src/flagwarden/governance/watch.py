@@ -13,11 +13,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 
+from flagwarden.background import report_failure, report_ok
 from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
@@ -31,6 +32,7 @@ _log = structlog.get_logger("flagwarden.watch")
 
 ACTOR = "flagwarden-watch"
 UNREACHABLE = "guard source unreachable"
+WATCH_THREAD = "flagwarden-watch"  # its passes' health, as background work
 
 
 @dataclass
@@ -60,6 +62,9 @@ class Watch:
     def tick(self, now: float | None = None) -> list[Decision]:
         now = time.time() if now is None else now
         decisions = []
+        pending = self.rollout.reconcile()  # records a change could not write at the time
+        if pending.error is not None:
+            _log.warning("flagwarden.audit_records_pending", error=pending.error)
         for flag, policy in sorted(self.governance.policies.items()):
             if not policy.guards and not policy.auto_advance:
                 continue
@@ -189,17 +194,24 @@ class Watch:
             _log.warning("flagwarden.verdicts_not_kept", flag=flag, error=str(exc))
 
     def _store_failures(self, state: FlagState, failures: dict[str, int]) -> FlagState:
-        """Not a transition (no new actor or reason): only the counters move on, and only
-        from the state this pass judged: if anything changed meanwhile (a person rolled back,
-        say), the counts are dropped and the next pass counts again from that state."""
-        counted = replace(state, version=state.version + 1, guard_failures=failures)
-        return counted if self.rollout.store.compare_and_set(counted) else state
+        return self.rollout.store_guard_counts(state, failures)
 
     def run(self, interval: float, stop: threading.Event) -> None:
-        """Tick every ``interval`` seconds until ``stop`` is set (SIGTERM sets it in the CLI)."""
+        """Tick every ``interval`` seconds until ``stop`` is set (SIGTERM sets it in the CLI).
+
+        A flag that fails is that flag's ``error`` decision (``tick``); a whole pass that fails
+        (the store, say) is reported as background work ``flagwarden-watch`` and the next pass
+        waits longer, doubling up to a minute, until one succeeds.
+        """
+        failures = 0
         while not stop.is_set():
             try:
                 self.tick()
             except Exception as exc:  # keep watching through a store hiccup
-                _log.error("flagwarden.watch_tick_failed", error=str(exc))
-            stop.wait(interval)
+                failures += 1
+                report_failure(WATCH_THREAD, exc)
+            else:
+                failures = 0
+                report_ok(WATCH_THREAD)
+            backoff = min(max(interval, 1.0) * 2 ** min(failures, 16), 60.0) if failures else 0
+            stop.wait(max(interval, backoff))

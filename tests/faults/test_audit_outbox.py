@@ -1,0 +1,188 @@
+"""No change without its record: the audit records of a change are stored with it (the
+state store's outbox) and reach the audit log even when the process dies in between or the
+audit log cannot be written at the time; exit codes say whether the change took effect."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from flagwarden.audit.log import AuditLog
+from flagwarden.config import load_settings
+from flagwarden.governance.project import Governance
+from tests.conftest import POLICY, Project, governed_project, run_cli
+
+FLAG = POLICY["flag"]
+ROOT = Path(__file__).resolve().parents[2]
+
+# Pause and resume as fast as one process can, forever: the test kills it at random points.
+CHURN = """
+import sys
+from flagwarden.config import load_settings
+from flagwarden.governance.project import Governance
+
+gov = Governance.open(load_settings(sys.argv[1]))
+rollout = gov.rollout()
+print("started", flush=True)
+i = 0
+while True:
+    for action in ("pause", "resume"):
+        getattr(rollout, action)(sys.argv[2], actor="churn", reason=f"churn {i}")
+        i += 1
+"""
+
+
+def states_and_records(config: Path) -> tuple[int, set[int]]:
+    """The flag's version, and the versions the audit log has a transition record for."""
+    gov = Governance.open(load_settings(config))
+    try:
+        state = gov.rollout().state(FLAG)
+        assert gov.audit is not None
+        versions = {
+            r.data["after"]["version"]
+            for r in gov.audit.records(flag=FLAG)
+            if r.kind == "transition"
+        }
+        return state.version, versions
+    finally:
+        gov.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_during_transitions_loses_no_record(
+    project: Project, backend: str, request: pytest.FixtureRequest
+):
+    stores = {}
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+        stores = {"state": url, "audit": url}
+    config = governed_project(project, **stores)
+    assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    rng = random.Random(9)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kills = 0
+    while kills < 12:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHURN, str(config), FLAG],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+    version, recorded = states_and_records(config)
+    assert version > 100  # many transitions, each of them cut at a random point
+    # The next command completes whatever the killed processes left in the outbox...
+    result = run_cli(config, "audit", "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    version_after, recorded = states_and_records(config)
+    assert version_after == version
+    # ...and then every state version has its record, exactly once.
+    assert recorded == set(range(1, version + 1))
+    gov = Governance.open(load_settings(config))
+    try:
+        assert gov.audit is not None
+        transitions = [r for r in gov.audit.records(flag=FLAG) if r.kind == "transition"]
+        assert len(transitions) == version
+        assert gov.rollout().unrecorded() == []
+    finally:
+        gov.close()
+
+
+def _refuse_writes(audit_db: Path) -> None:
+    """The audit table refuses every insert from now on (as a read-only replica would)."""
+    with sqlite3.connect(audit_db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON flagwarden_audit "
+            "BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END"
+        )
+
+
+def _allow_writes(audit_db: Path) -> None:
+    with sqlite3.connect(audit_db) as conn:
+        conn.execute("DROP TRIGGER refuse")
+
+
+def test_an_unwritable_audit_log_does_not_turn_a_kill_into_a_failure(project: Project):
+    config = governed_project(project)
+    assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    audit_db = project.root / ".flagwarden" / "audit.db"
+    _refuse_writes(audit_db)
+    result = run_cli(config, "kill", FLAG, "--reason", "null spike")
+    assert result.returncode == 0, result.stderr  # the flag IS killed: the exit code says so
+    assert "killed" in result.stdout and "pending" in result.stderr
+    status = json.loads(run_cli(config, "status", FLAG, "--json").stdout)
+    assert status["flags"][0]["killed"] is True
+    # A refused change is still a failure: nothing changed.
+    refused = run_cli(config, "advance", FLAG, "--reason", "x")
+    assert refused.returncode == 1
+    _allow_writes(audit_db)
+    result = run_cli(config, "audit", "verify")
+    assert result.returncode == 0, result.stderr
+    log = AuditLog(f"sqlite:///{audit_db}")
+    try:
+        kills = [r for r in log.records(flag=FLAG) if r.data.get("action") == "kill"]
+        assert len(kills) == 1 and kills[0].data["reason"] == "null spike"
+    finally:
+        log.close()
+
+
+def test_an_audit_log_that_cannot_be_opened_does_not_block_a_kill(project: Project, pg_url: str):
+    """Every PostgreSQL transaction read-only: the audit log cannot even create its table."""
+    read_only = pg_url.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
+    config = governed_project(project, audit=read_only)
+    result = run_cli(config, "kill", FLAG, "--reason", "audit db is read-only")
+    assert result.returncode == 0, result.stderr
+    assert "pending" in result.stderr
+    config = governed_project(project, audit=pg_url)
+    result = run_cli(config, "audit", "verify")
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(pg_url) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM flagwarden_audit WHERE kind = 'transition'"
+        ).fetchone()
+    assert count == 1
+
+
+def test_an_actor_that_is_not_utf8_is_recorded_not_refused(project: Project):
+    config = governed_project(project)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flagwarden.cli",
+            "kill",
+            FLAG,
+            "--reason",
+            "r\xe9ason",
+            "--actor",
+            os.fsdecode(b"ops-\xff\xfe"),
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    log = AuditLog(f"sqlite:///{project.root / '.flagwarden' / 'audit.db'}")
+    try:
+        (record,) = [r for r in log.records(flag=FLAG) if r.kind == "transition"]
+        assert record.actor == "ops-\ufffd\ufffd"
+    finally:
+        log.close()
+    assert run_cli(config, "audit", "verify").returncode == 0

@@ -1,0 +1,201 @@
+"""A kill always wins: a store that lost its data, or was restored from an older copy, counts
+versions from 1 again, and workers whose cache holds a higher version must still follow it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from flagwarden.config import load_settings
+from flagwarden.governance.project import Governance
+from flagwarden.governance.state import StateCache, open_state_store
+from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
+
+FLAG = POLICY["flag"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url[len("sqlite:///") :])
+
+
+def losing(state_url: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(keep, lose): ``keep`` remembers the store as it is now (for SQLite: a copy made with
+    SQLite's backup API); ``lose`` takes the data away as an operator's accident would."""
+    if state_url.startswith("sqlite"):
+        path = _sqlite_path(state_url)
+        copy = path.with_suffix(".copy")
+
+        def keep() -> None:
+            with sqlite3.connect(path) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+
+        def lose() -> None:  # restored from the older copy, online
+            with sqlite3.connect(copy) as src, sqlite3.connect(path) as dst:
+                src.backup(dst)
+
+        return keep, lose
+    if state_url.startswith("redis"):
+        prefix = state_url.rsplit("prefix=", 1)[1]
+
+        def lose() -> None:  # restarted without persistence: everything of ours is gone
+            client = redis.Redis()
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
+
+        return lambda: None, lose
+
+    def lose() -> None:  # the table dropped (and recreated by the next writer)
+        with psycopg.connect(state_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE flagwarden_state")
+
+    return lambda: None, lose
+
+
+def churn(config: Path, n: int) -> None:
+    """Versions go up: pause and resume ``n`` times."""
+    for i in range(n):
+        for action in ("pause", "resume"):
+            result = run_cli(config, action, FLAG, "--reason", f"churn {i}")
+            assert result.returncode == 0, result.stderr
+
+
+def test_the_cache_follows_a_store_that_lost_its_data(project: Project, state_url: str):
+    """In one process, deterministic: the store's lower version replaces the cached one."""
+    config = governed_project(project, state=state_url)
+    keep, lose = losing(state_url)
+    gov = Governance.open(load_settings(config))
+    store = open_state_store(state_url, project.root)
+    cache = StateCache(store, [FLAG], reload_interval=3600)
+    try:
+        gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True)
+        keep()
+        for i in range(3):
+            gov.rollout().pause(FLAG, actor="t", reason=f"p{i}")
+            gov.rollout().resume(FLAG, actor="t", reason=f"r{i}")
+        cache.refresh(None)
+        assert (cache.get(FLAG).version, cache.get(FLAG).stage) == (7, 50)
+        generation = cache.generation
+        lose()
+        gov.close()
+        gov = Governance.open(load_settings(config))
+        done = gov.rollout().kill(FLAG, actor="t", reason="after the wipe")
+        assert done.after.version < 7
+        cache.refresh(FLAG)
+        assert cache.get(FLAG).killed
+        cache.refresh(None)
+        assert cache.get(FLAG).killed and cache.get(FLAG).version == done.after.version
+        if not state_url.startswith("sqlite"):  # a restored copy keeps its generation
+            assert cache.generation and cache.generation != generation
+    finally:
+        cache.close()
+        gov.close()
+
+
+def test_a_full_reload_of_an_emptied_store_serves_control(project: Project, state_url: str):
+    config = governed_project(project, state=state_url)
+    _, lose = losing(state_url)
+    gov = Governance.open(load_settings(config))
+    store = open_state_store(state_url, project.root)
+    cache = StateCache(store, [FLAG], reload_interval=3600)
+    try:
+        gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True)
+        cache.refresh(None)
+        assert cache.get(FLAG).stage == 50
+        if state_url.startswith("sqlite"):  # the file deleted: the store reopens a new one
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{_sqlite_path(state_url)}{suffix}").unlink(missing_ok=True)
+        else:
+            lose()
+
+        def reloaded() -> bool:
+            # A dropped table is an error for one read (the last state is kept), then the
+            # reconnection recreates it empty.
+            cache.refresh(None)
+            return cache.healthy
+
+        wait_for(reloaded, timeout=5)
+        state = cache.get(FLAG)  # the store no longer knows the flag: stage 0, control
+        assert (state.stage, state.killed, state.version) == (0, False, 0)
+    finally:
+        cache.close()
+        gov.close()
+
+
+def start_workers(config: Path, n: int) -> list[subprocess.Popen[str]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.governance.worker", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.slow
+def test_a_kill_after_the_store_lost_its_data_reaches_every_worker(
+    project: Project, state_url: str
+):
+    config = governed_project(project, state=state_url)
+    keep, lose = losing(state_url)
+    result = run_cli(config, "advance", FLAG, "--to", "100", "--force", "--reason", "all in")
+    assert result.returncode == 0, result.stderr
+    keep()
+    churn(config, 2)  # the workers will cache version 5
+    workers = start_workers(config, 2)
+    try:
+        for worker in workers:
+            assert worker.stdout.readline().strip() == "ready"
+        lose()
+        killed_at = time.time()
+        result = run_cli(config, "kill", FLAG, "--reason", "after the wipe")
+        assert result.returncode == 0, result.stderr
+        assert "version 5" not in result.stdout  # a lower version than the workers hold
+        for worker in workers:
+            line = worker.stdout.readline().split()
+            assert line and line[0] == "control", line
+            # By the store's change notification, not the 10 s backstop.
+            assert float(line[1]) - killed_at < 5.0
+            worker.wait(30)
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def test_status_lists_what_each_worker_sees(project: Project, state_url: str):
+    config = governed_project(project, state=state_url)
+    assert (
+        run_cli(config, "advance", FLAG, "--to", "100", "--force", "--reason", "go").returncode == 0
+    )
+    workers = start_workers(config, 1)
+    try:
+        assert workers[0].stdout.readline().strip() == "ready"
+
+        def seen() -> list[dict[str, object]]:
+            import json
+
+            result = run_cli(config, "status", "--json")
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)["workers"]
+
+        found = wait_for(seen, timeout=20, interval=0.5)
+        (report,) = found
+        assert report["versions"][FLAG] == 1 and report["generation"]
+        assert report["behind"] == [] and report["worker"].endswith(f"-{workers[0].pid}")
+    finally:
+        for worker in workers:
+            worker.kill()
