@@ -35,7 +35,7 @@ from flagwarden.governance.enforcement import same_value
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
 from flagwarden.governance.policy import PolicySet, read_policies, sequencing_problems
 from flagwarden.governance.state import StateStoreUnavailable, open_state_store
-from flagwarden.storage import redact_url
+from flagwarden.storage import redact_text, redact_url
 
 __all__ = ["Finding", "check_project"]
 
@@ -199,6 +199,15 @@ def _check_policies(settings: Settings, where: str, found: list[Finding]) -> Pol
     policy_set = read_policies(directory)
     for problem in [*policy_set.problems, *sequencing_problems(policy_set)]:
         found.append(Finding("error", str(problem), problem.file))
+    for flag, problem in sorted(policy_set.broken.items()):
+        found.append(
+            Finding(
+                "warning",
+                f"{problem.file}: until it is fixed, workers serve the caller's default for "
+                f"{flag} (reason DISABLED) and it can only be killed, revived, paused or resumed",
+                problem.file,
+            )
+        )
     for flag, policy in sorted(policy_set.policies.items()):
         source = str(policy_set.sources[flag])
         found.append(Finding("ok", f"policy {flag} (owner {policy.owner})", source))
@@ -343,7 +352,9 @@ def _check_telemetry(settings: Settings) -> Iterator[Finding]:
         yield (
             Finding("ok", f"{name} {redact_url(base)} {ok}")
             if problem is None
-            else Finding("error", f"{name} {redact_url(base)} unreachable: {problem}")
+            else Finding(
+                "error", f"{name} {redact_url(base)} unreachable: {redact_text(problem, base)}"
+            )
         )
 
 

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 
-from flagwarden.documents import interpolate, parse_duration, read_yaml
+from flagwarden.documents import MAX_DURATION, interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
 __all__ = [
@@ -40,23 +41,36 @@ __all__ = [
     "Settings",
     "ShadowConfig",
     "SplitProfile",
+    "describe_validation_error",
     "load_profile",
     "load_settings",
+    "looks_secret",
 ]
 
 CONFIG_ENV = "FLAGWARDEN_CONFIG"
 PROVIDER_ENV = "FLAGWARDEN_PROVIDER"
 DEFAULT_CONFIG_NAME = "flagwarden.yaml"
+# Shorter summary intervals spend the worker's CPU on flushing (0s was a busy loop).
+SUMMARY_INTERVAL_MIN = timedelta(seconds=1)
 
 # The last part of a field name whose value is never echoed back in an error message.
 _SECRET_FIELDS = re.compile(
-    r"(^|[._])(\w*_)?(key|secret|token|password|passwd|credentials?)$", re.IGNORECASE
+    r"(^|[._])(\w*_)?(key|apikey|secret|token|password|passwd|pwd|credentials?)$",
+    re.IGNORECASE,
+)
+# A value that looks like a credential whatever its field: a URL with a user part, a known key
+# prefix, or a long token of letters and digits.
+_SECRET_VALUES = re.compile(
+    r"://[^/\s]*@|^(sdk|api|sk|pk|rk)[-_]|^(ghp|gho|ghs|github_pat)_|^xox[abp]-|^AKIA[0-9A-Z]"
+    r"|^eyJ|^(?=[^\s/]*\d)(?=[^\s/]*[A-Za-z])[A-Za-z0-9_\-+=.]{16,}$"
 )
 _PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
+# Every duration and interval is bounded as parse_duration bounds them (0 to 3650 days).
+_MAX_SECONDS = MAX_DURATION.total_seconds()
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _STATE_SCHEMES = ("sqlite:///", "redis://", "rediss://", "unix://", "postgresql://", "postgres://")
@@ -79,9 +93,9 @@ class LaunchDarklyProfile(_Model):
     stream_uri: str | None = None
     events_uri: str | None = None
     stream: bool = True
-    start_wait: float = Field(default=5.0, ge=0)
+    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
     send_events: bool = True
-    initial_reconnect_delay: float = Field(default=1.0, gt=0)
+    initial_reconnect_delay: float = Field(default=1.0, gt=0, le=_MAX_SECONDS)
 
 
 class SplitProfile(_Model):
@@ -96,9 +110,9 @@ class SplitProfile(_Model):
     streaming_api_base_url: str | None = None
     telemetry_api_base_url: str | None = None
     streaming: bool = True
-    start_wait: float = Field(default=5.0, ge=0)
-    features_refresh_rate: int = Field(default=30, ge=1)
-    segments_refresh_rate: int = Field(default=30, ge=1)
+    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
+    features_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
+    segments_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
     impressions_mode: Literal["OPTIMIZED", "DEBUG", "NONE"] = "OPTIMIZED"
 
 
@@ -116,7 +130,7 @@ class FileProfile(_Model):
     type: Literal["file"]
     name: str = "file"
     path: Path
-    poll_interval: float = Field(default=0.5, gt=0)
+    poll_interval: float = Field(default=0.5, ge=0.01, le=_MAX_SECONDS)  # below: a busy loop
 
 
 Profile = Annotated[
@@ -133,7 +147,7 @@ class FallbackConfig(_Model):
 
     snapshot: str | None = "file:.flagwarden/snapshot.json"
     env_prefix: str | None = "FLAGWARDEN_FLAG_"  # null turns environment overrides off
-    snapshot_debounce: float = Field(default=1.0, ge=0)
+    snapshot_debounce: float = Field(default=1.0, ge=0, le=_MAX_SECONDS)
 
     @field_validator("snapshot")
     @classmethod
@@ -163,23 +177,26 @@ class PrometheusConfig(_Model):
 
 class ExposureLogConfig(_Model):
     enabled: bool = True
-    dedup_window: str = "1h"
-    summary_interval: str = "60s"
-    dedup_slots: int = Field(default=1 << 20, ge=1024)
+    dedup_window: timedelta = timedelta(hours=1)
+    summary_interval: timedelta = timedelta(seconds=60)
+    dedup_slots: int = Field(default=1 << 20, ge=1024, le=1 << 30)
 
-    @field_validator("dedup_window", "summary_interval")
+    # Parsed here, once: check and configure() read the same values.
+    @field_validator("dedup_window", "summary_interval", mode="before")
     @classmethod
-    def _duration(cls, value: str, info: ValidationInfo) -> str:
-        if info.field_name == "summary_interval" and parse_duration(value).total_seconds() < 0.1:
-            raise ValueError(f"expected a duration of at least 100ms, got {value!r}")
-        parse_duration(value)
-        return value
+    def _duration(cls, value: Any, info: ValidationInfo) -> timedelta:
+        duration = parse_duration(value)
+        if info.field_name == "summary_interval" and duration < SUMMARY_INTERVAL_MIN:
+            raise ValueError(f"expected a duration of at least 1s, got {value!r}")
+        return duration
 
 
 class TelemetryConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
     exposure_log: ExposureLogConfig = ExposureLogConfig()
     log_format: Literal["auto", "json", "console"] = "auto"
+    # Distinct flags without a policy counted under their own label; the rest share one.
+    max_unregistered_flags: int = Field(default=100, ge=0)
 
 
 class FlagwardenConfig(_Model):
@@ -290,19 +307,26 @@ def _describe(detail: Any) -> tuple[str | None, str]:
         return field, "is not a known field"
     if kind == "union_tag_invalid":
         tag = detail.get("ctx", {}).get("tag")
-        return "type", f"unknown type {tag!r}; expected one of {', '.join(_PROFILE_TYPES)}"
+        said = "" if looks_secret(tag) else f" {tag!r}"
+        return "type", f"unknown type{said}; expected one of {', '.join(_PROFILE_TYPES)}"
     if kind == "union_tag_not_found":
         return "type", f"is required: one of {', '.join(_PROFILE_TYPES)}"
     msg = detail["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     value = detail.get("input")
-    if (
-        (field and _SECRET_FIELDS.search(field))
-        or ", got " in msg
-        or not isinstance(value, str | int | float | bool | None)
-    ):
+    if (field and _SECRET_FIELDS.search(field)) or looks_secret(value):
+        # Neither pydantic's words nor ours may carry it: cut the quoted value off.
+        if ", got " in msg:
+            msg = msg.split(", got ", 1)[0] + " (the value is not shown: it may be a secret)"
+        return field, msg
+    if ", got " in msg or not isinstance(value, str | int | float | bool | None):
         return field, msg
     return field, f"{msg}, got {value!r}"
+
+
+def looks_secret(value: Any) -> bool:
+    """Whether a value looks like a credential (a URL with a password, an API key, a token)."""
+    return isinstance(value, str) and bool(_SECRET_VALUES.search(value.strip()))
 
 
 def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:

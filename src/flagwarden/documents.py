@@ -1,6 +1,11 @@
 """Reading the YAML documents flagwarden is configured with: a strict loader, ``${VAR}``
 interpolation and durations. Every problem is a :class:`~flagwarden.errors.ConfigError` naming
-the file and, where there is one, the position; never a value that might be a secret."""
+the file and, where there is one, the position; never a value that might be a secret.
+
+Hostile input is refused before it can cost anything: files over :data:`MAX_FILE_BYTES`,
+text that is not UTF-8 (the byte offset is named), YAML aliases (``*name``; an anchor alone is
+harmless) and nesting deeper than :data:`MAX_DEPTH`.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,27 @@ import yaml
 
 from flagwarden.errors import ConfigError
 
-__all__ = ["MAX_DURATION", "interpolate", "is_duration", "parse_duration", "read_yaml"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DURATION",
+    "MAX_FILE_BYTES",
+    "interpolate",
+    "is_duration",
+    "parse_duration",
+    "parse_yaml",
+    "read_text",
+    "read_yaml",
+]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-# Field names whose values are never echoed back in an error message.
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # Longer than any soak, window or report period anyone means; keeps date arithmetic in range.
 MAX_DURATION = timedelta(days=3650)
+# A policy or a config is a few kilobytes; a megabyte is a mistake or an attack.
+MAX_FILE_BYTES = 1 << 20
+# Real documents nest a handful of levels (flagd targeting a few dozen); Python's stack, 1000.
+MAX_DEPTH = 100
 
 
 def is_duration(text: str) -> bool:
@@ -49,9 +67,37 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class _Refused(Exception):
+    """Input the loader will not build, at a position."""
+
+    def __init__(self, mark: yaml.Mark, problem: str) -> None:
+        super().__init__(problem)
+        self.mark = mark
+        self.problem = problem
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML, stricter: a key given twice is an error (the second would silently win), and
-    dates stay text (the models parse them, so a bad one is a field error, not a bad file)."""
+    """Safe YAML, stricter: a key given twice is an error (the second would silently win), dates
+    stay text (the models parse them, so a bad one is a field error, not a bad file), aliases
+    are refused (400 bytes of them expand to gigabytes when walked) and so is deep nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused(
+                self.peek_event().start_mark,
+                "YAML aliases (*name) are not allowed: write the value out",
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(
+                    self.peek_event().start_mark, f"nested more than {MAX_DEPTH} levels deep"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _StrictLoader.yaml_implicit_resolvers = {
@@ -79,26 +125,58 @@ def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def read_yaml(path: Path) -> Any:
+def read_text(path: Path) -> str:
+    """A document's text: at most :data:`MAX_FILE_BYTES`, UTF-8 (a bad byte is named by offset)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)  # never more, whatever the file claims
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read the file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
+    if len(data) > MAX_FILE_BYTES:
         raise ConfigError(
-            path, None, f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
+            path, None, f"is larger than {MAX_FILE_BYTES} bytes (1 MiB), the limit for a document"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            path,
+            None,
+            f"is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start} (line {line})",
         ) from None
+
+
+def parse_yaml(text: str, file: Path | str) -> Any:
+    """Parse YAML with the strict loader; every problem is a ConfigError naming ``file``."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except _Refused as exc:
+        where = f"line {exc.mark.line + 1}, column {exc.mark.column + 1}"
+        raise ConfigError(file, None, f"refused at {where}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         # Position and problem only: YAML's own message quotes the line, which may hold a key.
         mark = exc.problem_mark
         pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(path, None, f"malformed YAML at {pos}: {exc.problem}") from None
+        raise ConfigError(file, None, f"malformed YAML at {pos}: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            file,
+            None,
+            f"malformed YAML: character {exc.character:#06x} at position {exc.position} "
+            "is not allowed",
+        ) from None
     except yaml.YAMLError:
-        raise ConfigError(path, None, "malformed YAML") from None
+        raise ConfigError(file, None, "malformed YAML") from None
+    except RecursionError:  # a backstop: MAX_DEPTH stops nesting long before the stack ends
+        raise ConfigError(file, None, "malformed YAML: nested too deep") from None
     except ValueError as exc:  # a scalar YAML resolves but cannot build
-        raise ConfigError(path, None, f"malformed YAML: a value cannot be read ({exc})") from None
+        raise ConfigError(file, None, f"malformed YAML: a value cannot be read ({exc})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Read and parse one YAML document (config, profile, policy) with every limit applied."""
+    return parse_yaml(read_text(path), path)
 
 
 def interpolate(value: Any, file: Path | str, field: str = "") -> Any:

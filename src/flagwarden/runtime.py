@@ -40,6 +40,7 @@ from flagwarden.providers.failover import FailoverProvider
 from flagwarden.providers.file import FileProvider
 from flagwarden.providers.shadow import ShadowComparator
 from flagwarden.providers.snapshot import open_snapshot_store
+from flagwarden.telemetry.logging import configure_logging
 from flagwarden.telemetry.metrics import METRIC_VALUE
 from flagwarden.telemetry.telemetry import Telemetry
 
@@ -117,12 +118,7 @@ class Runtime:
     @property
     def rollout(self) -> Rollout:
         """Transitions (advance, rollback, kill...) that this process's cache sees at once."""
-        return Rollout(
-            self.governance.policies,
-            self._store(),
-            self.governance.audit,
-            self.governed.cache,
-        )
+        return self.governance.rollout(self.governed.cache, self._store())
 
     def watch_once(self) -> list[Decision]:
         """One guard pass, as ``flagwarden watch --once``, seen at once by this process."""
@@ -167,6 +163,8 @@ def configure(
             shutdown()
         settings = load_settings(config)
         profile = settings.load_profile(settings.provider_name)
+        # Before anything can log (an unreachable store): stderr in the configured format.
+        configure_logging(settings.config.telemetry.log_format)
         governance = Governance.open(settings, strict=False)
         events = EventSink()
         telemetry = Telemetry(settings.config.telemetry, profile.name, governance.audit)

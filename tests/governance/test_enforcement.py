@@ -282,12 +282,16 @@ def test_store_unreachable_at_start_serves_control(project):
     assert details.value is False and details.flag_metadata["flagwarden.stage"] == 0
 
 
-def test_bad_policies_are_config_errors(project):
+def test_a_bad_policy_governs_its_flag_with_the_default_and_not_the_others(project):
     governed_project(project)
     bad = {**POLICY, "flag": "other", "stages": [5, 1]}
     (project.root / "policies" / "other.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(flagwarden.ConfigError, match=r"other.yaml: stages: .*strictly ascending"):
-        flagwarden.configure(project.root / "flagwarden.yaml")
+    client = flagwarden.configure(project.root / "flagwarden.yaml")
+    details = client.get_boolean_details("other", True, EvaluationContext("u"))
+    assert (details.value, details.reason) == (True, "DISABLED")
+    assert details.flag_metadata["flagwarden.policy_error"].startswith("other.yaml: stages:")
+    governed = client.get_boolean_details(FLAG, False, EvaluationContext("u"))
+    assert governed.flag_metadata["flagwarden.stage"] == 0  # still governed by its policy
 
 
 def test_violations_whose_audit_append_failed_are_appended_later_and_counted_once(project):

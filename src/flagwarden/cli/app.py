@@ -16,6 +16,7 @@ from flagwarden.errors import ConfigError
 from flagwarden.governance.project import Governance
 from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.humanize import visible
+from flagwarden.storage import redact_text
 
 __all__ = [
     "ActorOption",
@@ -78,20 +79,42 @@ def say(message: str, *, tag: str = "ok", style: str = "green") -> None:
 
 
 def warn(message: str) -> None:
-    err.print(Text.assemble(("warning:", "yellow"), " ", clean(message)), highlight=False)
+    """A warning on stderr, with any store URL or ``password=`` in it redacted."""
+    err.print(
+        Text.assemble(("warning:", "yellow"), " ", clean(redact_text(message))), highlight=False
+    )
 
 
 def fail(message: str) -> typer.Exit:
-    """Say what went wrong on stderr; the caller raises the returned exit (code 1)."""
-    err.print(Text.assemble(("error:", "red"), " ", clean(message)), highlight=False)
+    """Say what went wrong on stderr; the caller raises the returned exit (code 1).
+
+    Failures quote drivers and stores: any URL or ``password=`` in ``message`` is redacted
+    here too, the last line of defence for a call site that forgot to.
+    """
+    err.print(Text.assemble(("error:", "red"), " ", clean(redact_text(message))), highlight=False)
     return typer.Exit(1)
 
 
 def open_project(config: Path | None) -> tuple[Settings, Governance]:
-    """The settings and the governance stores, or exit 1 saying what is wrong."""
+    """The settings and the governance stores, or exit 1 saying what is wrong.
+
+    A broken policy file does not stop the command (a kill must get through): each is said,
+    with its problem, on stderr.
+    """
     try:
         settings = load_settings(config)
-        return settings, Governance.open(settings, strict=True)
+        governance = Governance.open(settings, strict=True)
+        if governance.audit_problem is not None:
+            warn(
+                f"cannot open the audit store: {governance.audit_problem}; changes are kept "
+                "with their records in the state store until it can be written"
+            )
+        for flag, problem in sorted(governance.broken.items()):
+            warn(
+                f"the policy of {flag} cannot be used, so workers serve the caller's default "
+                f"for it: {problem} (flagwarden check lists every problem)"
+            )
+        return settings, governance
     except ConfigError as exc:
         raise fail(f"{exc} (flagwarden check lists every problem)") from None
     except StateStoreUnavailable as exc:

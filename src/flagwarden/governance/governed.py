@@ -9,6 +9,11 @@ answer is served its variant name and reason are kept. Every answer carries
 ``flagwarden.stage``, ``flagwarden.arm``, ``flagwarden.capped`` and ``flagwarden.killed``.
 Violations are counted in memory and written to the audit log in aggregate, never once per
 evaluation; capping is counted with the exposures, never as a violation.
+
+A flag whose policy file cannot be used (broken) is governed as if killed, but by the caller's
+default rather than control, since the broken file's ``variants`` cannot be trusted: reason
+``DISABLED``, ``flagwarden.source: default``, ``flagwarden.arm: none`` and
+``flagwarden.policy_error`` saying what is wrong with the file.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -25,6 +31,7 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import FeatureProvider, Metadata
 
 from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.errors import ConfigError
 from flagwarden.governance.enforcement import (
     ARM,
     CAPPED,
@@ -44,11 +51,16 @@ from flagwarden.governance.state import FlagState, StateCache
 from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import FailoverProvider
+from flagwarden.telemetry.cardinality import OVERFLOW, flag_labels
 from flagwarden.telemetry.metrics import VIOLATIONS
 
-__all__ = ["GovernedProvider", "ViolationLog"]
+__all__ = ["POLICY_ERROR", "GovernedProvider", "ViolationLog"]
 
 _log = structlog.get_logger("flagwarden.governance")
+
+# flag_metadata on the answer for a flag whose policy is broken: the file's problem, short.
+POLICY_ERROR = "flagwarden.policy_error"
+_POLICY_ERROR_CHARS = 200
 
 Unregistered = Literal["allow", "warn", "deny"]
 
@@ -118,6 +130,7 @@ class GovernedProvider(SourceProvider):
         *,
         unregistered: Unregistered = "warn",
         env_killed: frozenset[str] = frozenset(),
+        broken: Mapping[str, ConfigError] | None = None,
     ) -> None:
         super().__init__(name=inner.name, kind="governed")
         self.inner = inner
@@ -127,6 +140,8 @@ class GovernedProvider(SourceProvider):
         self.unregistered = unregistered
         self.env_killed = env_killed
         self.unregistered_seen: set[str] = set()
+        # Made short once here: the answer carries it on every evaluation of the flag.
+        self.broken = {flag: _short(problem) for flag, problem in (broken or {}).items()}
 
     def get_metadata(self) -> Metadata:
         return self.inner.get_metadata()
@@ -175,6 +190,8 @@ class GovernedProvider(SourceProvider):
     ) -> FlagResolutionDetails[Any]:
         policy = self.policies.get(flag_key)
         if policy is None:
+            if flag_key in self.broken:
+                return self._policy_broken(flag_key, default_value)
             return self._unregistered(flag_type, flag_key, default_value, evaluation_context)
         details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
         state = self.cache.get(flag_key)
@@ -230,6 +247,21 @@ class GovernedProvider(SourceProvider):
         details.variant = "control"
         details.reason = reason
 
+    def _policy_broken(self, flag_key: str, default_value: Any) -> FlagResolutionDetails[Any]:
+        state = self.state(flag_key)
+        return FlagResolutionDetails(
+            value=default_value,
+            reason=Reason.DISABLED,
+            flag_metadata={
+                "flagwarden.source": "default",
+                STAGE: state.stage,
+                ARM: "none",
+                CAPPED: False,
+                KILLED: state.killed,
+                POLICY_ERROR: self.broken[flag_key],
+            },
+        )
+
     def _unregistered(
         self,
         flag_type: FlagType,
@@ -239,10 +271,19 @@ class GovernedProvider(SourceProvider):
     ) -> FlagResolutionDetails[Any]:
         if self.unregistered == "allow":
             return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
-        self.violations.count(flag_key, "unregistered")
-        if flag_key not in self.unregistered_seen:
-            self.unregistered_seen.add(flag_key)
-            _log.warning("flagwarden.unregistered_flag", flag=flag_key, mode=self.unregistered)
+        # Counted and said under a bounded label: a flood of keys must not grow memory.
+        label = flag_labels(flag_key, registered=False)
+        self.violations.count(label, "unregistered")
+        if label not in self.unregistered_seen:
+            self.unregistered_seen.add(label)
+            _log.warning(
+                "flagwarden.unregistered_flag",
+                flag=label,
+                mode=self.unregistered,
+                **(
+                    {"note": "beyond telemetry.max_unregistered_flags"} if label == OVERFLOW else {}
+                ),
+            )
         if self.unregistered == "deny":
             return FlagResolutionDetails(
                 value=default_value,
@@ -250,3 +291,12 @@ class GovernedProvider(SourceProvider):
                 flag_metadata={"flagwarden.source": "default", "flagwarden.unregistered": True},
             )
         return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+
+
+def _short(problem: ConfigError) -> str:
+    """``b.yaml: expires: input should be a valid date``: the file's name, not its path."""
+    parts = [Path(problem.file).name if problem.file else "-", problem.field, problem.problem]
+    text = ": ".join(part for part in parts if part)
+    if len(problem.problems) > 1:
+        text += f" (and {len(problem.problems) - 1} more)"
+    return text if len(text) <= _POLICY_ERROR_CHARS else text[: _POLICY_ERROR_CHARS - 3] + "..."

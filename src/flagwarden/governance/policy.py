@@ -1,8 +1,15 @@
-"""Rollout policies as code: ``policies/<flag>.yaml``, one per governed flag."""
+"""Rollout policies as code: ``policies/<flag>.yaml``, one per governed flag.
+
+Policies load per file: a file that cannot be read or validated is a problem of that file
+and its flag (the ``flag:`` it names when that much can be read, else the file's stem); the
+other policies are unaffected.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -44,6 +51,17 @@ class _Model(BaseModel):
 Limit = float | dict[float, float]
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite number, or None (bools, text that is no number, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _limit_at(limit: Limit | None, stage: float) -> float | None:
     """The limit that applies at ``stage``: the per-stage entry at or below it."""
     if limit is None or not isinstance(limit, dict):
@@ -67,18 +85,30 @@ class Guard(_Model):
 
     _window = field_validator("window", mode="before")(lambda cls, v: parse_duration(v))
 
-    @field_validator("max", "min")
+    # One check for both shapes, so a bad limit is one problem naming the field, not one per
+    # member of the union.
+    @field_validator("max", "min", mode="before")
     @classmethod
-    def _per_stage(cls, limit: Limit | None) -> Limit | None:
-        if isinstance(limit, dict):
-            if not limit:
-                raise ValueError("a per-stage limit needs at least one 'stage: limit' entry")
-            bad = [f"{stage:g}" for stage in limit if not 0 < stage <= 100]
-            if bad:
-                raise ValueError(
-                    f"per-stage limit keys are stages in (0, 100], got {', '.join(bad)}"
-                )
-        return limit
+    def _limit(cls, limit: Any) -> Limit | None:
+        if limit is None:
+            return None
+        if not isinstance(limit, Mapping) and (number := _finite(limit)) is not None:
+            return number
+        if not isinstance(limit, Mapping):
+            raise ValueError(
+                f"expected a finite number, or limits per stage as {{stage: limit}}, got {limit!r}"
+            )
+        if not limit:
+            raise ValueError("a per-stage limit needs at least one 'stage: limit' entry")
+        stages = {key: _finite(key) for key in limit}
+        bad = [str(key) for key, stage in stages.items() if stage is None or not 0 < stage <= 100]
+        if bad:
+            raise ValueError(f"per-stage limit keys are stages in (0, 100], got {', '.join(bad)}")
+        values = {key: _finite(value) for key, value in limit.items()}
+        wrong = [str(key) for key, value in values.items() if value is None]
+        if wrong:
+            raise ValueError(f"per-stage limits must be finite numbers (not at {', '.join(wrong)})")
+        return {stages[key]: values[key] for key in limit}  # type: ignore[misc]
 
     @model_validator(mode="after")
     def _one_source_one_limit(self) -> Guard:
@@ -93,11 +123,19 @@ class Guard(_Model):
         return _limit_at(self.max, stage), _limit_at(self.min, stage)
 
 
+def _flag_key(value: str) -> str:
+    if not value.strip() or value != value.strip():
+        raise ValueError(f"a flag key is needed, without blanks around it, got {value!r}")
+    return value
+
+
 class Prerequisite(_Model):
     """Sequencing: this flag advances only while ``flag`` stands at ``stage`` or above."""
 
-    flag: str = Field(min_length=1)
+    flag: str
     stage: float = Field(default=100, gt=0, le=100)
+
+    _flag = field_validator("flag")(lambda cls, v: _flag_key(v))
 
 
 class Variants(_Model):
@@ -106,6 +144,10 @@ class Variants(_Model):
 
     @model_validator(mode="after")
     def _distinct_and_typed(self) -> Variants:
+        for value in (self.control, self.treatment):
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN equals nothing, so no answer could ever be told to be this arm.
+                raise ValueError(f"control and treatment must be finite, got {value!r}")
         if self.control == self.treatment:
             raise ValueError("control and treatment must differ")
         numbers = all(
@@ -121,12 +163,12 @@ class Variants(_Model):
 
 
 class Policy(_Model):
-    flag: str = Field(min_length=1)
+    flag: str
     owner: str
     description: str = ""
     expires: date | None = None
     variants: Variants
-    unit: str = "targeting_key"
+    unit: str = Field(default="targeting_key", min_length=1)
     salt: str | None = None
     stages: list[float]
     soak: timedelta = timedelta(0)
@@ -136,6 +178,7 @@ class Policy(_Model):
     requires: list[Prerequisite] = []
 
     _soak = field_validator("soak", mode="before")(lambda cls, v: parse_duration(v))
+    _flag = field_validator("flag")(lambda cls, v: _flag_key(v))
 
     @field_validator("owner")
     @classmethod
@@ -225,41 +268,81 @@ def load_policy(path: Path) -> Policy:
 
 @dataclass
 class PolicySet:
-    """The policies of a folder: the valid ones by flag, their files, and every problem."""
+    """The policies of a folder: the valid ones by flag, their files, and every problem.
+
+    ``broken`` holds each flag whose policy cannot be used, with its file's problem (its
+    ``problems`` list them all): a file that cannot be read or validated, or a second policy
+    for a flag (which of the two was approved cannot be told). A broken flag is in
+    ``broken``, never in ``policies``. ``listed`` is False when the folder could not be
+    listed (missing or unreadable): then no flag can be told to be ungoverned.
+    """
 
     policies: dict[str, Policy] = dc_field(default_factory=dict)
     sources: dict[str, Path] = dc_field(default_factory=dict)
     problems: list[ConfigError] = dc_field(default_factory=list)
+    broken: dict[str, ConfigError] = dc_field(default_factory=dict)
+    listed: bool = True
+
+
+def _flag_of_broken(path: Path) -> str:
+    """The flag a broken policy file is for: its ``flag:`` when readable, else the file stem."""
+    try:
+        raw = read_yaml(path)
+        flag = raw.get("flag") if isinstance(raw, Mapping) else None
+        if isinstance(flag, str):
+            flag = interpolate(flag, path, "flag").strip()
+            if flag:
+                return str(flag)
+    except ConfigError:
+        pass
+    return path.stem
 
 
 def read_policies(directory: Path) -> PolicySet:
-    """Every valid policy in ``directory`` by flag, and every problem of every file."""
+    """Every valid policy in ``directory`` by flag, every broken one, and every problem."""
     found = PolicySet()
-    policies, sources, problems = found.policies, found.sources, found.problems
+    policies, sources, problems, broken = (
+        found.policies,
+        found.sources,
+        found.problems,
+        found.broken,
+    )
     if not directory.is_dir():
+        found.listed = False
+        return found
+    try:
+        os.listdir(directory)  # glob() would hide an unreadable folder as an empty one
+    except OSError as exc:
+        found.listed = False
+        problems.append(ConfigError(directory, None, f"cannot list the folder ({exc.strerror})"))
         return found
     for path in sorted(directory.glob("*.y*ml")):
         try:
             policy = load_policy(path)
         except ConfigError as exc:
             problems.extend(exc.problems)
+            broken.setdefault(_flag_of_broken(path), exc)
             continue
-        if policy.flag in policies:
-            problems.append(
-                ConfigError(
-                    path, "flag", f"{policy.flag!r} already has a policy in {sources[policy.flag]}"
-                )
+        if policy.flag in sources:
+            twice = ConfigError(
+                path, "flag", f"{policy.flag!r} already has a policy in {sources[policy.flag]}"
             )
+            problems.append(twice)
+            broken.setdefault(policy.flag, twice)
             continue
         policies[policy.flag] = policy
         sources[policy.flag] = path
+    for flag in broken:  # a flag with a broken file too: which of its files rules is unknown
+        policies.pop(flag, None)
+        sources.pop(flag, None)
     return found
 
 
 def load_policies(directory: Path) -> dict[str, Policy]:
     """Every policy in ``directory``, by flag; a missing folder means no governed flags.
 
-    Raises the first file's :class:`ConfigError` when any policy is invalid.
+    Raises the first file's :class:`ConfigError` when any policy is invalid (strict: for
+    tools; workers and commands use :func:`read_policies`, which keeps the good ones).
     """
     found = read_policies(directory)
     if found.problems:

@@ -1,18 +1,26 @@
-"""The governed flags of a project: policies, state store, audit log, and how workers use them."""
+"""The governed flags of a project: policies, state store, audit log, and how workers use them.
+
+One broken policy file never blocks the others, nor the red button: its flag is *broken*
+(``Governance.broken``), workers serve the caller's default for it (reason ``DISABLED``,
+``flagwarden.policy_error`` saying why), and kill, revive, pause and resume still work on it
+(the state store does not need the policy for them); advance and rollback refuse, naming the
+file.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.config import Settings
+from flagwarden.errors import ConfigError
 from flagwarden.events import Event, EventSink
 from flagwarden.governance.governed import GovernedProvider, ViolationLog
-from flagwarden.governance.policy import Policy, load_policies
+from flagwarden.governance.policy import Policy, read_policies
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import (
     FlagState,
@@ -43,15 +51,24 @@ class Governance:
     policies: dict[str, Policy]
     store: StateStore | None
     audit: AuditLog | None
+    # Flags whose policy file cannot be used, with the file's problem: served the default.
+    broken: dict[str, ConfigError] = field(default_factory=dict)
+    # False when the policies folder could not be listed (missing or unreadable).
+    listed: bool = True
+    # Why the audit log could not be opened (None: it is open): changes still go through,
+    # their records wait in the state store's outbox.
+    audit_problem: str | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, strict: bool = True) -> Governance:
-        """Load policies and open the stores.
+        """Load policies (per file: a broken one is kept in ``broken``) and open the stores.
 
-        ``strict`` (the CLI): an unreachable store raises. Not strict (a worker): it is
-        logged, and evaluation goes on with the last known state (or stage 0: control).
+        ``strict`` (the CLI): an unreachable state store raises. Not strict (a worker): it is
+        logged, and evaluation goes on with the last known state (or stage 0: control). An
+        audit log that cannot be opened never raises: a kill must not wait for it, and the
+        records of changes made meanwhile wait in the state store's outbox.
         """
-        policies = load_policies(settings.policies_dir)
+        found = read_policies(settings.policies_dir)
         base = settings.base_dir
         store: StateStore | None = None
         audit: AuditLog | None = None
@@ -61,20 +78,33 @@ class Governance:
             if strict:
                 raise
             _log.error("flagwarden.state_store_unreachable", error=str(exc), serving="control")
+        audit_problem = None
         try:
             audit = AuditLog(settings.config.audit, base)
         except AuditError as exc:
-            if strict:
-                raise
-            _log.error("flagwarden.audit_unavailable", error=str(exc))
-        return cls(settings, policies, store, audit)
+            audit_problem = str(exc)
+            _log.error("flagwarden.audit_unavailable", error=audit_problem)
+        return cls(
+            settings, found.policies, store, audit, found.broken, found.listed, audit_problem
+        )
 
-    def rollout(self) -> Rollout:
-        if self.store is None:
+    def rollout(self, cache: StateCache | None = None, store: StateStore | None = None) -> Rollout:
+        """Transitions against ``store`` (default: the project's), seen at once by ``cache``."""
+        store = self.store if store is None else store
+        if store is None:
             raise StateStoreUnavailable(
                 f"{redact_url(self.settings.config.state)}: the state store is not available"
             )
-        return Rollout(self.policies, self.store, self.audit)
+        broken = {flag: str(problem) for flag, problem in self.broken.items()}
+        return Rollout(
+            self.policies,
+            store,
+            self.audit,
+            cache,
+            broken=broken,
+            any_flag_switchable=not self.listed,
+            audit_problem=self.audit_problem,
+        )
 
     def govern(
         self,
@@ -83,7 +113,18 @@ class Governance:
         on_state: Callable[[dict[str, FlagState]], None] | None = None,
     ) -> GovernedProvider:
         """Wrap the failover chain in the policy enforcement workers evaluate through."""
-        cache = StateCache(self.store, self.policies, on_state)
+        for flag, problem in sorted(self.broken.items()):
+            _log.error(
+                "flagwarden.policy_invalid",
+                flag=flag,
+                file=problem.file,
+                field=problem.field,
+                problem=problem.problem,
+                more=len(problem.problems) - 1,
+                serving="the caller's default",
+            )
+        # Broken flags are cached too: their kill and stage still show in metadata and metrics.
+        cache = StateCache(self.store, [*self.policies, *self.broken], on_state)
         violations = ViolationLog(self.audit)
         if self.audit is not None:
             events.subscribe(self._audit_event)
@@ -94,6 +135,7 @@ class Governance:
             violations,
             unregistered=self.settings.config.unregistered,
             env_killed=env_killed_flags(),
+            broken=self.broken,
         )
 
     def _audit_event(self, event: Event) -> None:
