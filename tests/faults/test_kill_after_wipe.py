@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from flagwarden.config import load_settings
+from flagwarden.governance.cache import StateCache
 from flagwarden.governance.project import Governance
-from flagwarden.governance.state import StateCache, open_state_store
+from flagwarden.governance.state import open_state_store
 from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
 
 FLAG = POLICY["flag"]

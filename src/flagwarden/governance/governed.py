@@ -32,6 +32,7 @@ from openfeature.provider import FeatureProvider, Metadata
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import ConfigError
+from flagwarden.governance.cache import StateCache
 from flagwarden.governance.enforcement import (
     ARM,
     CAPPED,
@@ -47,7 +48,7 @@ from flagwarden.governance.enforcement import (
     unit_of,
 )
 from flagwarden.governance.policy import Policy
-from flagwarden.governance.state import FlagState, StateCache
+from flagwarden.governance.state import FlagState
 from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import FailoverProvider

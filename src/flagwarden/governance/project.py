@@ -19,12 +19,12 @@ from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.config import Settings
 from flagwarden.errors import ConfigError
 from flagwarden.events import Event, EventSink
+from flagwarden.governance.cache import StateCache
 from flagwarden.governance.governed import GovernedProvider, ViolationLog
 from flagwarden.governance.policy import Policy, read_policies
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import (
     FlagState,
-    StateCache,
     StateStore,
     StateStoreUnavailable,
     open_state_store,

@@ -37,11 +37,11 @@ import structlog
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import FlagwardenError
+from flagwarden.governance.cache import StateCache
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import (
     FlagState,
     OutboxEntry,
-    StateCache,
     StateStore,
     StateStoreUnavailable,
     change_ref,

@@ -17,15 +17,12 @@ a kill written there arrives.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import socket
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,14 +31,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import structlog
 
-from flagwarden.background import health_snapshot, run_supervised
 from flagwarden.errors import FlagwardenError
 from flagwarden.storage import redact_url, store_failure
 
 __all__ = [
     "FlagState",
     "OutboxEntry",
-    "StateCache",
     "StateStore",
     "StateStoreUnavailable",
     "keep_listening",
@@ -289,178 +284,3 @@ def open_state_store(url: str, base_dir: Path | None = None) -> StateStore:
     raise StateStoreUnavailable(
         f"{redact_url(url)}: expected sqlite:///PATH, redis://HOST:PORT/DB or postgresql://..."
     )
-
-
-# -- the in-process cache ----------------------------------------------------------------
-
-
-def worker_id() -> str:
-    """This process, as ``status`` lists it."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class StateCache:
-    """Every governed flag's state in memory; the evaluation path reads only this.
-
-    The store is authoritative: each read (a flag, or everything) takes a ticket before it
-    asks the store, and replaces the cached state unless a read that started later (or this
-    process's own write) got there first. Versions are not compared: a store recreated empty
-    or restored from an older copy counts lower again, and its answer (a kill above all)
-    must still win. A full reload also resets flags the store no longer has to stage 0.
-    """
-
-    def __init__(
-        self,
-        store: StateStore | None,
-        flags: Iterable[str],
-        on_update: Callable[[dict[str, FlagState]], None] | None = None,
-        *,
-        reload_interval: float = 10.0,
-    ) -> None:
-        self.store = store
-        self.flags = frozenset(flags)
-        self.on_update = on_update
-        self.reload_interval = reload_interval
-        self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
-        self._tickets = itertools.count(1)
-        self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
-        self._healthy = True
-        self._error: str | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.refreshes = 0
-        self.generation = ""
-
-    def get(self, flag: str) -> FlagState:
-        state = self._states.get(flag)
-        return state if state is not None else FlagState(flag)
-
-    def all(self) -> dict[str, FlagState]:
-        return dict(self._states)
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy
-
-    def start(self) -> None:
-        self.refresh(None)
-        if self.store is not None:
-            self.report()
-            self.store.watch(self.refresh, self._lost)
-            self._start_backstop()
-
-    def _start_backstop(self) -> None:
-        """A full reload and a heartbeat every ``reload_interval``: notifications can be
-        dropped (pub/sub), and a store file replaced under us sends none."""
-
-        def step() -> None:
-            self.refresh(None)
-            self.report()
-            if not self._healthy:  # kept serving the last state: the thread's health says so
-                raise StateStoreUnavailable(self._error or "the state store cannot be read")
-
-        run_supervised("flagwarden-state-backstop", step, self.reload_interval, self._stop)
-
-    def refresh(self, flag: str | None) -> None:
-        """Reload one flag (or all) from the store; on failure keep the last known state."""
-        if self.store is None or (flag is not None and flag not in self.flags):
-            return
-        ticket = next(self._tickets)
-        try:
-            if flag is None:
-                loaded = self.store.load_all()
-            else:
-                one = self.store.load(flag)
-                loaded = {flag: one} if one else {}
-        except StateStoreUnavailable as exc:
-            self._mark(False, str(exc))
-            return
-        except (ValueError, TypeError, KeyError) as exc:  # a state row we cannot read
-            self._mark(False, f"{redact_url(self.store.url)}: unreadable state: {exc!r}")
-            return
-        with self._lock:
-            states = dict(self._states)
-            generation = next((s.generation for s in loaded.values()), "")
-            if flag is None:
-                generation = generation or self.store.last_generation
-                for name in self.flags - loaded.keys():
-                    # Not in the store (any more): stage 0, control for everyone.
-                    loaded[name] = FlagState(name, generation=generation)
-            for name, state in loaded.items():
-                if name in self.flags and self._taken.get(name, 0) < ticket:
-                    states[name] = state
-                    self._taken[name] = ticket
-            if generation or flag is None:
-                self.generation = generation
-            self._states = states  # one assignment: readers see the old dict or the new one
-        self.refreshes += 1
-        self._mark(True, None)
-        self._updated()
-
-    def put(self, state: FlagState) -> None:
-        """Take a state this process just stored (no need to wait for the notification)."""
-        with self._lock:
-            self._taken[state.flag] = next(self._tickets)
-            self._states = {**self._states, state.flag: state}
-        self._updated()
-
-    def report(self) -> None:
-        """Tell the store what this worker sees, for ``status``."""
-        if self.store is None:
-            return
-        doc: dict[str, Any] = {
-            "at": _now().isoformat(),
-            "generation": self.generation,
-            "healthy": self._healthy,
-            "versions": {name: s.version for name, s in sorted(self._states.items())},
-            "killed": sorted(name for name, s in self._states.items() if s.killed),
-        }
-        doc["threads"] = {
-            name: {"healthy": h.healthy, "failures": h.failures, "last_error": h.last_error}
-            for name, h in sorted(health_snapshot().items())
-        }
-        try:
-            self.store.heartbeat(worker_id(), doc)
-        except StateStoreUnavailable as exc:
-            self._mark(False, str(exc))
-
-    def _updated(self) -> None:
-        if self.on_update is not None:
-            try:
-                self.on_update(self._states)
-            except Exception as exc:
-                _log.error("flagwarden.state_listener_failed", error=str(exc))
-
-    def _lost(self, error: str) -> None:
-        self._mark(False, error)
-
-    def _mark(self, healthy: bool, error: str | None) -> None:
-        self._error = error
-        if healthy == self._healthy:
-            return
-        self._healthy = healthy
-        if healthy:
-            _log.info(
-                "flagwarden.state_store_recovered",
-                store=redact_url(self.store.url if self.store else ""),
-            )
-        else:
-            _log.warning(
-                "flagwarden.state_store_unreachable",
-                store=redact_url(self.store.url if self.store else ""),
-                error=error,
-                serving="last known state",
-            )
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        if self.store is not None:
-            self.store = self.store.after_fork_in_child()
-            self.store.watch(self.refresh, self._lost)
-            self._start_backstop()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.store is not None:
-            self.store.close()
