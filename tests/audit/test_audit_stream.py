@@ -108,9 +108,12 @@ def test_a_record_that_is_not_json_is_shown_as_unreadable(project: Project):
     assert status.returncode == 0
     assert json.loads(status.stdout)["flags"][0]["last_change"]["action"] == "pause"
 
-    # Garbage under a recomputed chain: the hashes agree, the report still does not.
+    # Garbage under a recomputed chain: the hashes agree, but the record no longer states the
+    # change it records (verify names the state version), and the report does not agree.
     _garbage(db, 2, "[1, 2", rehash=True)
-    assert run_cli(config, "audit", "verify").returncode == 0
+    verified = run_cli(config, "audit", "verify")
+    assert verified.returncode == 1
+    assert f"{FLAG} version 2: no audit record" in verified.stderr
     forged = run_cli(config, "report", "--format", "json")
     assert forged.returncode == 1
     audit = json.loads(forged.stdout)["audit"]

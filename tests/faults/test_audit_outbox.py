@@ -118,8 +118,12 @@ def _allow_writes(audit_db: Path) -> None:
         conn.execute("DROP TRIGGER refuse")
 
 
-def test_an_unwritable_audit_log_does_not_turn_a_kill_into_a_failure(project: Project):
-    config = governed_project(project)
+def test_an_unwritable_audit_log_does_not_turn_a_kill_into_a_failure(
+    project: Project, state_url: str
+):
+    """The records wait in whichever store holds the state (SQLite, Redis, PostgreSQL) while
+    the audit log (SQLite here) refuses them."""
+    config = governed_project(project, state=state_url)
     assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
     audit_db = project.root / ".flagwarden" / "audit.db"
     _refuse_writes(audit_db)
@@ -159,7 +163,7 @@ def test_an_audit_log_that_cannot_be_opened_does_not_block_a_kill(project: Proje
     assert count == 1
 
 
-def test_an_actor_that_is_not_utf8_is_recorded_not_refused(project: Project):
+def test_an_actor_and_reason_that_are_not_utf8_are_recorded_not_refused(project: Project):
     config = governed_project(project)
     result = subprocess.run(
         [
@@ -169,7 +173,7 @@ def test_an_actor_that_is_not_utf8_is_recorded_not_refused(project: Project):
             "kill",
             FLAG,
             "--reason",
-            "r\xe9ason",
+            os.fsdecode(b"r\xe9ason"),  # latin-1 from an old terminal
             "--actor",
             os.fsdecode(b"ops-\xff\xfe"),
             "-c",
@@ -183,6 +187,46 @@ def test_an_actor_that_is_not_utf8_is_recorded_not_refused(project: Project):
     try:
         (record,) = [r for r in log.records(flag=FLAG) if r.kind == "transition"]
         assert record.actor == "ops-\ufffd\ufffd"
+        assert record.data["reason"] == "r\ufffdason"
     finally:
         log.close()
     assert run_cli(config, "audit", "verify").returncode == 0
+
+
+def test_an_unreadable_outbox_entry_does_not_fail_a_kill_or_the_watch(project: Project):
+    config = governed_project(project)
+    assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    with sqlite3.connect(project.root / ".flagwarden" / "state.db") as conn:
+        conn.execute(
+            "INSERT INTO flagwarden_outbox (ref, flag, created_at, data) "
+            "VALUES ('junk', 'x', '2026-01-01T00:00:00+00:00', '{\"ref\": \"junk\"}')"
+        )
+    result = run_cli(config, "kill", FLAG, "--reason", "nulls")
+    assert result.returncode == 0, result.stderr
+    assert "a flagwarden bug" not in result.stderr
+    assert run_cli(config, "watch", "--once").returncode == 0
+    verified = run_cli(config, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr  # the kill and its record are whole
+
+
+def test_a_change_that_landed_although_its_answer_said_no_is_taken(project: Project):
+    """Redis retries a script whose answer was lost: the retry finds the change already made
+    and answers no. The change's ref tells that it landed: done, not "nothing changed"."""
+    from flagwarden.governance.changes import ChangeRecorder
+
+    config = governed_project(project)
+    gov = Governance.open(load_settings(config))
+    try:
+        assert gov.store is not None
+        recorder = ChangeRecorder(gov.store, gov.audit)
+        before = gov.rollout().state(FLAG)
+        after = before.changed(actor="t", reason="kill", killed=True)
+        records = [{"kind": "transition", "data": {"action": "kill"}, "actor": "t"}]
+        first = recorder.entry(before, after, records)
+        assert gov.store.compare_and_set(after, first)  # the first try landed
+        entry = recorder.store_change(before, after, records)  # the retry is refused...
+        assert entry is not None  # ...and the change is known to be stored
+        other = before.changed(actor="t", reason="pause", paused=True)
+        assert recorder.store_change(before, other, records) is None  # really refused
+    finally:
+        gov.close()

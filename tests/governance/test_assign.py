@@ -29,7 +29,7 @@ def stage(value: float, *, killed: bool = False) -> None:
     state = rollout.state(FLAG)
     after = state.changed(actor="t", reason="t", stage=value, killed=killed)
     assert rollout.store.compare_and_set(after)
-    rollout.cache.put(after)
+    rollout.cache.put(after, rollout.cache.ticket())
 
 
 @pytest.mark.parametrize(

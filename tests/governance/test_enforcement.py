@@ -68,7 +68,7 @@ def set_stage(stage: float, *, killed: bool = False) -> None:
     state = rollout.state(FLAG)
     after = state.changed(actor="test", reason="test", stage=stage, killed=killed)
     assert rollout.store.compare_and_set(after)
-    rollout.cache.put(after)
+    rollout.cache.put(after, rollout.cache.ticket())
 
 
 @pytest.mark.slow

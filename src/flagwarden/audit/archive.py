@@ -170,7 +170,12 @@ def archive(
             first_seq,
             last_seq,
             prev,
-            {"file": path.name, "count": count, "sha256": manifest["sha256"]},
+            {
+                "file": path.name,
+                "count": count,
+                "sha256": manifest["sha256"],
+                "before": manifest["before"],  # what audit verify may find only in the file
+            },
             actor=actor,
         )
     except AuditError:

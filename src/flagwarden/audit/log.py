@@ -297,6 +297,8 @@ class AuditLog:
         if self._kind == "sqlite":
             self._conn.execute("BEGIN IMMEDIATE")
         else:
+            if self._conn.closed or self._conn.broken:  # the server restarted: a new session
+                self._conn = self._connect()
             self._conn.execute("BEGIN")
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
 
@@ -607,6 +609,16 @@ class AuditLog:
                     head=prev,
                     archived_through=archived,
                 )
+            if _ref is not None and _stated_ref(data) not in (None, _ref):
+                # The ref column is not hashed; the ref the (hashed) data states must agree.
+                return Verification(
+                    False,
+                    checked,
+                    seq,
+                    f"record {seq}'s ref was changed (it does not match its data)",
+                    head=prev,
+                    archived_through=archived,
+                )
             prev, expected_seq = digest, seq + 1
             checked += 1
         return Verification(True, checked, head=prev, archived_through=archived)
@@ -614,6 +626,16 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _stated_ref(data: str) -> str | None:
+    """The ref a record's data states (records of state changes carry theirs), if any."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    ref = doc.get("ref") if isinstance(doc, dict) else None
+    return ref if isinstance(ref, str) else None
 
 
 def open_audit_log(url: str, base_dir: Path | None = None) -> AuditLog:

@@ -25,7 +25,8 @@ from flagwarden.cli.app import (
 )
 from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.rollout import Rollout, Unrecorded
+from flagwarden.governance.changes import Unrecorded
+from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStoreUnavailable, open_state_store
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
@@ -97,22 +98,23 @@ def audit_verify(
 
 def _cross_check(settings: Settings, log: AuditLog) -> tuple[int, list[Unrecorded]]:
     """Write what waits in the state store's outbox, then name every state version that has
-    no audit record. A state store that cannot be opened is said, not failed: the chain can
-    still be checked."""
+    no audit record (exit 1 when the state store cannot be read: the check is not done)."""
     try:
         store = open_state_store(settings.config.state, settings.base_dir)
     except StateStoreUnavailable as exc:
-        warn(f"cannot open the state store, so state versions are not checked: {exc}")
-        return 0, []
+        raise fail(
+            f"cannot open the state store, so state versions cannot be checked: {exc}"
+        ) from None
     try:
         rollout = Rollout({}, store, log)
         done = rollout.reconcile()
         if done.error is not None:
-            raise AuditError(done.error)
+            warn(f"not every record waiting in the outbox could be written: {done.error}")
         return done.written, rollout.unrecorded()
     except StateStoreUnavailable as exc:
-        warn(f"cannot read the state store, so state versions are not checked: {exc}")
-        return 0, []
+        raise fail(
+            f"cannot read the state store, so state versions cannot be checked: {exc}"
+        ) from None
     finally:
         store.close()
 
@@ -158,7 +160,8 @@ def audit_archive(
         say(f"nothing to archive: no record is older than {moment:%Y-%m-%d %H:%M:%S} UTC")
         return
     say(
-        f"archived {done.count} records ({done.first_seq}-{done.last_seq}) to {done.path}; "
+        f"archived {done.count} record{'s' * (done.count != 1)} "
+        f"({done.first_seq}-{done.last_seq}) to {done.path}; "
         f"archive record {done.record.seq} states the cut (head {done.head[:16]})"
     )
 

@@ -27,6 +27,7 @@ from flagwarden.cli.app import (
     say,
     warn,
 )
+from flagwarden.governance.changes import OutcomeUnknown
 from flagwarden.governance.rollout import Transition, TransitionRefused, resolve_actor
 from flagwarden.governance.state import StateStoreUnavailable
 
@@ -54,13 +55,21 @@ def describe(done: Transition) -> str:
 def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -> None:
     _, governance = open_project(config)
     try:
-        done: Transition = getattr(governance.rollout(), action)(flag, **kwargs)
+        rollout = governance.rollout()
+        done: Transition = getattr(rollout, action)(flag, **kwargs)
+        # Then whatever earlier changes left waiting in the outbox (after this one: a backlog
+        # never delays a kill).
+        backlog = rollout.reconcile()
     except TransitionRefused as exc:
         raise fail(f"refused: {exc}") from None
+    except OutcomeUnknown as exc:
+        raise fail(str(exc)) from None
     except (StateStoreUnavailable, AuditError) as exc:
-        raise fail(f"{action} of {flag} could not be stored: {exc}") from None
+        raise fail(f"{action} of {flag} could not be stored, nothing changed: {exc}") from None
     finally:
         governance.close()
+    if backlog.error is not None and not done.audit_error:
+        warn(f"earlier records still wait in the outbox: {backlog.error}")
     say(describe(done))
     for paused in done.cascade:
         say(f"{describe(paused)}, because {paused.after.reason}", tag="also")

@@ -61,9 +61,9 @@ class StateCache:
         self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
         self._healthy = True
         self._error: str | None = None
+        self._unreadable: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.refreshes = 0
         self.generation = ""
 
     def get(self, flag: str) -> FlagState:
@@ -110,15 +110,17 @@ class StateCache:
         except StateStoreUnavailable as exc:
             self._mark(False, str(exc))
             return
-        except (ValueError, TypeError, KeyError) as exc:  # a state row we cannot read
-            self._mark(False, f"{redact_url(self.store.url)}: unreadable state: {exc!r}")
-            return
+        unreadable = dict(self.store.last_unreadable)  # rows kept at their last state
+        for name, problem in unreadable.items():
+            if name in self.flags and self._unreadable.get(name) != problem:
+                _log.error("flagwarden.state_unreadable", flag=name, error=problem)
+        self._unreadable = unreadable
         with self._lock:
             states = dict(self._states)
             generation = next((s.generation for s in loaded.values()), "")
             if flag is None:
                 generation = generation or self.store.last_generation
-                for name in self.flags - loaded.keys():
+                for name in self.flags - loaded.keys() - unreadable.keys():
                     # Not in the store (any more): stage 0, control for everyone.
                     loaded[name] = FlagState(name, generation=generation)
             for name, state in loaded.items():
@@ -128,14 +130,20 @@ class StateCache:
             if generation or flag is None:
                 self.generation = generation
             self._states = states  # one assignment: readers see the old dict or the new one
-        self.refreshes += 1
         self._mark(True, None)
         self._updated()
 
-    def put(self, state: FlagState) -> None:
+    def ticket(self) -> int:
+        """Taken before a write: :meth:`put` of what it stored loses to any read that started
+        after it (and so may already hold a later change by another process)."""
+        return next(self._tickets)
+
+    def put(self, state: FlagState, ticket: int) -> None:
         """Take a state this process just stored (no need to wait for the notification)."""
         with self._lock:
-            self._taken[state.flag] = next(self._tickets)
+            if self._taken.get(state.flag, 0) >= ticket:
+                return
+            self._taken[state.flag] = ticket
             self._states = {**self._states, state.flag: state}
         self._updated()
 
@@ -192,6 +200,7 @@ class StateCache:
         self._stop = threading.Event()
         if self.store is not None:
             self.store = self.store.after_fork_in_child()
+            self.refresh(None)  # a change made just before the fork is not news to the poller
             self.store.watch(self.refresh, self._lost)
             self._start_backstop()
 

@@ -18,6 +18,8 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
     keep_listening,
     new_generation,
+    parse_outbox,
+    parse_states,
 )
 from flagwarden.storage import store_failure
 
@@ -28,10 +30,19 @@ __all__ = ["RedisStateStore"]
 
 # KEYS: state hash, flag set, channel, generation, outbox hash.
 # ARGV: version, state json, flag, a new generation id (kept only if there is none: a store
-# that lost its data starts a new generation), outbox ref ("" for none), outbox json.
+# that lost its data starts a new generation), outbox ref ("" for none), outbox json, the
+# ref the stored change must have ("*": any).
 _CAS_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) - 1 then return 0 end
+if ARGV[7] ~= '*' then
+  local stored, ref = redis.call('HGET', KEYS[1], 'data'), ''
+  if stored then
+    local ok, doc = pcall(cjson.decode, stored)
+    if ok and type(doc) == 'table' and type(doc['ref']) == 'string' then ref = doc['ref'] end
+  end
+  if ref ~= ARGV[7] then return 0 end
+end
 redis.call('SET', KEYS[4], ARGV[4], 'NX')
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
@@ -76,11 +87,10 @@ class RedisStateStore(StateStore):
         self, raws: dict[str, bytes | None], generation: bytes | None
     ) -> dict[str, FlagState]:
         self.last_generation = generation.decode() if generation else ""
-        return {
-            flag: FlagState.from_json(raw).with_generation(self.last_generation)
-            for flag, raw in raws.items()
-            if raw
-        }
+        states, self.last_unreadable = parse_states(
+            ((flag, raw) for flag, raw in raws.items() if raw), self.last_generation
+        )
+        return states
 
     def load(self, flag: str) -> FlagState | None:
         pipe = self._redis.pipeline(transaction=True)
@@ -100,11 +110,13 @@ class RedisStateStore(StateStore):
         *raws, generation = self._call(pipe.execute)
         return self._with_generation(dict(zip(flags, raws, strict=True)), generation)
 
-    def generation(self) -> str:
-        raw = self._call(lambda: self._redis.get(self._generation))
-        return raw.decode() if raw else ""
-
-    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
+    def compare_and_set(
+        self,
+        new: FlagState,
+        outbox: OutboxEntry | None = None,
+        *,
+        previous: FlagState | None = None,
+    ) -> bool:
         keys = [
             self._key(new.flag),
             f"{self.prefix}:flags",
@@ -119,13 +131,12 @@ class RedisStateStore(StateStore):
             new_generation(),
             outbox.ref if outbox else "",
             outbox.to_json() if outbox else "",
+            "*" if previous is None else previous.ref or "",
         ]
         return bool(self._call(lambda: self._cas(keys=keys, args=args)))
 
     def pending_outbox(self) -> list[OutboxEntry]:
-        raws = self._call(lambda: self._redis.hvals(self._outbox))
-        entries = [OutboxEntry.from_json(raw) for raw in raws]
-        return sorted(entries, key=lambda e: (e.created_at, e.ref))
+        return parse_outbox(self._call(lambda: self._redis.hvals(self._outbox)))
 
     def clear_outbox(self, ref: str) -> None:
         self._call(lambda: self._redis.hdel(self._outbox, ref))

@@ -29,7 +29,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ import structlog
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance.cache import StateCache
+from flagwarden.governance.changes import ChangeRecorder, Reconciled, Unrecorded
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import (
     FlagState,
@@ -45,7 +46,6 @@ from flagwarden.governance.state import (
     StateStore,
     StateStoreUnavailable,
     change_ref,
-    ref_version,
 )
 from flagwarden.humanize import duration, percent
 
@@ -62,10 +62,6 @@ __all__ = [
 
 ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
-_KEPT = (
-    "the change's records are kept in the state store and written by the next transition, "
-    "watch pass or audit verify"
-)
 _SWITCH_ATTEMPTS = 50  # with the backoff below: a couple of seconds of contention at most
 
 
@@ -126,29 +122,7 @@ class Transition:
     cascade: tuple[Transition, ...] = ()  # dependants paused by this change
     cascade_failures: tuple[str, ...] = ()  # dependants that could not be paused, and why
     audit_error: str | None = None  # took effect; its records wait in the outbox (why)
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    """What :meth:`Rollout.reconcile` did: records written from the outbox, and what kept
-    the rest waiting (None: nothing)."""
-
-    written: int = 0
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Unrecorded:
-    """A state version with no audit record, or one whose record waits in the outbox."""
-
-    flag: str
-    version: int
-    pending: bool  # in the outbox: written by the next transition or watch pass
-
-    def __str__(self) -> str:
-        if self.pending:
-            return f"{self.flag} version {self.version}: its record waits in the outbox"
-        return f"{self.flag} version {self.version}: no audit record"
+    entry: OutboxEntry | None = field(default=None, repr=False, compare=False)  # its records
 
 
 class Rollout:
@@ -175,8 +149,7 @@ class Rollout:
         # The policies folder could not be listed: no flag can be told to be ungoverned, so
         # kill, revive, pause and resume reach any flag.
         self.any_flag_switchable = any_flag_switchable
-        # The audit log is configured but could not be opened: records wait in the outbox.
-        self.audit_problem = audit_problem
+        self.changes = ChangeRecorder(store, audit, audit_problem=audit_problem, cache=cache)
 
     def policy(self, flag: str) -> Policy:
         policy = self.policies.get(flag)
@@ -221,13 +194,15 @@ class Rollout:
         reason: str,
         violations: tuple[Violation, ...] = (),
         details: dict[str, Any] | None = None,
+        record_now: bool = True,
     ) -> Transition:
+        """Store the change with its records; write them now, or (``record_now`` False: a kill
+        or rollback pauses its dependants first) when :meth:`_record` is called."""
         data = {
             "action": action,
             "reason": reason,
             "before": before.summary(),
             "after": after.summary(),
-            "ref": after.ref,  # hashed with the record, unlike the ref column
             **(details or {}),
         }
         if violations:
@@ -241,7 +216,8 @@ class Rollout:
             }
             for violation in violations
         ]
-        if not self._store(before, after, records):
+        entry = self.changes.store_change(before, after, records)
+        if entry is None:
             current = self.store.load(before.flag)
             raise ConcurrentChange(
                 f"{before.flag}: another change landed first "
@@ -258,52 +234,24 @@ class Rollout:
             after=after.summary(),
             violations=[v.as_dict() for v in violations],
         )
-        done = Transition(action, before, after, violations)
-        if self.audit is None and self.audit_problem is None:
-            return done
-        result = self.reconcile()
-        if result.error is not None:
-            _log.error("flagwarden.transition_not_audited", flag=before.flag, error=result.error)
-            return replace(done, audit_error=result.error)
-        return done
+        done = Transition(action, before, after, violations, entry=entry)
+        return self._record(done) if record_now else done
 
-    def _store(self, before: FlagState, after: FlagState, records: list[dict[str, Any]]) -> bool:
-        """Compare-and-set ``after``, with its audit records in the outbox (when there is an
-        audit log to write them to)."""
-        assert after.ref is not None
-        outbox = None
-        if self.audit is not None or self.audit_problem is not None:
-            outbox = OutboxEntry(after.ref, after.flag, datetime.now(UTC), tuple(records))
-        if not self.store.compare_and_set(after, outbox):
-            return False
-        if self.cache is not None:
-            self.cache.put(after)
-        return True
+    def _record(self, done: Transition) -> Transition:
+        """Write the records of ``done`` and of the dependants it paused."""
+        if not done.changed or done.entry is None:
+            return done
+        error = self.changes.record(done.entry)
+        cascade = tuple(self._record(paused) for paused in done.cascade)
+        return replace(done, audit_error=error, cascade=cascade)
 
     def reconcile(self) -> Reconciled:
-        """Write every record waiting in the outbox to the audit log, oldest first, and clear
-        them. Safe to run anywhere, any time, concurrently: a record whose ref is already in
-        the log is not written again."""
-        if self.audit is None:
-            if self.audit_problem is None:
-                return Reconciled()
-            return Reconciled(0, f"{self.audit_problem}; {_KEPT}")
-        written = 0
-        try:
-            for entry in self.store.pending_outbox():
-                for record, ref in zip(entry.records, entry.record_refs(), strict=True):
-                    self.audit.append(
-                        record["kind"],
-                        record["data"],
-                        flag=entry.flag,
-                        actor=record.get("actor"),
-                        ref=ref,
-                    )
-                    written += 1
-                self.store.clear_outbox(entry.ref)
-        except (AuditError, StateStoreUnavailable) as exc:
-            return Reconciled(written, f"{exc}; {_KEPT}")
-        return Reconciled(written)
+        """Write every record waiting in the outbox (see :class:`ChangeRecorder`)."""
+        return self.changes.reconcile()
+
+    def unrecorded(self) -> list[Unrecorded]:
+        """Every state version without its audit record (see :class:`ChangeRecorder`)."""
+        return self.changes.unrecorded()
 
     def store_guard_counts(self, state: FlagState, failures: dict[str, int]) -> FlagState:
         """Keep a watch pass's consecutive-breach counts: a new version (with its record, as
@@ -317,42 +265,14 @@ class Rollout:
         )
         record = {
             "kind": "guard_counts",
-            "data": {
-                "failures": failures,
-                "before": state.summary(),
-                "after": counted.summary(),
-                "ref": counted.ref,
-            },
+            "data": {"failures": failures, "before": state.summary(), "after": counted.summary()},
             "actor": None,
         }
-        if not self._store(state, counted, [record]):
+        entry = self.changes.store_change(state, counted, [record])
+        if entry is None:
             return state
-        self.reconcile()
+        self.changes.record(entry)
         return counted
-
-    def unrecorded(self) -> list[Unrecorded]:
-        """State versions without their audit record, per flag in the store: each version
-        from the first one written with a ref (0.2.0) up to the current one must have one."""
-        if self.audit is None:
-            return []
-        pending = {(e.flag, ref_version(e.ref)) for e in self.store.pending_outbox()}
-        found: list[Unrecorded] = []
-        for flag, state in sorted(self.store.load_all().items()):
-            if state.ref is None:
-                continue  # written before changes carried refs
-            recorded = {
-                version
-                for ref in self.audit.refs(f"{flag}:")
-                if ref.rsplit(":", 2)[0] == flag and (version := ref_version(ref)) is not None
-            }
-            low = min([*recorded, state.version])
-            for version in range(low, state.version + 1):
-                if version == state.version and self.audit.find(state.ref) is not None:
-                    continue
-                if version != state.version and version in recorded:
-                    continue
-                found.append(Unrecorded(flag, version, (flag, version) in pending))
-        return found
 
     # -- sequencing --------------------------------------------------------------------
 
@@ -396,6 +316,7 @@ class Rollout:
                     reason=why,
                     details={"cause": {"flag": flag, "action": done.action}},
                     only_if_live=True,
+                    record_now=False,  # recorded with the change that caused it
                 )
             except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
                 failed.append(f"{policy.flag}: {exc}")
@@ -530,8 +451,10 @@ class Rollout:
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )
-        done = self._commit("rollback", before, after, actor=actor, reason=reason, details=details)
-        return self._pause_dependants(done, actor)
+        done = self._commit(
+            "rollback", before, after, actor=actor, reason=reason, details=details, record_now=False
+        )
+        return self._record(self._pause_dependants(done, actor))
 
     def _switch(
         self,
@@ -544,6 +467,7 @@ class Rollout:
         reason: str,
         details: dict[str, Any] | None = None,
         only_if_live: bool = False,
+        record_now: bool = True,
     ) -> Transition:
         """Set ``killed`` or ``paused`` to ``value``; nothing to do when it already is.
 
@@ -563,7 +487,13 @@ class Rollout:
             after = before.changed(actor=actor, reason=reason, **{field: value})
             try:
                 return self._commit(
-                    action, before, after, actor=actor, reason=reason, details=details
+                    action,
+                    before,
+                    after,
+                    actor=actor,
+                    reason=reason,
+                    details=details,
+                    record_now=record_now,
                 )
             except ConcurrentChange:
                 # Let the other writer finish; jittered so two retrying writers part ways.
@@ -575,8 +505,12 @@ class Rollout:
         )
 
     def kill(self, flag: str, *, actor: str, reason: str) -> Transition:
-        done = self._switch("kill", flag, "killed", True, actor=actor, reason=reason)
-        return self._pause_dependants(done, actor) if done.changed else done
+        # The dependants are paused before any record is written: a slow audit log never
+        # stands between a kill and the pauses it causes.
+        done = self._switch(
+            "kill", flag, "killed", True, actor=actor, reason=reason, record_now=False
+        )
+        return self._record(self._pause_dependants(done, actor) if done.changed else done)
 
     def revive(self, flag: str, *, actor: str, reason: str) -> Transition:
         return self._switch("revive", flag, "killed", False, actor=actor, reason=reason)

@@ -8,6 +8,8 @@ changes not yet in the audit log) and ``flagwarden_workers`` (what each worker l
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -28,6 +30,8 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
     keep_listening,
     new_generation,
+    parse_outbox,
+    parse_states,
 )
 from flagwarden.storage import create_tables, store_failure
 
@@ -45,12 +49,18 @@ _TABLES = (
     "worker TEXT PRIMARY KEY, at TEXT NOT NULL, data TEXT NOT NULL)",
 )
 _GENERATION_ROW = ""  # the flag key of the generation row: no policy can name it
+# What every state row is now, in one small read: which flag, which version, which change.
+_FINGERPRINT = (
+    "SELECT flag, version, CASE WHEN json_valid(data) THEN json_extract(data, '$.ref') "
+    "ELSE data END FROM flagwarden_state"
+)
 
 
 class _SQLStateStore(StateStore):
     """The SQL both backends share; subclasses connect and open transactions."""
 
     ph = "?"
+    _locking = ""  # SQLite's write transaction (BEGIN IMMEDIATE) already excludes writers
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         raise NotImplementedError
@@ -71,12 +81,11 @@ class _SQLStateStore(StateStore):
 
     def _states(self, rows: list[Any]) -> dict[str, FlagState]:
         generation = next((data for flag, data in rows if flag == _GENERATION_ROW), "")
-        self.last_generation = generation
-        return {
-            flag: FlagState.from_json(data).with_generation(generation)
-            for flag, data in rows
-            if flag != _GENERATION_ROW
-        }
+        states, unreadable = parse_states(
+            ((flag, data) for flag, data in rows if flag != _GENERATION_ROW), generation
+        )
+        self.last_generation, self.last_unreadable = generation, unreadable
+        return states
 
     def load(self, flag: str) -> FlagState | None:
         ph = self.ph
@@ -92,16 +101,13 @@ class _SQLStateStore(StateStore):
         rows = self._read(lambda c: c.execute("SELECT flag, data FROM flagwarden_state").fetchall())
         return self._states(rows)
 
-    def generation(self) -> str:
-        ph = self.ph
-        row = self._read(
-            lambda c: c.execute(
-                f"SELECT data FROM flagwarden_state WHERE flag = {ph}", (_GENERATION_ROW,)
-            ).fetchone()
-        )
-        return str(row[0]) if row else ""
-
-    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
+    def compare_and_set(
+        self,
+        new: FlagState,
+        outbox: OutboxEntry | None = None,
+        *,
+        previous: FlagState | None = None,
+    ) -> bool:
         ph = self.ph
 
         def cas(conn: Any) -> bool:
@@ -113,6 +119,8 @@ class _SQLStateStore(StateStore):
                     (new.flag, new.to_json()),
                 )
             else:
+                if previous is not None and self._stored_ref(conn, new.flag) != previous.ref:
+                    return False  # the same version number, another change (a restored copy)
                 cur = conn.execute(
                     f"UPDATE flagwarden_state SET version = {ph}, data = {ph} "
                     f"WHERE flag = {ph} AND version = {ph}",
@@ -131,21 +139,26 @@ class _SQLStateStore(StateStore):
 
         return self._write(cas)
 
+    def _stored_ref(self, conn: Any, flag: str) -> str | None:
+        """The ref of the change stored for ``flag`` (in the write transaction: locked)."""
+        row = conn.execute(
+            f"SELECT data FROM flagwarden_state WHERE flag = {self.ph}{self._locking}", (flag,)
+        ).fetchone()
+        try:
+            ref = json.loads(row[0]).get("ref") if row else None
+        except (ValueError, AttributeError):
+            return None
+        return ref if isinstance(ref, str) else None
+
     def pending_outbox(self) -> list[OutboxEntry]:
-        rows = self._read(
-            lambda c: c.execute(
-                "SELECT data FROM flagwarden_outbox ORDER BY created_at, ref"
-            ).fetchall()
-        )
-        return [OutboxEntry.from_json(r[0]) for r in rows]
+        rows = self._read(lambda c: c.execute("SELECT data FROM flagwarden_outbox").fetchall())
+        return parse_outbox(r[0] for r in rows)
 
     def clear_outbox(self, ref: str) -> None:
         ph = self.ph
         self._write(lambda c: c.execute(f"DELETE FROM flagwarden_outbox WHERE ref = {ph}", (ref,)))
 
     def heartbeat(self, worker: str, report: dict[str, Any]) -> None:
-        import json
-
         ph = self.ph
         now = datetime.now(UTC)
         stale = (now - timedelta(seconds=WORKER_TTL * 10)).isoformat()
@@ -162,8 +175,6 @@ class _SQLStateStore(StateStore):
         self._write(beat)
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        import json
-
         ph = self.ph
         since = (datetime.now(UTC) - timedelta(seconds=WORKER_TTL)).isoformat()
         rows = self._read(
@@ -212,7 +223,9 @@ class SQLiteStateStore(_SQLStateStore):
             self._ensure_generation(conn)
             conn.execute("COMMIT")
         except sqlite3.Error:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # the original error is the news
+                conn.execute("ROLLBACK")
+            conn.close()
             raise
         return conn, self._file_id()
 
@@ -249,7 +262,8 @@ class SQLiteStateStore(_SQLStateStore):
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         def poll() -> None:
             conn: sqlite3.Connection | None = None
-            last: Any = None
+            seen: Any = None  # data_version: changes with any write (heartbeats, the outbox)
+            states: Any = None  # every flag's version and change: only this changing is news
             inode: tuple[int, int] | None = None
             first = True
             while not self._stop.wait(0 if first else self.poll_interval):
@@ -258,16 +272,20 @@ class SQLiteStateStore(_SQLStateStore):
                         if conn is not None:
                             conn.close()
                         conn, inode = self._connect()
-                        last = None  # another file (or a lost connection): reload everything
+                        seen = states = None  # another file, or a lost connection
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version == seen:
+                        continue
+                    seen, before = version, states
+                    states = conn.execute(_FINGERPRINT).fetchall()
                 except (OSError, sqlite3.Error) as exc:
                     if on_error is not None:
                         on_error(store_failure(self.url, exc))
-                    conn = None
+                    conn, first = None, False  # and wait a poll interval before trying again
                     continue
-                if version != last and not first:
+                if states != before and not first:
                     callback(None)
-                last, first = version, False
+                first = False
             if conn is not None:
                 conn.close()
 
@@ -289,6 +307,7 @@ class PostgresStateStore(_SQLStateStore):
 
     CHANNEL = "flagwarden_state"
     ph = "%s"
+    _locking = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         self.url = url

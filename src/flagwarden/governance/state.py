@@ -22,10 +22,11 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -111,8 +112,8 @@ class FlagState:
         doc["history"] = tuple(doc.get("history") or ())
         doc["guard_failures"] = dict(doc.get("guard_failures") or {})
         doc["stage_version"] = int(doc.get("stage_version") or 0)
-        doc.pop("generation", None)
-        return cls(**doc)
+        # Fields this version does not know (written by a newer one) are not its business.
+        return cls(**{key: value for key, value in doc.items() if key in _FIELDS})
 
     def with_generation(self, generation: str) -> FlagState:
         return replace(self, generation=generation)
@@ -145,6 +146,35 @@ class FlagState:
             ref=change_ref(self.flag, self.version + 1),
             **changes,
         )
+
+
+_FIELDS = frozenset(f.name for f in fields(FlagState)) - {"generation"}
+
+
+def parse_states(
+    rows: Iterable[tuple[str, str | bytes]], generation: str
+) -> tuple[dict[str, FlagState], dict[str, str]]:
+    """Stored rows as states, and the flags whose row cannot be read (with why): one bad row
+    must not keep every other flag (and its kill) from loading."""
+    states, unreadable = {}, {}
+    for flag, raw in rows:
+        try:
+            states[flag] = FlagState.from_json(raw).with_generation(generation)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            unreadable[flag] = f"{type(exc).__name__}: {exc}"[:300]
+    return states, unreadable
+
+
+def parse_outbox(raws: Iterable[str | bytes]) -> list[OutboxEntry]:
+    """Outbox entries oldest first; one that cannot be read is reported and skipped (its
+    change then shows in ``audit verify`` as a version without its record)."""
+    entries = []
+    for raw in raws:
+        try:
+            entries.append(OutboxEntry.from_json(raw))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            _log.error("flagwarden.outbox_entry_unreadable", error=f"{type(exc).__name__}: {exc}")
+    return sorted(entries, key=lambda e: (e.created_at, e.ref))
 
 
 @dataclass(frozen=True)
@@ -181,6 +211,8 @@ WORKER_TTL = 60.0  # a worker that has not reported for this long is not listed
 class StateStore(ABC):
     url: str
     last_generation: str = ""  # the generation the last load saw
+    # Flags whose row the last load could not read, and why (their last state is kept).
+    last_unreadable: Mapping[str, str] = MappingProxyType({})
 
     @abstractmethod
     def load(self, flag: str) -> FlagState | None: ...
@@ -190,13 +222,17 @@ class StateStore(ABC):
         """Every stored state, each carrying the store's generation."""
 
     @abstractmethod
-    def generation(self) -> str:
-        """The store's generation id ("" when nothing was ever written to it)."""
-
-    @abstractmethod
-    def compare_and_set(self, new: FlagState, outbox: OutboxEntry | None = None) -> bool:
-        """Store ``new`` if the stored version is ``new.version - 1`` (0: absent), and
-        ``outbox`` with it in the same act; True if so."""
+    def compare_and_set(
+        self,
+        new: FlagState,
+        outbox: OutboxEntry | None = None,
+        *,
+        previous: FlagState | None = None,
+    ) -> bool:
+        """Store ``new`` if the stored version is ``new.version - 1`` (0: absent) and, given
+        ``previous``, the stored change is ``previous.ref`` (a store restored from an older
+        copy can hold the same version number with another state); ``outbox`` with it in the
+        same act. True if so."""
 
     @abstractmethod
     def pending_outbox(self) -> list[OutboxEntry]:

@@ -316,12 +316,22 @@ def project_status(
     )
 
 
+def _as(kind: type, value: Any) -> Any:
+    """``value`` when it is a ``kind``, else an empty one: worker reports are data, not code."""
+    return value if isinstance(value, kind) else kind()
+
+
 def _workers(
     reports: dict[str, dict[str, Any]], states: dict[str, FlagState], generation: str
 ) -> list[WorkerStatus]:
     found = []
     for worker, doc in reports.items():
-        versions = {str(k): int(v) for k, v in (doc.get("versions") or {}).items()}
+        raw = doc.get("versions")
+        versions = {
+            str(k): v
+            for k, v in (raw.items() if isinstance(raw, dict) else ())
+            if isinstance(v, int)  # a report this version cannot read is shown without it
+        }
         behind = sorted(
             flag
             for flag, version in versions.items()
@@ -335,9 +345,9 @@ def _workers(
                 generation=str(doc.get("generation") or ""),
                 healthy=bool(doc.get("healthy", True)),
                 versions=versions,
-                killed=list(doc.get("killed") or []),
+                killed=[str(k) for k in _as(list, doc.get("killed"))],
                 behind=behind,
-                threads=dict(doc.get("threads") or {}),
+                threads=_as(dict, doc.get("threads")),
             )
         )
     return found

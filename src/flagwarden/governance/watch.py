@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from flagwarden.audit.log import AuditError
 from flagwarden.background import report_failure, report_ok
 from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
@@ -62,9 +63,6 @@ class Watch:
     def tick(self, now: float | None = None) -> list[Decision]:
         now = time.time() if now is None else now
         decisions = []
-        pending = self.rollout.reconcile()  # records a change could not write at the time
-        if pending.error is not None:
-            _log.warning("flagwarden.audit_records_pending", error=pending.error)
         for flag, policy in sorted(self.governance.policies.items()):
             if not policy.guards and not policy.auto_advance:
                 continue
@@ -75,6 +73,10 @@ class Watch:
             except Exception as exc:  # one flag's trouble never stops the other flags' guards
                 _log.error("flagwarden.watch_flag_failed", flag=flag, error=str(exc))
                 decisions.append(Decision(flag, "error", detail=f"{type(exc).__name__}: {exc}"))
+        # After the decisions: records waiting in the outbox never delay a rollback.
+        pending = self.rollout.reconcile()
+        if pending.error is not None:
+            _log.warning("flagwarden.audit_records_pending", error=pending.error)
         for decision in decisions:
             _log.info(
                 "flagwarden.watch_decision",
@@ -119,12 +121,15 @@ class Watch:
             names = ", ".join(f"{r.guard}={r.value:.4g} ({r.limit})" for r in breaches)
             return Decision(flag, "hold", results, f"paused; still breaching: {names}")
         if breaches and self.governance.audit is not None:
-            self.governance.audit.append(
-                "guard",
-                {**measurements, "failures": failures, "acting": [r.guard for r in acting]},
-                flag=flag,
-                actor=ACTOR,
-            )
+            try:
+                self.governance.audit.append(
+                    "guard",
+                    {**measurements, "failures": failures, "acting": [r.guard for r in acting]},
+                    flag=flag,
+                    actor=ACTOR,
+                )
+            except AuditError as exc:  # the rollback below carries the verdicts in its record
+                _log.error("flagwarden.guard_not_audited", flag=flag, error=str(exc))
         if acting:
             names = ", ".join(
                 f"{r.guard}={r.value:.4g} ({r.limit})" for r in acting if r.value is not None
