@@ -13,7 +13,7 @@ records of a flag form a chain from its current state back to its first change:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from flagwarden.governance.state import (
     OutboxEntry,
     StateStore,
     StateStoreUnavailable,
+    change_ref,
 )
 
 __all__ = ["KEPT", "ChangeRecorder", "OutcomeUnknown", "Reconciled", "Unrecorded"]
@@ -206,6 +207,27 @@ class ChangeRecorder:
                 _log.error("flagwarden.outbox_entry_failed", ref=entry.ref, error=problem)
                 problems.append(problem)
         return Reconciled(written, "; ".join(problems) or None)
+
+    def store_guard_counts(self, state: FlagState, failures: dict[str, int]) -> FlagState:
+        """Keep a watch pass's consecutive-breach counts: a new version (with its record, as
+        every version has), only from the state the pass judged; if anything changed meanwhile
+        the counts are dropped and the next pass counts again from that state."""
+        counted = replace(
+            state,
+            version=state.version + 1,
+            guard_failures=failures,
+            ref=change_ref(state.flag, state.version + 1),
+        )
+        record = {
+            "kind": "guard_counts",
+            "data": {"failures": failures, "before": state.summary(), "after": counted.summary()},
+            "actor": None,
+        }
+        entry = self.store_change(state, counted, [record])
+        if entry is None:
+            return state
+        self.record(entry)
+        return counted
 
     def _archived_before(self) -> datetime | None:
         """Records older than this may have been moved to an archive file."""

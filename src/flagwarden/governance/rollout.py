@@ -6,11 +6,9 @@ compare-and-set; the audit log gets who, when, why, before and after. A refusal 
 :class:`~flagwarden.governance.state.StateStoreUnavailable` (a kill is never a silent no-op).
 
 No change without its record: the audit records of a change are stored with the change, in
-the same compare-and-set (the store's outbox), then written to the audit log and cleared. A
-change whose records could not be written (the audit log is down, the process was killed
-between the two) keeps them in the outbox; :meth:`Rollout.reconcile` (run by every
-transition and every watch pass) writes them later, exactly once (each carries its change's
-ref). A change that took effect is reported as done, with its record pending if so.
+the same compare-and-set (the store's outbox), then written to the audit log
+(:mod:`flagwarden.governance.changes`). A change that took effect is reported as done, with
+its record pending if so.
 
 Transitions are idempotent where a retry is natural: killing a killed flag, pausing a paused
 one, advancing to the stage it is at (or past its last stage), rolling back to where it is:
@@ -23,29 +21,34 @@ pauses the live dependants, in the same act and under the same actor.
 
 from __future__ import annotations
 
-import getpass
 import math
-import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.errors import FlagwardenError
 from flagwarden.governance.cache import StateCache
 from flagwarden.governance.changes import ChangeRecorder, Reconciled, Unrecorded
 from flagwarden.governance.policy import Policy
+from flagwarden.governance.sequencing import dependants, short_prerequisites
 from flagwarden.governance.state import (
     FlagState,
-    OutboxEntry,
     StateStore,
     StateStoreUnavailable,
-    change_ref,
+)
+from flagwarden.governance.transition import (
+    ConcurrentChange,
+    Transition,
+    TransitionRefused,
+    Violation,
+    require_reason,
+    resolve_actor,
+    storable,
 )
 from flagwarden.humanize import duration, percent
 
@@ -60,69 +63,8 @@ __all__ = [
     "storable",
 ]
 
-ACTOR_ENV = "FLAGWARDEN_ACTOR"
 _log = structlog.get_logger("flagwarden.rollout")
 _SWITCH_ATTEMPTS = 50  # with the backoff below: a couple of seconds of contention at most
-
-
-def _require_reason(reason: str) -> str:
-    if not reason or not reason.strip():
-        raise TransitionRefused("a reason is required: say why, it goes to the audit log")
-    return storable(reason)
-
-
-def storable(text: str) -> str:
-    """Text any store accepts: bytes that were not UTF-8 (command-line arguments arrive as
-    lone surrogates) become U+FFFD instead of failing the write after the change."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def resolve_actor(actor: str | None) -> str:
-    """``--actor``, else ``$FLAGWARDEN_ACTOR``, else the OS user."""
-    if actor:
-        return storable(actor)
-    if os.environ.get(ACTOR_ENV):
-        return storable(os.environ[ACTOR_ENV])
-    try:
-        return storable(getpass.getuser())
-    except Exception:
-        return f"uid:{os.getuid()}"
-
-
-class TransitionRefused(FlagwardenError):
-    """The policy or a concurrent change refused a transition; nothing was changed."""
-
-
-class ConcurrentChange(TransitionRefused):
-    """Another change landed between reading the state and storing the next one."""
-
-
-@dataclass(frozen=True)
-class Violation:
-    """A rule broken on purpose (``--force``, ``--to``): allowed, and recorded."""
-
-    kind: str  # stage_skipped | soak_cut_short | advanced_while_paused | prerequisite_short
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.detail}"
-
-    def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class Transition:
-    action: str
-    before: FlagState
-    after: FlagState
-    violations: tuple[Violation, ...] = ()
-    changed: bool = True  # False: it already was so (nothing stored, nothing audited)
-    note: str = ""  # why nothing changed
-    cascade: tuple[Transition, ...] = ()  # dependants paused by this change
-    cascade_failures: tuple[str, ...] = ()  # dependants that could not be paused, and why
-    audit_error: str | None = None  # took effect; its records wait in the outbox (why)
-    entry: OutboxEntry | None = field(default=None, repr=False, compare=False)  # its records
 
 
 class Rollout:
@@ -171,15 +113,6 @@ class Rollout:
         if flag not in self.broken and not self.any_flag_switchable:
             self.policy(flag)
         return self.store.load(flag) or FlagState(flag)
-
-    def dependants(self, flag: str) -> list[tuple[Policy, float]]:
-        """Policies that require ``flag``, with the stage each needs it at."""
-        return [
-            (policy, prerequisite.stage)
-            for policy in self.policies.values()
-            for prerequisite in policy.requires
-            if prerequisite.flag == flag
-        ]
 
     def _unchanged(self, action: str, state: FlagState, note: str) -> Transition:
         return Transition(action, state, state, changed=False, note=note)
@@ -249,56 +182,22 @@ class Rollout:
         """Write every record waiting in the outbox (see :class:`ChangeRecorder`)."""
         return self.changes.reconcile()
 
+    def store_guard_counts(self, state: FlagState, failures: dict[str, int]) -> FlagState:
+        """Keep a watch pass's consecutive-breach counts (see :class:`ChangeRecorder`)."""
+        return self.changes.store_guard_counts(state, failures)
+
     def unrecorded(self) -> list[Unrecorded]:
         """Every state version without its audit record (see :class:`ChangeRecorder`)."""
         return self.changes.unrecorded()
 
-    def store_guard_counts(self, state: FlagState, failures: dict[str, int]) -> FlagState:
-        """Keep a watch pass's consecutive-breach counts: a new version (with its record, as
-        every version has), only from the state the pass judged; if anything changed meanwhile
-        the counts are dropped and the next pass counts again from that state."""
-        counted = replace(
-            state,
-            version=state.version + 1,
-            guard_failures=failures,
-            ref=change_ref(state.flag, state.version + 1),
-        )
-        record = {
-            "kind": "guard_counts",
-            "data": {"failures": failures, "before": state.summary(), "after": counted.summary()},
-            "actor": None,
-        }
-        entry = self.changes.store_change(state, counted, [record])
-        if entry is None:
-            return state
-        self.changes.record(entry)
-        return counted
-
     # -- sequencing --------------------------------------------------------------------
-
-    def _short_prerequisites(self, policy: Policy) -> list[str]:
-        """Each prerequisite that does not stand at its stage now, and why."""
-        short = []
-        for prerequisite in policy.requires:
-            if prerequisite.flag not in self.policies:
-                short.append(f"{prerequisite.flag} (it has no policy)")
-                continue
-            state = self.store.load(prerequisite.flag) or FlagState(prerequisite.flag)
-            if state.killed:
-                short.append(f"{prerequisite.flag} at {percent(prerequisite.stage)} (it is killed)")
-            elif state.stage < prerequisite.stage:
-                short.append(
-                    f"{prerequisite.flag} at {percent(prerequisite.stage)} "
-                    f"(it is at {percent(state.stage)})"
-                )
-        return short
 
     def _pause_dependants(self, done: Transition, actor: str) -> Transition:
         """After a kill or a rollback: pause the live dependants whose prerequisite fell short."""
         flag, after = done.before.flag, done.after
         paused: list[Transition] = []
         failed: list[str] = []
-        for policy, needed in self.dependants(flag):
+        for policy, needed in dependants(self.policies, flag):
             if not after.killed and after.stage >= needed:
                 continue
             why = (
@@ -338,7 +237,7 @@ class Rollout:
         now: datetime | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        reason = _require_reason(reason)
+        reason = require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if to is not None and to == before.stage:
@@ -368,7 +267,7 @@ class Rollout:
                 "goes backwards, use rollback"
             )
         violations: list[Violation] = []
-        short = self._short_prerequisites(policy)
+        short = short_prerequisites(self.policies, self.store, policy)
         if short:
             if not force:
                 raise TransitionRefused(
@@ -428,7 +327,7 @@ class Rollout:
         to: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> Transition:
-        reason = _require_reason(reason)
+        reason = require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
         if before.stage <= 0:
@@ -475,7 +374,7 @@ class Rollout:
         refuses it: it is tried again on the new state. ``only_if_live``: a no-op for a flag
         at 0% or killed (pausing a dependant).
         """
-        reason = _require_reason(reason)
+        reason = require_reason(reason)
         for attempt in range(_SWITCH_ATTEMPTS):
             before = self._switchable_state(flag)
             if only_if_live and (before.stage <= 0 or before.killed):
