@@ -1,33 +1,34 @@
-"""The append-only, hash-chained audit log (SQLite or PostgreSQL).
-
-Each record carries the SHA-256 of its own content and of the record before it, so an edited,
-deleted or reordered record breaks the chain at a place :meth:`AuditLog.verify` names. Appends
-from many processes are serialized by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
-transaction-scoped advisory lock), so the chain never forks.
-
-Reading scales with what is asked, not with the log: :meth:`AuditLog.records` streams in
-batches of :data:`BATCH` (keyset pagination on ``seq``, the lock held per batch only), with the
-flag, kind and time filters in SQL and served by indexes on ``(flag, seq)``,
-``(flag, kind, seq)``, ``(kind, seq)`` and ``(at, seq)``. :meth:`AuditLog.verify` streams the
-same way, in bounded memory. Old records can be moved to a file (:mod:`flagwarden.audit.archive`)
-without breaking the chain: the ``archive`` record that closes the cut states where it starts.
+"""The append-only, hash-chained audit log (SQLite or PostgreSQL): :class:`AuditLog` owns the
+connection and schema, appends (serialized across processes by SQLite ``BEGIN IMMEDIATE`` or a
+PostgreSQL advisory lock, so the chain never forks), reads and cuts archived records. The record
+types and the streaming reader live in :mod:`flagwarden.audit.records` (re-exported here), chain
+verification in :mod:`flagwarden.audit.verify`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import heapq
-import itertools
 import json
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flagwarden.audit.records import (
+    BATCH,
+    COLUMNS,
+    GENESIS,
+    AuditRecord,
+    AuditRecords,
+    UnreadableData,
+    Verification,
+    _Query,
+    _successor,
+    _utc_text,
+)
+from flagwarden.audit.verify import chain_start, verify_chain
 from flagwarden.errors import FlagwardenError
 from flagwarden.storage import create_tables, redact_text, redact_url, store_failure
 
@@ -43,9 +44,6 @@ __all__ = [
     "open_audit_log",
 ]
 
-GENESIS = "0" * 64
-BATCH = 1000  # records fetched per query while streaming
-COLUMNS = "seq, at, kind, flag, actor, data, prev_hash, hash, ref"
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS flagwarden_audit ("
     "seq BIGINT PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, flag TEXT, actor TEXT, "
@@ -71,128 +69,6 @@ def _index_sql(name: str) -> str:
 
 class AuditError(FlagwardenError):
     """The audit log could not be written or read."""
-
-
-class UnreadableData(dict[str, Any]):
-    """The ``data`` of a record whose stored text is not a JSON object (flagwarden never writes
-    one: someone wrote to the table by hand). Empty, so readers see no fields; ``raw`` keeps the
-    stored text and ``problem`` says what is wrong with it."""
-
-    def __init__(self, raw: Any, problem: str) -> None:
-        super().__init__()
-        self.raw = raw
-        self.problem = problem
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    at: datetime
-    kind: str  # transition | violation | outage | exposure_summary | guard | archive | ...
-    flag: str | None
-    actor: str | None
-    data: dict[str, Any]
-    prev_hash: str
-    hash: str
-    ref: str | None = None  # idempotency key of the act it records; not part of the hash
-
-    @property
-    def readable(self) -> bool:
-        """False when the stored data (or time) could not be read: see :class:`UnreadableData`."""
-        return not isinstance(self.data, UnreadableData)
-
-    @staticmethod
-    def digest(
-        seq: int, at: str, kind: str, flag: str | None, actor: str | None, data: str, prev: str
-    ) -> str:
-        payload = json.dumps([seq, at, kind, flag, actor, data, prev], separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    @classmethod
-    def from_row(cls, row: Any) -> AuditRecord:
-        """A record from its stored columns (:data:`COLUMNS`), never raising on bad content."""
-        seq, at, kind, flag, actor, body, prev_hash, digest, ref = row
-        data: dict[str, Any]
-        try:
-            parsed = json.loads(body)
-            data = (
-                parsed
-                if isinstance(parsed, dict)
-                else UnreadableData(body, "its data is not a JSON object")
-            )
-        except (TypeError, ValueError):
-            data = UnreadableData(body, "its data is not JSON")
-        try:
-            moment = datetime.fromisoformat(at)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        except (TypeError, ValueError):
-            moment = datetime.fromtimestamp(0, UTC)
-            data = UnreadableData(body, f"its time {at!r} is not an ISO datetime")
-        return cls(seq, moment, kind, flag, actor, data, prev_hash, digest, ref)
-
-
-@dataclass(frozen=True)
-class Verification:
-    ok: bool
-    checked: int
-    first_bad_seq: int | None = None
-    problem: str | None = None
-    head: str = GENESIS  # the hash of the last verified record (all of them: the whole log)
-    archived_through: int = 0  # records up to this seq were archived (the live log starts after)
-
-
-def _utc_text(moment: datetime) -> str:
-    """A bound for the ``at`` column: stored times are ISO in UTC, which sort as text."""
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat()
-
-
-def _successor(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (code point
-    order, which is UTF-8 byte order), or None when there is none."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if code == 0xD800:
-            code = 0xE000  # surrogates cannot be stored
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-class AuditRecords:
-    """The records a :meth:`AuditLog.records` call selects, read lazily.
-
-    Each iteration runs the query afresh and streams it in batches (records appended meanwhile
-    may appear at the end); ``bool()`` asks whether any record matches; ``list()`` materialises.
-    """
-
-    def __init__(self, log: AuditLog, query: _Query) -> None:
-        self._log = log
-        self._query = query
-
-    def __iter__(self) -> Iterator[AuditRecord]:
-        return self._log._stream(self._query)
-
-    def __bool__(self) -> bool:
-        return self.first() is not None
-
-    def first(self) -> AuditRecord | None:
-        """The first record in the order asked for (the newest with ``newest_first``)."""
-        limited = replace(self._query, limit=1)
-        return next(self._log._stream(limited), None)
-
-
-@dataclass(frozen=True)
-class _Query:
-    since: datetime | None = None
-    until: datetime | None = None
-    flag: str | None = None
-    kinds: tuple[str, ...] | None = None
-    newest_first: bool = False
-    limit: int | None = None
 
 
 class AuditLog:
@@ -420,62 +296,6 @@ class AuditLog:
             except Exception as exc:
                 raise self._fail("read", exc) from None
 
-    def _stream(self, query: _Query) -> Iterator[AuditRecord]:
-        if query.kinds is not None and len(query.kinds) != 1:
-            # One index-ordered stream per kind, merged by seq: no sort in the database.
-            streams = [
-                self._stream(replace(query, kinds=(kind,), limit=None))
-                for kind in dict.fromkeys(query.kinds)
-            ]
-            merged = heapq.merge(*streams, key=lambda r: r.seq, reverse=query.newest_first)
-            yield from itertools.islice(merged, query.limit)
-            return
-        ph = self._ph
-        clauses: list[str] = []
-        args: list[Any] = []
-        if query.flag is not None:
-            clauses.append(f"flag = {ph}")
-            args.append(query.flag)
-        if query.kinds is not None:
-            clauses.append(f"kind = {ph}")
-            args.append(query.kinds[0])
-        # A time bound becomes the seq range it selects, so the batches below walk seq order
-        # (`at || ''` keeps the database from using the at index and sorting by seq). The
-        # lower edge is found in the (at, seq) index over the period (`seq + 0` stops SQLite
-        # walking the whole older log by seq); the upper edge by seq, from the newest back.
-        edges = (
-            (query.since, "MIN(seq + 0)", ">=", "seq >="),
-            (query.until, "MAX(seq)", "<=", "seq <="),
-        )
-        for bound, pick, op, keep in edges:
-            if bound is None:
-                continue
-            ((edge,),) = self._execute(
-                f"SELECT {pick} FROM flagwarden_audit WHERE at {op} {ph}", (_utc_text(bound),)
-            )
-            if edge is None:
-                return
-            clauses += [f"{keep} {ph}", f"at || '' {op} {ph}"]
-            args += [edge, _utc_text(bound)]
-        order, after = ("DESC", "<") if query.newest_first else ("ASC", ">")
-        remaining = query.limit
-        cursor: int | None = None
-        while remaining is None or remaining > 0:
-            size = BATCH if remaining is None else min(BATCH, remaining)
-            where = [*clauses, f"seq {after} {ph}"] if cursor is not None else clauses
-            sql = f"SELECT {COLUMNS} FROM flagwarden_audit"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += f" ORDER BY seq {order} LIMIT {int(size)}"
-            rows = self._execute(sql, (*args, cursor) if cursor is not None else tuple(args))
-            for row in rows:
-                yield AuditRecord.from_row(row)
-            if len(rows) < size:
-                return
-            cursor = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
-
     def rows(
         self, after_seq: int | None = None, through_seq: int | None = None
     ) -> Iterator[tuple[Any, ...]]:
@@ -552,90 +372,16 @@ class AuditLog:
     def start(self) -> tuple[int, str, AuditRecord | None]:
         """Where the live chain starts: ``(first seq, the hash it must follow, the archive
         record that says so)``; ``(1, GENESIS, None)`` for a log that was never archived."""
-        cut = self.records(kind="archive", newest_first=True).first()
-        if cut is None:
-            return 1, GENESIS, None
-        last_seq, last_hash = cut.data.get("last_seq"), cut.data.get("last_hash")
-        if not isinstance(last_seq, int) or not isinstance(last_hash, str):
-            return 1, GENESIS, cut  # verify names the archive record as unreadable
-        return last_seq + 1, last_hash, cut
+        return chain_start(self)
 
     def verify(self) -> Verification:
-        """Walk the chain; name the first record that was edited, deleted or moved.
-
-        A log cut by an archive starts after the last archived record: the first remaining
-        record must follow the hash the latest ``archive`` record states (that record is
-        itself chained, so the statement cannot be edited unnoticed)."""
-        expected_seq, prev, cut = self.start()
-        archived = expected_seq - 1
-        checked = 0
-        if cut is not None and archived == 0:
-            return Verification(
-                False,
-                0,
-                cut.seq,
-                f"archive record {cut.seq} does not say where the cut is",
-            )
-        for seq, at, kind, flag, actor, data, prev_hash, digest, _ref in self.rows():
-            if seq != expected_seq:
-                where = (
-                    f" (the archive record {cut.seq} says the log starts at record {expected_seq})"
-                    if cut is not None and checked == 0
-                    else ""
-                )
-                return Verification(
-                    False,
-                    checked,
-                    expected_seq,
-                    f"record {expected_seq} is missing (next is {seq}){where}",
-                    head=prev,
-                    archived_through=archived,
-                )
-            if prev_hash != prev:
-                return Verification(
-                    False,
-                    checked,
-                    seq,
-                    f"record {seq} does not follow record {seq - 1} (chain broken)",
-                    head=prev,
-                    archived_through=archived,
-                )
-            if AuditRecord.digest(seq, at, kind, flag, actor, data, prev_hash) != digest:
-                return Verification(
-                    False,
-                    checked,
-                    seq,
-                    f"record {seq} was modified (hash mismatch)",
-                    head=prev,
-                    archived_through=archived,
-                )
-            if _ref is not None and _stated_ref(data) not in (None, _ref):
-                # The ref column is not hashed; the ref the (hashed) data states must agree.
-                return Verification(
-                    False,
-                    checked,
-                    seq,
-                    f"record {seq}'s ref was changed (it does not match its data)",
-                    head=prev,
-                    archived_through=archived,
-                )
-            prev, expected_seq = digest, seq + 1
-            checked += 1
-        return Verification(True, checked, head=prev, archived_through=archived)
+        """Walk the chain; name the first record that was edited, deleted or moved (see
+        :func:`~flagwarden.audit.verify.verify_chain`)."""
+        return verify_chain(self)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def _stated_ref(data: str) -> str | None:
-    """The ref a record's data states (records of state changes carry theirs), if any."""
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return None
-    ref = doc.get("ref") if isinstance(doc, dict) else None
-    return ref if isinstance(ref, str) else None
 
 
 def open_audit_log(url: str, base_dir: Path | None = None) -> AuditLog:

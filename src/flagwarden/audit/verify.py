@@ -1,0 +1,102 @@
+"""Verifying the audit log's hash chain: :func:`verify_chain` walks the stored rows and names
+the first record that was edited, deleted or moved; :func:`chain_start` finds where the live chain
+starts once old records were archived (the ``archive`` record that closes the cut states it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from flagwarden.audit.records import GENESIS, AuditRecord, Verification
+
+if TYPE_CHECKING:
+    from flagwarden.audit.log import AuditLog
+
+__all__ = ["chain_start", "verify_chain"]
+
+
+def chain_start(log: AuditLog) -> tuple[int, str, AuditRecord | None]:
+    """Where the live chain starts: ``(first seq, the hash it must follow, the archive
+    record that says so)``; ``(1, GENESIS, None)`` for a log that was never archived."""
+    cut = log.records(kind="archive", newest_first=True).first()
+    if cut is None:
+        return 1, GENESIS, None
+    last_seq, last_hash = cut.data.get("last_seq"), cut.data.get("last_hash")
+    if not isinstance(last_seq, int) or not isinstance(last_hash, str):
+        return 1, GENESIS, cut  # verify names the archive record as unreadable
+    return last_seq + 1, last_hash, cut
+
+
+def verify_chain(log: AuditLog) -> Verification:
+    """Walk the chain; name the first record that was edited, deleted or moved.
+
+    A log cut by an archive starts after the last archived record: the first remaining
+    record must follow the hash the latest ``archive`` record states (that record is
+    itself chained, so the statement cannot be edited unnoticed)."""
+    expected_seq, prev, cut = log.start()
+    archived = expected_seq - 1
+    checked = 0
+    if cut is not None and archived == 0:
+        return Verification(
+            False,
+            0,
+            cut.seq,
+            f"archive record {cut.seq} does not say where the cut is",
+        )
+    for seq, at, kind, flag, actor, data, prev_hash, digest, _ref in log.rows():
+        if seq != expected_seq:
+            where = (
+                f" (the archive record {cut.seq} says the log starts at record {expected_seq})"
+                if cut is not None and checked == 0
+                else ""
+            )
+            return Verification(
+                False,
+                checked,
+                expected_seq,
+                f"record {expected_seq} is missing (next is {seq}){where}",
+                head=prev,
+                archived_through=archived,
+            )
+        if prev_hash != prev:
+            return Verification(
+                False,
+                checked,
+                seq,
+                f"record {seq} does not follow record {seq - 1} (chain broken)",
+                head=prev,
+                archived_through=archived,
+            )
+        if AuditRecord.digest(seq, at, kind, flag, actor, data, prev_hash) != digest:
+            return Verification(
+                False,
+                checked,
+                seq,
+                f"record {seq} was modified (hash mismatch)",
+                head=prev,
+                archived_through=archived,
+            )
+        if _ref is not None and _stated_ref(data) not in (None, _ref):
+            # The ref column is not hashed; the ref the (hashed) data states must agree.
+            return Verification(
+                False,
+                checked,
+                seq,
+                f"record {seq}'s ref was changed (it does not match its data)",
+                head=prev,
+                archived_through=archived,
+            )
+        prev, expected_seq = digest, seq + 1
+        checked += 1
+    return Verification(True, checked, head=prev, archived_through=archived)
+
+
+def _stated_ref(data: str) -> str | None:
+    """The ref a record's data states (records of state changes carry theirs), if any."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    ref = doc.get("ref") if isinstance(doc, dict) else None
+    return ref if isinstance(ref, str) else None
