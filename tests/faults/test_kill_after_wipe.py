@@ -292,3 +292,27 @@ def test_a_recreated_sqlite_file_is_followed(project: Project):
         wait_for(lambda: cache.get(FLAG).killed, timeout=5)
     finally:
         cache.close()
+
+
+def test_the_backstop_reload_catches_a_change_whose_notification_was_lost(
+    project: Project, redis_url: str
+):
+    """Pub/sub drops messages (a subscriber reconnecting, a full output buffer): a kill
+    written without its announcement still arrives by the periodic full reload."""
+    config = governed_project(project, state=redis_url)
+    gov = Governance.open(load_settings(config))
+    store = open_state_store(redis_url, project.root)
+    cache = StateCache(store, [FLAG], reload_interval=0.3)
+    try:
+        live = gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True).after
+        cache.start()
+        assert cache.get(FLAG).stage == 50
+        killed = live.changed(actor="t", reason="kill, unannounced", killed=True)
+        prefix = redis_url.rsplit("prefix=", 1)[1]
+        redis.Redis().hset(
+            f"{prefix}:state:{FLAG}", mapping={"version": killed.version, "data": killed.to_json()}
+        )  # no PUBLISH: the notification is lost
+        wait_for(lambda: cache.get(FLAG).killed, timeout=3)
+    finally:
+        cache.close()
+        gov.close()
