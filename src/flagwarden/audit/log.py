@@ -60,6 +60,10 @@ _INDEXES = {
     "flagwarden_audit_at_seq": "(at, seq)",
 }
 _ADVISORY_KEY = 0x666C6167  # "flag"
+# An append gives up after this long on PostgreSQL (SQLite waits as long for its lock): a hung
+# audit database must not hang a transition, whose change is already stored and whose records
+# then wait in the outbox, nor the watch loop.
+APPEND_TIMEOUT_MS = 30_000
 
 
 def _index_sql(name: str) -> str:
@@ -168,7 +172,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._conn = self._connect()
 
-    def _begin(self) -> None:
+    def _begin(self, *, bounded: bool = True) -> None:
         """Open a write transaction that excludes every other appender (call under the lock)."""
         if self._kind == "sqlite":
             self._conn.execute("BEGIN IMMEDIATE")
@@ -176,6 +180,8 @@ class AuditLog:
             if self._conn.closed or self._conn.broken:  # the server restarted: a new session
                 self._conn = self._connect()
             self._conn.execute("BEGIN")
+            if bounded:  # an archive's delete may take long; an append must not
+                self._conn.execute(f"SET LOCAL statement_timeout = {APPEND_TIMEOUT_MS}")
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
 
     def _fail(self, action: str, exc: BaseException) -> AuditError:
@@ -343,7 +349,7 @@ class AuditLog:
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         with self._lock:
             try:
-                self._begin()
+                self._begin(bounded=False)
                 (first,) = self._conn.execute("SELECT MIN(seq) FROM flagwarden_audit").fetchone()
                 row = self._conn.execute(
                     f"SELECT hash FROM flagwarden_audit WHERE seq = {ph}", (last_seq,)
