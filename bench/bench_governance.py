@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,6 +28,7 @@ import structlog
 import yaml
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
+from tests.governance.worker import spawn
 
 import flagwarden
 from bench.bench_eval import alternate
@@ -39,7 +37,6 @@ from flagwarden.governance.project import Governance
 from flagwarden.providers.file import FileProvider
 
 FLAG = "new-scoring-model"
-ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
@@ -84,18 +81,7 @@ def kill_propagation(config: Path, workers: int) -> list[float]:
     if rollout.state(FLAG).stage < 100:
         rollout.advance(FLAG, actor="bench", reason="all in", to=100, force=True)
     gov.close()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.governance.worker", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(workers)
-    ]
+    procs = spawn(config, workers)
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)  # let every worker settle into its loop

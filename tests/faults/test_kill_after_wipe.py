@@ -3,12 +3,10 @@ versions from 1 again, and workers whose cache holds a higher version must still
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,9 +18,25 @@ from flagwarden.governance.cache import StateCache
 from flagwarden.governance.project import Governance
 from flagwarden.governance.state import open_state_store
 from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
+from tests.governance.worker import spawn
 
 FLAG = POLICY["flag"]
-ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def governed_cache(
+    config: Path, url: str, flags: Iterable[str] = (FLAG,), *, reload_interval: float = 3600
+) -> Iterator[tuple[Governance, StateCache]]:
+    """The project's governance (to make changes) and a worker's cache of ``url`` (to see
+    them), closed afterwards; the long default reload leaves refreshing to the test."""
+    gov = Governance.open(load_settings(config))
+    store = open_state_store(url, config.parent)
+    cache = StateCache(store, flags, reload_interval=reload_interval)
+    try:
+        yield gov, cache
+    finally:
+        cache.close()
+        gov.close()
 
 
 def _sqlite_path(url: str) -> Path:
@@ -74,10 +88,7 @@ def test_the_cache_follows_a_store_that_lost_its_data(project: Project, state_ur
     """In one process, deterministic: the store's lower version replaces the cached one."""
     config = governed_project(project, state=state_url)
     keep, lose = losing(state_url)
-    gov = Governance.open(load_settings(config))
-    store = open_state_store(state_url, project.root)
-    cache = StateCache(store, [FLAG], reload_interval=3600)
-    try:
+    with governed_cache(config, state_url) as (gov, cache):
         gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True)
         keep()
         for i in range(3):
@@ -87,9 +98,11 @@ def test_the_cache_follows_a_store_that_lost_its_data(project: Project, state_ur
         assert (cache.get(FLAG).version, cache.get(FLAG).stage) == (7, 50)
         generation = cache.generation
         lose()
-        gov.close()
-        gov = Governance.open(load_settings(config))
-        done = gov.rollout().kill(FLAG, actor="t", reason="after the wipe")
+        fresh = Governance.open(load_settings(config))  # another process: the CLI's kill
+        try:
+            done = fresh.rollout().kill(FLAG, actor="t", reason="after the wipe")
+        finally:
+            fresh.close()
         assert done.after.version < 7
         cache.refresh(FLAG)
         assert cache.get(FLAG).killed
@@ -97,18 +110,12 @@ def test_the_cache_follows_a_store_that_lost_its_data(project: Project, state_ur
         assert cache.get(FLAG).killed and cache.get(FLAG).version == done.after.version
         if not state_url.startswith("sqlite"):  # a restored copy keeps its generation
             assert cache.generation and cache.generation != generation
-    finally:
-        cache.close()
-        gov.close()
 
 
 def test_a_full_reload_of_an_emptied_store_serves_control(project: Project, state_url: str):
     config = governed_project(project, state=state_url)
     _, lose = losing(state_url)
-    gov = Governance.open(load_settings(config))
-    store = open_state_store(state_url, project.root)
-    cache = StateCache(store, [FLAG], reload_interval=3600)
-    try:
+    with governed_cache(config, state_url) as (gov, cache):
         gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True)
         cache.refresh(None)
         assert cache.get(FLAG).stage == 50
@@ -127,24 +134,6 @@ def test_a_full_reload_of_an_emptied_store_serves_control(project: Project, stat
         wait_for(reloaded, timeout=5)
         state = cache.get(FLAG)  # the store no longer knows the flag: stage 0, control
         assert (state.stage, state.killed, state.version) == (0, False, 0)
-    finally:
-        cache.close()
-        gov.close()
-
-
-def start_workers(config: Path, n: int) -> list[subprocess.Popen[str]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.governance.worker", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(n)
-    ]
 
 
 @pytest.mark.slow
@@ -157,7 +146,7 @@ def test_a_kill_after_the_store_lost_its_data_reaches_every_worker(
     assert result.returncode == 0, result.stderr
     keep()
     churn(config, 2)  # the workers will cache version 5
-    workers = start_workers(config, 2)
+    workers = spawn(config, 2)
     try:
         for worker in workers:
             assert worker.stdout.readline().strip() == "ready"
@@ -184,7 +173,7 @@ def test_status_lists_what_each_worker_sees(project: Project, state_url: str):
     assert (
         run_cli(config, "advance", FLAG, "--to", "100", "--force", "--reason", "go").returncode == 0
     )
-    workers = start_workers(config, 1)
+    workers = spawn(config, 1)
     try:
         assert workers[0].stdout.readline().strip() == "ready"
 
@@ -230,10 +219,7 @@ def _corrupt_row(state_url: str, project: Project, flag: str, data: str) -> None
 
 def test_one_unreadable_state_row_does_not_keep_a_kill_out(project: Project, state_url: str):
     config = governed_project(project, state=state_url)
-    gov = Governance.open(load_settings(config))
-    store = open_state_store(state_url, project.root)
-    cache = StateCache(store, [FLAG, "other", "newer"], reload_interval=3600)
-    try:
+    with governed_cache(config, state_url, [FLAG, "other", "newer"]) as (gov, cache):
         gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True)
         _corrupt_row(state_url, project, "other", "{not json")
         newer = '{"flag": "newer", "stage": 5, "version": 1, "field_from_the_future": 1}'
@@ -244,28 +230,19 @@ def test_one_unreadable_state_row_does_not_keep_a_kill_out(project: Project, sta
         gov.rollout().kill(FLAG, actor="t", reason="nulls")
         cache.refresh(None)
         assert cache.get(FLAG).killed and cache.healthy
-        assert "other" in store.last_unreadable
-    finally:
-        cache.close()
-        gov.close()
+        assert cache.store is not None and "other" in cache.store.last_unreadable
 
 
 def test_a_write_this_process_made_never_undoes_a_later_one(project: Project, state_url: str):
     """The cache takes its own write only if no read that started later got there first."""
     config = governed_project(project, state=state_url)
-    gov = Governance.open(load_settings(config))
-    store = open_state_store(state_url, project.root)
-    cache = StateCache(store, [FLAG], reload_interval=3600)
-    try:
+    with governed_cache(config, state_url) as (gov, cache):
         first = gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True).after
         ticket = cache.ticket()  # taken before the write, as Rollout does
         gov.rollout().kill(FLAG, actor="other process", reason="nulls")
         cache.refresh(FLAG)  # the other process's kill arrives first
         cache.put(first, ticket)  # then this process's older write
         assert cache.get(FLAG).killed
-    finally:
-        cache.close()
-        gov.close()
 
 
 def test_a_recreated_sqlite_file_is_followed(project: Project):
@@ -300,10 +277,7 @@ def test_the_backstop_reload_catches_a_change_whose_notification_was_lost(
     """Pub/sub drops messages (a subscriber reconnecting, a full output buffer): a kill
     written without its announcement still arrives by the periodic full reload."""
     config = governed_project(project, state=redis_url)
-    gov = Governance.open(load_settings(config))
-    store = open_state_store(redis_url, project.root)
-    cache = StateCache(store, [FLAG], reload_interval=0.3)
-    try:
+    with governed_cache(config, redis_url, reload_interval=0.3) as (gov, cache):
         live = gov.rollout().advance(FLAG, actor="t", reason="go", to=50, force=True).after
         cache.start()
         assert cache.get(FLAG).stage == 50
@@ -313,6 +287,3 @@ def test_the_backstop_reload_catches_a_change_whose_notification_was_lost(
             f"{prefix}:state:{FLAG}", mapping={"version": killed.version, "data": killed.to_json()}
         )  # no PUBLISH: the notification is lost
         wait_for(lambda: cache.get(FLAG).killed, timeout=3)
-    finally:
-        cache.close()
-        gov.close()

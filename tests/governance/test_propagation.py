@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,30 +14,15 @@ import flagwarden
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
+from tests.governance.worker import spawn
 from tests.servers.launchdarkly import free_port
 
 FLAG = POLICY["flag"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_kill(config: Path, reason: str) -> subprocess.CompletedProcess[str]:
     """`flagwarden kill` from another process, as an operator would run it."""
     return run_cli(config, "kill", FLAG, "--reason", reason)
-
-
-def start_workers(config: Path, n: int) -> list[subprocess.Popen[str]]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.governance.worker", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(n)
-    ]
 
 
 @pytest.mark.slow
@@ -48,7 +31,7 @@ def test_kill_reaches_every_worker(project: Project, state_url: str):
     gov = Governance.open(load_settings(config))
     try:
         gov.rollout().advance(FLAG, actor="t", reason="all in", to=100, force=True)
-        workers = start_workers(config, 3)
+        workers = spawn(config, 3)
         try:
             for worker in workers:
                 assert worker.stdout.readline().strip() == "ready"

@@ -2,19 +2,39 @@
 
 python -m tests.governance.worker CONFIG: evaluates the governed flag for 200 units in a
 loop; prints "ready" once every unit gets the treatment, then "control <unix time>" when
-every unit is back on control, and exits.
+every unit is back on control, and exits. :func:`spawn` starts some.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 
 FLAG = "new-scoring-model"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(config: Path, n: int) -> list[subprocess.Popen[str]]:
+    """``n`` worker processes for ``config``, their stdout a pipe to read the lines above."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.governance.worker", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(n)
+    ]
 
 
 def main() -> None:
