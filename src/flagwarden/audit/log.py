@@ -207,6 +207,18 @@ class AuditLog:
         returned and nothing is appended (checked and inserted in one locked transaction, so
         two processes recording the same act append it once). The ref is not hashed.
         """
+        return self.append_once(kind, data, flag=flag, actor=actor, ref=ref)[0]
+
+    def append_once(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        flag: str | None = None,
+        actor: str | None = None,
+        ref: str | None = None,
+    ) -> tuple[AuditRecord, bool]:
+        """:meth:`append`, and whether it appended (False: the ref was already recorded)."""
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         with self._lock:
             try:
@@ -218,7 +230,7 @@ class AuditLog:
                 with contextlib.suppress(Exception):
                     self._conn.execute("ROLLBACK")
                 raise self._fail("append", exc) from None
-        return record
+        return record, existing is None
 
     def _insert(
         self,

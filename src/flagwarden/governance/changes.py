@@ -159,11 +159,10 @@ class ChangeRecorder:
             raise AuditError(self.audit_problem or "no audit log")
         new = 0
         for record, ref in zip(entry.records, entry.record_refs(), strict=True):
-            known = self.audit.find(ref) is not None
-            self.audit.append(
+            _, appended = self.audit.append_once(
                 record["kind"], record["data"], flag=entry.flag, actor=record.get("actor"), ref=ref
             )
-            new += not known
+            new += appended
         self.store.clear_outbox(entry.ref)
         return new
 
