@@ -59,11 +59,7 @@ def audit_verify(
     files = [*(archives or ()), *(more or ())]
     if more and not archives:
         raise _usage("archive files are given with --archive FILE...")
-    try:
-        settings = load_settings(config)
-        log = AuditLog(settings.config.audit, settings.base_dir)
-    except (ConfigError, AuditError) as exc:
-        raise fail(str(exc)) from None
+    settings, log = _open_log(config)
     try:
         written, unrecorded = _cross_check(settings, log)
         result = log.verify()
@@ -94,6 +90,15 @@ def audit_verify(
             "verify and join the live chain"
             + ("" if joined.first_seq == 1 else f"; records before {joined.first_seq} not given")
         )
+
+
+def _open_log(config: Path | None) -> tuple[Settings, AuditLog]:
+    """The settings and the audit log, or exit 1 saying what is wrong."""
+    try:
+        settings = load_settings(config)
+        return settings, AuditLog(settings.config.audit, settings.base_dir)
+    except (ConfigError, AuditError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _cross_check(settings: Settings, log: AuditLog) -> tuple[int, list[Unrecorded]]:
@@ -145,11 +150,7 @@ def audit_archive(
     except PeriodError as exc:
         raise _usage(str(exc)) from None
     path = output or Path(f"audit-before-{moment:%Y-%m-%dT%H%M%S}.jsonl")
-    try:
-        settings = load_settings(config)
-        log = AuditLog(settings.config.audit, settings.base_dir)
-    except (ConfigError, AuditError) as exc:
-        raise fail(str(exc)) from None
+    _, log = _open_log(config)
     try:
         done = archive(log, moment, path, actor=resolve_actor(actor))
     except AuditError as exc:
