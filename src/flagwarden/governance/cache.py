@@ -25,10 +25,6 @@ __all__ = ["StateCache", "worker_id"]
 _log = structlog.get_logger("flagwarden.state")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def worker_id() -> str:
     """This process, as ``status`` lists it."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -152,7 +148,7 @@ class StateCache:
         if self.store is None:
             return
         doc: dict[str, Any] = {
-            "at": _now().isoformat(),
+            "at": datetime.now(UTC).isoformat(),
             "generation": self.generation,
             "healthy": self._healthy,
             "versions": {name: s.version for name, s in sorted(self._states.items())},
