@@ -27,6 +27,7 @@ from flagwarden.background import run_supervised
 from flagwarden.errors import FlagwardenError
 from flagwarden.providers.base import too_deep
 from flagwarden.storage import redact_url
+from flagwarden.telemetry.metrics import SNAPSHOT_LAST_WRITE
 
 __all__ = [
     "FileSnapshotStore",
@@ -238,6 +239,7 @@ class SnapshotWriter:
             return None
         self.store.save(snapshot)
         self.writes += 1
+        SNAPSHOT_LAST_WRITE.labels(snapshot.profile).set(snapshot.written_at.timestamp())
         return snapshot
 
     def _log_failure(self, exc: Exception) -> None:

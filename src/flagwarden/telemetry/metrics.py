@@ -19,7 +19,10 @@ __all__ = [
     "FLAG_STAGE",
     "GUARD_BREACHES",
     "METRIC_VALUE",
+    "NOTIFICATIONS_FAILED",
+    "NOTIFICATIONS_SENT",
     "PROVIDER_STATE",
+    "SNAPSHOT_LAST_WRITE",
     "VIOLATIONS",
 ]
 
@@ -76,4 +79,21 @@ BACKGROUND_HEALTHY = Gauge(
     "1 while a background thread's passes succeed, 0 after one failed (until one succeeds)",
     ["thread"],
     multiprocess_mode="livemin",  # a fleet of workers is healthy only if every live one is
+)
+SNAPSHOT_LAST_WRITE = Gauge(
+    "flagwarden_snapshot_last_write_timestamp_seconds",
+    "Unix time of the last successful write of the last-known-good snapshot",
+    ["feature_flag_provider_name"],
+    multiprocess_mode="max",  # the newest write among the workers
+)
+NOTIFICATIONS_SENT = Counter(
+    "flagwarden_notifications_sent",
+    "Webhook notifications delivered (a 2xx answer), by target name (never its URL)",
+    ["target"],
+)
+NOTIFICATIONS_FAILED = Counter(
+    "flagwarden_notifications_failed",
+    "Webhook notifications given up on (retries spent, a refusal, dropped, or still unsent "
+    "at close), by target name (never its URL)",
+    ["target"],
 )
