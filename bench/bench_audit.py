@@ -128,13 +128,13 @@ def build_log(url: str, n: int, end: datetime | None = None) -> Expected:
 
         conn = psycopg.connect(url)
         ph = "%s"
-    insert = f"INSERT INTO flagwarden_audit ({COLUMNS}) VALUES ({', '.join([ph] * 9)})"
+    insert = f"INSERT INTO flagwarden_audit ({COLUMNS}) VALUES ({', '.join([ph] * 10)})"
     prev, batch = GENESIS, []
     cursor = conn.cursor()
     for seq, (at, kind, flag, actor, data) in enumerate(_records(n, end, expected), 1):
         body = json.dumps(data, sort_keys=True, separators=(",", ":"))
         digest = AuditRecord.digest(seq, at.isoformat(), kind, flag, actor, body, prev)
-        batch.append((seq, at.isoformat(), kind, flag, actor, body, prev, digest, None))
+        batch.append((seq, at.isoformat(), kind, flag, actor, body, prev, digest, None, None))
         prev = digest
         if len(batch) == 10_000:
             cursor.executemany(insert, batch)

@@ -15,6 +15,7 @@ import yaml
 import flagwarden
 from tests.servers.launchdarkly import LaunchDarklyServer
 from tests.servers.split import SplitServer
+from tests.servers.webhook import Receiver
 
 # The vendor SDKs log every refused reconnect; the tests provoke many on purpose.
 for name in ("ldclient", "splitio", "launchdarkly-openfeature-server"):
@@ -67,6 +68,14 @@ def ld_server() -> Iterator[LaunchDarklyServer]:
     server = LaunchDarklyServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local webhook that records what ``notify:`` targets receive."""
+    r = Receiver()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

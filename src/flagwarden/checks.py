@@ -12,6 +12,7 @@ reached. No finding ever carries a secret: store URLs are redacted, SDK keys are
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
 import urllib.request
@@ -19,8 +20,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.audit.signing import fingerprint, public_key_from_settings, signer_from_settings
 from flagwarden.config import (
     FileProfile,
     FlagwardenConfig,
@@ -98,7 +101,9 @@ def check_project(config: Path | str | None = None, *, connect: bool = False) ->
     if flags is not None:
         found.extend(_policy_against_flags(policy_set, *flags))
     if usable:
+        found.extend(_check_audit_keys(settings, where))
         found.extend(_check_stores(settings, policy_set, connect))
+        found.extend(_check_notify(settings))
     if usable and connect:
         found.extend(_check_telemetry(settings))
         for profile in (active, profiles.get(shadow.provider) if shadow else None):
@@ -298,10 +303,10 @@ def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> l
             found.extend(
                 Finding("warning", lint) for lint in lint_state(policy_set.policies, states)
             )
-    if not (connect or _local_sqlite(cfg.audit, base)):
+    if not (connect or _local_sqlite(cfg.audit.url, base)):
         return found
     try:
-        audit = AuditLog(cfg.audit, base)
+        audit = AuditLog(cfg.audit.url, base)
     except AuditError as exc:
         found.append(Finding("error", f"audit store unreachable: {exc}"))
         return found
@@ -312,7 +317,9 @@ def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> l
         if connect:
             verified = audit.verify()
             found.append(
-                Finding("ok", f"audit store {redact_url(cfg.audit)} ({verified.checked} records)")
+                Finding(
+                    "ok", f"audit store {redact_url(cfg.audit.url)} ({verified.checked} records)"
+                )
                 if verified.ok
                 else Finding(
                     "error",
@@ -324,6 +331,54 @@ def _check_stores(settings: Settings, policy_set: PolicySet, connect: bool) -> l
     finally:
         audit.close()
     return found
+
+
+def _check_notify(settings: Settings) -> Iterator[Finding]:
+    """Webhook targets, validated and never contacted (a test message would trigger them,
+    even with ``--connect``); shown as ``scheme://host/…``: the path is the credential."""
+    where = str(settings.source or "the embedded default")
+    for i, target in enumerate(settings.config.notify):
+        label, host = target.label(i), urlsplit(target.url).hostname or ""
+        events = ", ".join(target.events) if target.events is not None else "every event"
+        yield Finding(
+            "ok",
+            f"notify {label}: {target.format} to {target.shown_url} ({events}; not contacted)",
+            where,
+        )
+        if target.url.startswith("http://") and not _loopback(host):
+            yield Finding(
+                "warning",
+                f"{where}: notify.{i}.url: plain http to {host}: the webhook URL (a credential) "
+                "and the messages travel unencrypted; use https",
+            )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_audit_keys(settings: Settings, where: str) -> list[Finding]:
+    """The audit signing key and public key load (the error names the field, never the key)."""
+    try:
+        signer = signer_from_settings(settings)
+        public = public_key_from_settings(settings)
+    except ConfigError as exc:
+        return list(_errors(exc))
+    if signer is None:
+        return []
+    if public is not None and fingerprint(public) != signer.fingerprint:
+        return [
+            Finding(
+                "error",
+                f"{where}: audit.public_key: is not the public half of audit.signing_key "
+                "(verify would reject every record signed from now on)",
+                where,
+            )
+        ]
+    return [Finding("ok", f"audit records are signed (Ed25519, key {signer.fingerprint})")]
 
 
 def _get(url: str, timeout: float = 3.0) -> str | None:

@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from flagwarden.documents import MAX_DURATION, interpolate, parse_duration, read_yaml
@@ -32,12 +33,16 @@ from flagwarden.errors import ConfigError
 __all__ = [
     "CONFIG_ENV",
     "PROVIDER_ENV",
+    "AuditConfig",
     "EnvProfile",
     "FallbackConfig",
     "FileProfile",
     "FlagwardenConfig",
     "LaunchDarklyProfile",
+    "NotifyEvent",
+    "NotifyTarget",
     "Profile",
+    "ServerConfig",
     "Settings",
     "ShadowConfig",
     "SplitProfile",
@@ -199,6 +204,107 @@ class TelemetryConfig(_Model):
     max_unregistered_flags: int = Field(default=100, ge=0)
 
 
+NotifyEvent = Literal[
+    "transition",  # every state change (a kill and a rollback too)
+    "kill",
+    "rollback",
+    "breach",  # a watch pass rolled back or paused on a guard breach
+    "approval_requested",
+    "approval_decided",
+    "outage_start",
+    "outage_end",
+]
+_WEBHOOK_URL = re.compile(r"^notify(\.\d+)?(\.url)?$")  # a webhook URL is a credential
+
+
+class NotifyTarget(_Model):
+    """A webhook that hears about changes (``notify:``). Its URL is a secret (Slack's path is
+    the credential): it is never logged, shown in an error, a metric or a report; a target is
+    named by ``name`` (else ``notify.INDEX``) and shown as ``scheme://host/…``."""
+
+    url: str = Field(repr=False)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    format: Literal["json", "slack"] = "json"
+    events: list[NotifyEvent] | None = None  # None: every event
+    timeout: float = Field(default=5.0, gt=0, le=300)  # seconds per attempt
+    retries: int = Field(default=5, ge=0, le=20)  # after the first attempt
+    backoff: float = Field(default=0.5, gt=0, le=60)  # the first retry's wait; doubles, max 30s
+
+    @field_validator("url")
+    @classmethod
+    def _webhook_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {_scheme(value)!r}")
+        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            raise ValueError("expected a URL without spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises for a port that is not a number
+        except ValueError:
+            raise ValueError("expected a valid URL (the host or port cannot be read)") from None
+        if not parts.hostname:
+            raise ValueError("expected a URL with a host name")
+        if "@" in parts.netloc:
+            raise ValueError("expected no user:password@ in the URL (put a token in the path)")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("expected at least one event (leave events out for every event)")
+        return value
+
+    def label(self, index: int) -> str:
+        """How logs and metrics name this target: never its URL."""
+        return self.name or f"notify.{index}"
+
+    @property
+    def shown_url(self) -> str:
+        """``scheme://host[:port]/…``: where it goes, without the path (the credential)."""
+        scheme, _, rest = self.url.partition("://")
+        host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        return f"{scheme}://{host}/…"
+
+
+class ServerConfig(_Model):
+    """``flagwarden serve``: where it listens, and how long a browser session lasts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    session_hours: float = Field(default=8, gt=0, le=24 * 30)
+
+
+class AuditConfig(_Model):
+    """``audit:``: where the log lives and its Ed25519 keys (docs/audit.md#signing). A plain
+    string is the URL alone; the keys are loaded by :mod:`flagwarden.audit.signing`."""
+
+    url: str = "sqlite:///.flagwarden/audit.db"
+    signing_key: SecretStr | None = None  # PEM text, a PEM file's path, or base64 of the seed
+    public_key: Path | None = None  # verify checks signatures with it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"url": cls._audit_url(value)}
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _audit_url(cls, value: str) -> str:
+        if not value.startswith(_AUDIT_SCHEMES):
+            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {_scheme(value)!r}")
+        return value
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _no_key(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # ${VAR:-}
+
+
 class FlagwardenConfig(_Model):
     """``flagwarden.yaml``."""
 
@@ -209,7 +315,7 @@ class FlagwardenConfig(_Model):
     fallback: FallbackConfig = FallbackConfig()
     unregistered: Literal["allow", "warn", "deny"] = "warn"
     state: str = "sqlite:///.flagwarden/state.db"
-    audit: str = "sqlite:///.flagwarden/audit.db"
+    audit: AuditConfig = AuditConfig()
 
     @field_validator("state")
     @classmethod
@@ -221,15 +327,19 @@ class FlagwardenConfig(_Model):
             )
         return value
 
-    @field_validator("audit")
-    @classmethod
-    def _audit_url(cls, value: str) -> str:
-        if not value.startswith(_AUDIT_SCHEMES):
-            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {_scheme(value)!r}")
-        return value
-
     telemetry: TelemetryConfig = TelemetryConfig()
     shadow: ShadowConfig | None = None
+    server: ServerConfig = ServerConfig()
+    notify: list[NotifyTarget] = []
+
+    @field_validator("notify")
+    @classmethod
+    def _unique_names(cls, value: list[NotifyTarget]) -> list[NotifyTarget]:
+        names = [target.label(i) for i, target in enumerate(value)]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"expected a different name for each target: {', '.join(twice)}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -314,7 +424,8 @@ def _describe(detail: Any) -> tuple[str | None, str]:
     msg = detail["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     value = detail.get("input")
-    if (field and _SECRET_FIELDS.search(field)) or looks_secret(value):
+    secret_field = field and (_SECRET_FIELDS.search(field) or _WEBHOOK_URL.match(field))
+    if secret_field or looks_secret(value):
         # Neither pydantic's words nor ours may carry it: cut the quoted value off.
         if ", got " in msg:
             msg = msg.split(", got ", 1)[0] + " (the value is not shown: it may be a secret)"

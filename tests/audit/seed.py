@@ -31,10 +31,10 @@ def seed(url: str, records: Iterable[tuple[datetime, str, str | None, dict[str, 
             seq += 1
             body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
             digest = AuditRecord.digest(seq, at.isoformat(), kind, flag, None, body, prev)
-            rows.append((seq, at.isoformat(), kind, flag, None, body, prev, digest, None))
+            rows.append((seq, at.isoformat(), kind, flag, None, body, prev, digest, None, None))
             prev = digest
         conn.cursor().executemany(
-            f"INSERT INTO flagwarden_audit ({COLUMNS}) VALUES ({', '.join([ph] * 9)})", rows
+            f"INSERT INTO flagwarden_audit ({COLUMNS}) VALUES ({', '.join([ph] * 10)})", rows
         )
         conn.commit()
     finally:

@@ -55,7 +55,7 @@ def test_archive_moves_old_records_and_the_chain_still_verifies(audit_url, tmp_p
     assert manifest["head"] == done.head and manifest["signature"] is None
     first = json.loads(lines[0])
     assert set(first) == {
-        "seq", "at", "kind", "flag", "actor", "data", "prev_hash", "hash", "ref"
+        "seq", "at", "kind", "flag", "actor", "data", "prev_hash", "hash", "ref", "signature"
     }  # fmt: skip
     assert json.loads(first["data"]) == {"action": "advance", "i": 0}
 

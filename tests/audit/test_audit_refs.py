@@ -165,6 +165,6 @@ def test_a_ref_is_unique_in_the_table_itself(project: Project):
             url,
             "UPDATE flagwarden_audit SET ref = 'intent:1' WHERE seq = 1",
             "INSERT INTO flagwarden_audit SELECT seq + 1, at, kind, flag, actor, data, "
-            "prev_hash, hash, ref FROM flagwarden_audit",
+            "prev_hash, hash, ref, signature FROM flagwarden_audit",
         )
     log.close()

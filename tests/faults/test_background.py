@@ -195,7 +195,8 @@ def test_a_bad_flag_file_goes_stale_keeps_serving_and_recovers(
     assert client.get_boolean_value("gate", False, EvaluationContext("k")) is True
 
     flag_file.write_bytes(content)
-    wait_for(lambda: vendor.status is ProviderStatus.STALE, timeout=20)
+    # The provider turns STALE, then tells the chain, which opens the outage window.
+    wait_for(lambda: vendor.status is ProviderStatus.STALE and chain.outage, timeout=20)
     (unusable,) = logs.named("flagwarden.flag_file_unusable")
     assert unusable["path"] == str(flag_file) and reason in unusable["error"]
     assert str(flag_file) in unusable["error"]

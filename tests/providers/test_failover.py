@@ -97,7 +97,8 @@ def test_warm_outage_keeps_answers_and_records_the_window(project: Project, vend
         assert runtime.provider.status is ProviderStatus.STALE
         time.sleep(0.5)
         vendor.server.start()
-        wait_for(lambda: runtime.provider.outages, timeout=15)
+        # The window is closed, then announced (the event, then the audit record).
+        wait_for(lambda: any(e.name == "flagwarden.outage" for e in events), timeout=15)
         time.sleep(0.2)
     finally:
         stop.set()

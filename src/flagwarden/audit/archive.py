@@ -12,8 +12,9 @@ then one manifest line::
 SHA-256 of every line before the manifest. The records leave the table in the transaction that
 appends an ``archive`` record stating ``last_seq`` and ``last_hash``, so the live log still
 verifies from there, and the file can be checked against it (:func:`verify_archives`).
-``signature`` is null until audit signing (Ed25519) lands; until then the manifest carries
-hashes only, and a file is trusted because it joins the chain, not because it is signed.
+``signature`` is the Ed25519 signature of the manifest (:mod:`flagwarden.audit.signing`) when
+the log has a signer, else null (the file is then trusted because it joins the chain). Lines
+of files written before signatures existed have no ``signature`` field; they still verify.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from flagwarden.audit.log import COLUMNS, GENESIS, AuditError, AuditLog, AuditRecord
+from flagwarden.audit.signing import PublicKey, fingerprint, manifest_signature_ok, signature_ok
 
 __all__ = [
     "FORMAT",
@@ -71,16 +73,18 @@ class ArchiveCheck:
     first_seq: int | None = None  # the first archived record given
     last_seq: int | None = None
     problem: str | None = None
+    signed: int = 0  # files whose manifest carries a signature
+    key: str | None = None  # the fingerprint of the key the signatures were checked with
 
 
-def _line(row: Sequence[Any]) -> bytes:
-    return (json.dumps(dict(zip(_FIELDS, row, strict=True)), separators=(",", ":")) + "\n").encode()
+def _line(row: Sequence[Any], fields: Sequence[str] = _FIELDS) -> bytes:
+    return (json.dumps(dict(zip(fields, row, strict=True)), separators=(",", ":")) + "\n").encode()
 
 
 def _chain_problem(row: Sequence[Any], expected_seq: int, prev: str) -> str | None:
     """What is wrong with ``row`` as the record after ``prev`` at ``expected_seq``, if anything
     (the same judgement as :meth:`AuditLog.verify`)."""
-    seq, at, kind, flag, actor, data, prev_hash, digest, _ref = row
+    seq, at, kind, flag, actor, data, prev_hash, digest = row[:8]
     if seq != expected_seq:
         return f"record {expected_seq} is missing (next is {seq})"
     if prev_hash != prev:
@@ -152,8 +156,10 @@ def archive(
                 "sha256": digest.hexdigest(),
                 "before": before.astimezone(UTC).isoformat(),
                 "created_at": now.astimezone(UTC).isoformat(),
-                "signature": None,  # Ed25519, when audit signing lands
+                "signature": None,
             }
+            if log.signer is not None:
+                manifest["signature"] = log.signer.sign_manifest(manifest)
             file.write((json.dumps({"manifest": manifest}, separators=(",", ":")) + "\n").encode())
             file.flush()
             os.fsync(file.fileno())
@@ -189,6 +195,8 @@ def archive(
 class _File:
     path: Path
     manifest: dict[str, Any]
+    signed: int = 0  # records that carry a signature
+    unsigned: int | None = None  # the first record that does not
 
 
 def _read(path: Path) -> Iterator[tuple[int, Any]]:
@@ -204,30 +212,41 @@ def _read(path: Path) -> Iterator[tuple[int, Any]]:
         raise ArchiveError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _check_file(path: Path) -> _File:
-    """One archive on its own: the lines hash to the manifest, the records chain."""
+def _check_file(path: Path, key: PublicKey | None = None) -> _File:
+    """One archive (or export) on its own: the lines hash to the manifest, the records chain;
+    with ``key``, the manifest's signature and every signature a record carries verify."""
     digest = hashlib.sha256()
     manifest: dict[str, Any] | None = None
-    count, expected, prev = 0, None, None
+    count, expected, prev, signed, unsigned = 0, None, None, 0, None
     for number, line in _read(path):
         if manifest is not None:
             raise ArchiveError(f"{path}:{number}: a line after the manifest")
         if isinstance(line, dict) and isinstance(line.get("manifest"), dict):
             manifest = line["manifest"]
             continue
+        fields = _FIELDS if isinstance(line, dict) and "signature" in line else _FIELDS[:-1]
         try:
-            row = [line[name] for name in _FIELDS]
+            row = [line[name] for name in fields]
         except (KeyError, TypeError):
             raise ArchiveError(f"{path}:{number}: not an audit record") from None
-        digest.update(_line(row))
+        digest.update(_line(row, fields))
         if expected is None:
             expected, prev = row[0], row[6]
         problem = _chain_problem(row, expected, prev)  # type: ignore[arg-type]
         if problem is not None:
             raise ArchiveError(f"{path}:{number}: {problem}")
+        signature = line.get("signature")
+        if key is not None and signature is not None and not signature_ok(key, row[7], signature):
+            raise ArchiveError(f"{path}:{number}: record {row[0]}'s signature does not verify")
+        signed += signature is not None
+        unsigned = row[0] if unsigned is None and signature is None else unsigned
         expected, prev, count = row[0] + 1, row[7], count + 1
     if manifest is None:
         raise ArchiveError(f"{path}: no manifest line (the file is incomplete)")
+    if key is not None and manifest.get("signature") is None:
+        raise ArchiveError(f"{path}: the manifest is not signed")
+    if key is not None and not manifest_signature_ok(key, manifest):
+        raise ArchiveError(f"{path}: the manifest's signature does not verify")
     if manifest.get("sha256") != digest.hexdigest():
         raise ArchiveError(f"{path}: the records do not match the manifest's SHA-256")
     stated = (manifest.get("count"), manifest.get("head"))
@@ -235,27 +254,36 @@ def _check_file(path: Path) -> _File:
         raise ArchiveError(f"{path}: the manifest's count or head does not match the records")
     if count and expected is not None and manifest.get("last_seq") != expected - 1:
         raise ArchiveError(f"{path}: the manifest's last_seq does not match the records")
-    return _File(path, manifest)
+    return _File(path, manifest, signed, unsigned)
 
 
-def verify_archives(log: AuditLog, paths: Iterable[Path]) -> ArchiveCheck:
+def verify_archives(
+    log: AuditLog, paths: Iterable[Path], public_key: PublicKey | None = None
+) -> ArchiveCheck:
     """Check each archive file, that they follow one another, and that the last one joins
-    the live log where its latest ``archive`` record says it starts."""
+    the live log where its latest ``archive`` record says it starts. With ``public_key``
+    each manifest must be signed by it (records archived before signing was turned on may
+    be unsigned: the signed manifest vouches for them)."""
     files: list[_File] = []
+    key = fingerprint(public_key) if public_key is not None else None
     try:
-        files = sorted((_check_file(Path(p)) for p in paths), key=lambda f: f.manifest["first_seq"])
+        files = sorted(
+            (_check_file(Path(p), public_key) for p in paths),
+            key=lambda f: f.manifest["first_seq"],
+        )
     except ArchiveError as exc:
-        return ArchiveCheck(False, 0, 0, problem=str(exc))
+        return ArchiveCheck(False, 0, 0, problem=str(exc), key=key)
     if not files:
-        return ArchiveCheck(True, 0, 0)
+        return ArchiveCheck(True, 0, 0, key=key)
     records = sum(int(f.manifest["count"]) for f in files)
     first, last = files[0].manifest, files[-1].manifest
-    check = ArchiveCheck(True, len(files), records, first["first_seq"], last["last_seq"])
+    signed = sum(f.manifest.get("signature") is not None for f in files)
+    check = ArchiveCheck(
+        True, len(files), records, first["first_seq"], last["last_seq"], None, signed, key
+    )
 
     def broken(problem: str) -> ArchiveCheck:
-        return ArchiveCheck(
-            False, check.files, check.records, check.first_seq, check.last_seq, problem
-        )
+        return replace(check, ok=False, problem=problem)
 
     if first["first_seq"] == 1 and first["first_prev_hash"] != GENESIS:
         return broken(f"{files[0].path}: record 1 does not start the chain")

@@ -28,6 +28,7 @@ from flagwarden.audit.records import (
     _successor,
     _utc_text,
 )
+from flagwarden.audit.signing import PublicKey, Signer
 from flagwarden.audit.verify import chain_start, verify_chain
 from flagwarden.errors import FlagwardenError
 from flagwarden.storage import create_tables, redact_text, redact_url, store_failure
@@ -47,7 +48,8 @@ __all__ = [
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS flagwarden_audit ("
     "seq BIGINT PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, flag TEXT, actor TEXT, "
-    "data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, ref TEXT{collate})"
+    "data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, ref TEXT{collate}, "
+    "signature TEXT)"
 )
 # A ref compares byte by byte on both backends (PostgreSQL's default collation may not), so a
 # prefix is a contiguous range of the unique index.
@@ -76,10 +78,14 @@ class AuditError(FlagwardenError):
 
 
 class AuditLog:
-    """Append and read records; the backend is picked by URL."""
+    """Append and read records; the backend is picked by URL. With a ``signer`` every record
+    appended carries its Ed25519 signature (:mod:`flagwarden.audit.signing`)."""
 
-    def __init__(self, url: str, base_dir: Path | None = None) -> None:
+    def __init__(
+        self, url: str, base_dir: Path | None = None, *, signer: Signer | None = None
+    ) -> None:
         self.url = url
+        self.signer = signer
         self._lock = threading.Lock()
         if url.startswith("sqlite:///"):
             path = Path(url[len("sqlite:///") :])
@@ -130,7 +136,7 @@ class AuditLog:
                     "AND tbl_name = 'flagwarden_audit'"
                 )
             }
-            return "ref" in columns and set(_INDEXES) <= indexes
+            return {"ref", "signature"} <= columns and set(_INDEXES) <= indexes
 
         if current():
             return
@@ -140,6 +146,8 @@ class AuditLog:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(flagwarden_audit)")}
             if "ref" not in columns:
                 conn.execute("ALTER TABLE flagwarden_audit ADD COLUMN ref TEXT")
+            if "signature" not in columns:
+                conn.execute("ALTER TABLE flagwarden_audit ADD COLUMN signature TEXT")
             for name in _INDEXES:
                 conn.execute(_index_sql(name))
             conn.execute("COMMIT")
@@ -153,8 +161,8 @@ class AuditLog:
         """As :meth:`_migrate_sqlite`; DDL only when something is missing, because even a
         no-op ``ALTER TABLE`` takes an exclusive lock on the table."""
         row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'ref' AND NOT "
-            "attisdropped AND attrelid = to_regclass('flagwarden_audit')), "
+            "SELECT (SELECT count(*) = 2 FROM pg_attribute WHERE attname IN ('ref', 'signature') "
+            "AND NOT attisdropped AND attrelid = to_regclass('flagwarden_audit')), "
             "(SELECT count(*) FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL)",
             (list(_INDEXES),),
         ).fetchone()
@@ -164,6 +172,7 @@ class AuditLog:
             conn,
             _TABLE.format(collate=' COLLATE "C"'),
             f"ALTER TABLE flagwarden_audit ADD COLUMN IF NOT EXISTS {_REF_COLUMN['postgres']}",
+            "ALTER TABLE flagwarden_audit ADD COLUMN IF NOT EXISTS signature TEXT",
             *(_index_sql(name) for name in _INDEXES),
         )
 
@@ -249,12 +258,12 @@ class AuditLog:
         ).fetchone()
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
         digest = AuditRecord.digest(seq, at.isoformat(), kind, flag, actor, body, prev)
+        signature = self.signer.sign(digest) if self.signer is not None else None
         self._conn.execute(
-            f"INSERT INTO flagwarden_audit ({COLUMNS}) "
-            f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph})",
-            (seq, at.isoformat(), kind, flag, actor, body, prev, digest, ref),
+            f"INSERT INTO flagwarden_audit ({COLUMNS}) VALUES ({', '.join([ph] * 10)})",
+            (seq, at.isoformat(), kind, flag, actor, body, prev, digest, ref, signature),
         )
-        return AuditRecord(seq, at, kind, flag, actor, data, prev, digest, ref)
+        return AuditRecord(seq, at, kind, flag, actor, data, prev, digest, ref, signature)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -392,15 +401,18 @@ class AuditLog:
         record that says so)``; ``(1, GENESIS, None)`` for a log that was never archived."""
         return chain_start(self)
 
-    def verify(self) -> Verification:
-        """Walk the chain; name the first record that was edited, deleted or moved (see
+    def verify(self, public_key: PublicKey | None = None) -> Verification:
+        """Walk the chain; name the first record that was edited, deleted or moved, and with
+        ``public_key`` the first unsigned or badly signed one (see
         :func:`~flagwarden.audit.verify.verify_chain`)."""
-        return verify_chain(self)
+        return verify_chain(self, public_key)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
 
-def open_audit_log(url: str, base_dir: Path | None = None) -> AuditLog:
-    return AuditLog(url, base_dir)
+def open_audit_log(
+    url: str, base_dir: Path | None = None, *, signer: Signer | None = None
+) -> AuditLog:
+    return AuditLog(url, base_dir, signer=signer)

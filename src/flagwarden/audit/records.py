@@ -31,7 +31,7 @@ __all__ = [
 
 GENESIS = "0" * 64
 BATCH = 1000  # records fetched per query while streaming
-COLUMNS = "seq, at, kind, flag, actor, data, prev_hash, hash, ref"
+COLUMNS = "seq, at, kind, flag, actor, data, prev_hash, hash, ref, signature"
 
 
 class UnreadableData(dict[str, Any]):
@@ -56,6 +56,7 @@ class AuditRecord:
     prev_hash: str
     hash: str
     ref: str | None = None  # idempotency key of the act it records; not part of the hash
+    signature: str | None = None  # Ed25519 over ``hash``, 128 hex digits (audit.signing)
 
     @property
     def readable(self) -> bool:
@@ -73,7 +74,7 @@ class AuditRecord:
     def from_row(cls, row: Any) -> AuditRecord:
         """A record from its stored columns (:data:`COLUMNS`), never
         raising on bad content."""
-        seq, at, kind, flag, actor, body, prev_hash, digest, ref = row
+        seq, at, kind, flag, actor, body, prev_hash, digest, ref, signature = row
         data: dict[str, Any]
         try:
             parsed = json.loads(body)
@@ -90,7 +91,7 @@ class AuditRecord:
         except (TypeError, ValueError):
             moment = datetime.fromtimestamp(0, UTC)
             data = UnreadableData(body, f"its time {at!r} is not an ISO datetime")
-        return cls(seq, moment, kind, flag, actor, data, prev_hash, digest, ref)
+        return cls(seq, moment, kind, flag, actor, data, prev_hash, digest, ref, signature)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,16 @@ class Verification:
     problem: str | None = None
     head: str = GENESIS  # the hash of the last verified record (all of them: the whole log)
     archived_through: int = 0  # records up to this seq were archived (the live log starts after)
+    signed: int = 0  # records checked that carry a signature
+    key: str | None = None  # the fingerprint of the public key signatures were checked with
+
+    @property
+    def signatures(self) -> str:
+        """``verified`` (with a key, every record's), ``failed: ...`` (with a key), ``not
+        checked`` (signed records, no key) or ``unsigned`` (no record carries one)."""
+        if self.key is not None:
+            return "verified" if self.ok else f"failed: {self.problem}"
+        return "not checked" if self.signed else "unsigned"
 
 
 def _utc_text(moment: datetime) -> str:

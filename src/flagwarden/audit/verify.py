@@ -9,9 +9,11 @@ import json
 from typing import TYPE_CHECKING
 
 from flagwarden.audit.records import GENESIS, AuditRecord, Verification
+from flagwarden.audit.signing import fingerprint, signature_ok
 
 if TYPE_CHECKING:
     from flagwarden.audit.log import AuditLog
+    from flagwarden.audit.signing import PublicKey
 
 __all__ = ["chain_start", "verify_chain"]
 
@@ -28,68 +30,52 @@ def chain_start(log: AuditLog) -> tuple[int, str, AuditRecord | None]:
     return last_seq + 1, last_hash, cut
 
 
-def verify_chain(log: AuditLog) -> Verification:
+def verify_chain(log: AuditLog, public_key: PublicKey | None = None) -> Verification:
     """Walk the chain; name the first record that was edited, deleted or moved.
 
     A log cut by an archive starts after the last archived record: the first remaining
     record must follow the hash the latest ``archive`` record states (that record is
-    itself chained, so the statement cannot be edited unnoticed)."""
+    itself chained, so the statement cannot be edited unnoticed).
+
+    With ``public_key`` every record must carry a signature of its hash by that key: an
+    unsigned record, or one signed by another key, fails (a chain rewritten with recomputed
+    hashes cannot be signed without the private key). Without it, the result counts the
+    signed records (:attr:`Verification.signatures`)."""
+    key = fingerprint(public_key) if public_key is not None else None
     expected_seq, prev, cut = log.start()
     archived = expected_seq - 1
-    checked = 0
+    checked = signed = 0
+
+    def failed(seq: int, problem: str) -> Verification:
+        return Verification(False, checked, seq, problem, prev, archived, signed, key)
+
     if cut is not None and archived == 0:
-        return Verification(
-            False,
-            0,
-            cut.seq,
-            f"archive record {cut.seq} does not say where the cut is",
-        )
-    for seq, at, kind, flag, actor, data, prev_hash, digest, _ref in log.rows():
+        return failed(cut.seq, f"archive record {cut.seq} does not say where the cut is")
+    for seq, at, kind, flag, actor, data, prev_hash, digest, _ref, signature in log.rows():
         if seq != expected_seq:
             where = (
                 f" (the archive record {cut.seq} says the log starts at record {expected_seq})"
                 if cut is not None and checked == 0
                 else ""
             )
-            return Verification(
-                False,
-                checked,
-                expected_seq,
-                f"record {expected_seq} is missing (next is {seq}){where}",
-                head=prev,
-                archived_through=archived,
-            )
+            return failed(expected_seq, f"record {expected_seq} is missing (next is {seq}){where}")
         if prev_hash != prev:
-            return Verification(
-                False,
-                checked,
-                seq,
-                f"record {seq} does not follow record {seq - 1} (chain broken)",
-                head=prev,
-                archived_through=archived,
-            )
+            return failed(seq, f"record {seq} does not follow record {seq - 1} (chain broken)")
         if AuditRecord.digest(seq, at, kind, flag, actor, data, prev_hash) != digest:
-            return Verification(
-                False,
-                checked,
-                seq,
-                f"record {seq} was modified (hash mismatch)",
-                head=prev,
-                archived_through=archived,
-            )
+            return failed(seq, f"record {seq} was modified (hash mismatch)")
         if _ref is not None and _stated_ref(data) not in (None, _ref):
             # The ref column is not hashed; the ref the (hashed) data states must agree.
-            return Verification(
-                False,
-                checked,
-                seq,
-                f"record {seq}'s ref was changed (it does not match its data)",
-                head=prev,
-                archived_through=archived,
+            return failed(seq, f"record {seq}'s ref was changed (it does not match its data)")
+        if public_key is not None and signature is None:
+            return failed(seq, f"record {seq} is not signed")
+        if public_key is not None and not signature_ok(public_key, digest, signature):
+            return failed(
+                seq, f"record {seq}'s signature does not verify (forged, or made with another key)"
             )
         prev, expected_seq = digest, seq + 1
         checked += 1
-    return Verification(True, checked, head=prev, archived_through=archived)
+        signed += signature is not None
+    return Verification(True, checked, None, None, prev, archived, signed, key)
 
 
 def _stated_ref(data: str) -> str | None:

@@ -14,13 +14,13 @@ import typer
 
 # Each module registers its commands; import order is the order `--help` lists them in.
 # isort: off
-from flagwarden.cli import check, status, transitions, watch, audit, snapshot
+from flagwarden.cli import check, status, transitions, access, watch, audit, snapshot, console
 
 # isort: on
 from flagwarden.cli.app import app, fail
 
 __all__ = ["app", "main"]
-_COMMANDS = (check, status, transitions, watch, audit, snapshot)
+_COMMANDS = (check, status, transitions, access, watch, audit, snapshot, console)
 DEBUG_ENV = "FLAGWARDEN_DEBUG"
 
 

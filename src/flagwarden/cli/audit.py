@@ -11,6 +11,7 @@ from rich.text import Text
 
 from flagwarden.audit.archive import archive, verify_archives
 from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.audit.signing import public_key_from_settings, signer_from_settings
 from flagwarden.cli.app import (
     ActorOption,
     ConfigOption,
@@ -33,6 +34,21 @@ audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True
 app.add_typer(audit_app, name="audit")
 
 
+PublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--public-key",
+        help="check signatures with this Ed25519 public key (a PEM or base64 file; default: "
+        "audit.public_key, else the public half of audit.signing_key)",
+    ),
+]
+ExportFiles = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--export",
+        help="verify this export (or archive) file on its own, offline: no database (repeatable)",
+    ),
+]
 ArchiveFiles = Annotated[
     list[Path] | None,
     typer.Option(
@@ -49,21 +65,36 @@ def audit_verify(
     more: Annotated[
         list[Path] | None, typer.Argument(metavar="[FILE]...", help="more archive files")
     ] = None,
+    public_key: PublicKeyOption = None,
+    exports: ExportFiles = None,
     config: ConfigOption = None,
 ) -> None:
-    """Check the audit log's hash chain; name the first edited, deleted or moved record.
+    """Check the audit log's hash chain and signatures; name the first edited, deleted,
+    moved, unsigned or forged record.
 
     First writes the records that wait in the state store's outbox (changes whose record
     could not be written at the time), then checks that every state version has its record.
+    With --export, checks export files offline instead.
     """
+    from flagwarden.cli.audit_keys import signatures_said, verification_key, verify_exports
+
     files = [*(archives or ()), *(more or ())]
+    if exports:
+        if files:
+            raise _usage("--export checks files on their own: give archive files with --export")
+        return verify_exports(exports, public_key, config)
     if more and not archives:
         raise _usage("archive files are given with --archive FILE...")
     settings, log = _open_log(config)
     try:
+        key = verification_key(public_key, settings)
+    except typer.Exit:
+        log.close()
+        raise
+    try:
         written, unrecorded = _cross_check(settings, log)
-        result = log.verify()
-        joined = verify_archives(log, files) if files else None
+        result = log.verify(key)
+        joined = verify_archives(log, files, key) if files else None
     except AuditError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -71,7 +102,9 @@ def audit_verify(
     if written:
         say(f"wrote {written} record{'s' * (written != 1)} that waited in the state store's outbox")
     if not result.ok:
-        raise fail(f"audit chain broken at record {result.first_bad_seq}: {result.problem}")
+        signed = "signed" in (result.problem or "") or "signature" in (result.problem or "")
+        what = "audit signatures fail" if signed else "audit chain broken"
+        raise fail(f"{what} at record {result.first_bad_seq}: {result.problem}")
     if joined is not None and not joined.ok:
         raise fail(f"archive does not verify: {joined.problem}")
     if unrecorded:
@@ -80,7 +113,8 @@ def audit_verify(
         raise fail(f"{len(unrecorded)} state version(s) have no audit record")
     cut = f" (records 1-{result.archived_through} archived)" if result.archived_through else ""
     out.print(
-        f"[green]ok[/green] {result.checked} records{cut}, chain head {result.head[:16]}",
+        f"[green]ok[/green] {result.checked} records{cut}, chain head {result.head[:16]}; "
+        + signatures_said(result, signed=result.signed),
         highlight=False,
     )
     if joined is not None:
@@ -89,6 +123,7 @@ def audit_verify(
             f"{'s' * (joined.files != 1)} (records {joined.first_seq}-{joined.last_seq}) "
             "verify and join the live chain"
             + ("" if joined.first_seq == 1 else f"; records before {joined.first_seq} not given")
+            + ("; manifests: " + signatures_said(joined, signed=joined.signed))
         )
 
 
@@ -96,7 +131,8 @@ def _open_log(config: Path | None) -> tuple[Settings, AuditLog]:
     """The settings and the audit log, or exit 1 saying what is wrong."""
     try:
         settings = load_settings(config)
-        return settings, AuditLog(settings.config.audit, settings.base_dir)
+        signer = signer_from_settings(settings)
+        return settings, AuditLog(settings.config.audit.url, settings.base_dir, signer=signer)
     except (ConfigError, AuditError) as exc:
         raise fail(str(exc)) from None
 
@@ -227,6 +263,7 @@ def report(
             measurements = open_measurement_store(settings.config.state, settings.base_dir)
         except StateStoreUnavailable as exc:
             warn(f"guard charts without measurements: {exc}")
+        public_key = public_key_from_settings(settings)  # signatures checked when configured
         doc = build_report(
             governance.audit,
             governance.policies,
@@ -236,8 +273,9 @@ def report(
             flags=flags or None,
             measurements=measurements,
             provider=settings.provider_name,
+            public_key=public_key,
         )
-    except (StateStoreUnavailable, AuditError) as exc:
+    except (StateStoreUnavailable, AuditError, ConfigError) as exc:
         raise fail(str(exc)) from None
     finally:
         if measurements is not None:
@@ -263,3 +301,7 @@ def report(
             f"the audit chain did not verify (record {doc.audit.first_bad_record}: "
             f"{doc.audit.problem}); the report says where it broke"
         )
+
+
+# keygen and export live in their own module and register on audit_app.
+from flagwarden.cli import audit_keys as _audit_keys  # noqa: E402, F401

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from flagwarden.audit.log import AuditError
+from flagwarden.cli.access import acting_as, describe_request
 from flagwarden.cli.app import (
     ActorOption,
     ConfigOption,
@@ -27,9 +28,12 @@ from flagwarden.cli.app import (
     say,
     warn,
 )
+from flagwarden.governance.actions import perform
+from flagwarden.governance.approvals import Requested
 from flagwarden.governance.changes import OutcomeUnknown
-from flagwarden.governance.rollout import Transition, TransitionRefused, resolve_actor
+from flagwarden.governance.rollout import Transition, TransitionRefused
 from flagwarden.governance.state import StateStoreUnavailable
+from flagwarden.identity import Role
 
 __all__ = ["describe"]
 
@@ -52,11 +56,21 @@ def describe(done: Transition) -> str:
     return f"{said} (version {a.version})"
 
 
-def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -> None:
+def _transition(
+    config: Path | None, action: str, flag: str, actor: str | None, **kwargs: object
+) -> None:
     _, governance = open_project(config)
     try:
+        name, proven = acting_as(governance, actor, Role.OPERATOR, action)
         rollout = governance.rollout()
-        done: Transition = getattr(rollout, action)(flag, **kwargs)
+        result = perform(
+            rollout,
+            action,
+            flag,
+            actor=name,
+            authenticated=proven,
+            **kwargs,  # type: ignore[arg-type]
+        )
         # Then whatever earlier changes left waiting in the outbox (after this one: a backlog
         # never delays a kill).
         backlog = rollout.reconcile()
@@ -68,6 +82,15 @@ def _transition(config: Path | None, action: str, flag: str, **kwargs: object) -
         raise fail(f"{action} of {flag} could not be stored, nothing changed: {exc}") from None
     finally:
         governance.close()
+    if isinstance(result, Requested):
+        say(
+            f"{describe_request(result.request)}; an approver runs: flagwarden approvals "
+            f"approve {result.request.id}",
+            tag="pending",
+            style="yellow",
+        )
+        return
+    done: Transition = result
     if backlog.error is not None and not done.audit_error:
         warn(f"earlier records still wait in the outbox: {backlog.error}")
     say(describe(done))
@@ -101,9 +124,7 @@ def advance(
     config: ConfigOption = None,
 ) -> None:
     """Move FLAG to its next stage (after the soak time); --to and --force are violations."""
-    _transition(
-        config, "advance", flag, actor=resolve_actor(actor), reason=reason, to=to, force=force
-    )
+    _transition(config, "advance", flag, actor, reason=reason, to=to, force=force)
 
 
 @app.command()
@@ -117,7 +138,7 @@ def rollback(
     config: ConfigOption = None,
 ) -> None:
     """Move FLAG back to its previous stage (or --to); pauses flags that require it higher."""
-    _transition(config, "rollback", flag, actor=resolve_actor(actor), reason=reason, to=to)
+    _transition(config, "rollback", flag, actor, reason=reason, to=to)
 
 
 def _switch(action: str, summary: str) -> Callable[..., None]:
@@ -127,7 +148,7 @@ def _switch(action: str, summary: str) -> Callable[..., None]:
         actor: ActorOption = None,
         config: ConfigOption = None,
     ) -> None:
-        _transition(config, action, flag, actor=resolve_actor(actor), reason=reason)
+        _transition(config, action, flag, actor, reason=reason)
 
     command.__doc__ = summary
     return command

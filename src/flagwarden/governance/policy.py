@@ -32,6 +32,7 @@ from flagwarden.documents import interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
 __all__ = [
+    "Approvals",
     "Guard",
     "Policy",
     "PolicySet",
@@ -138,6 +139,23 @@ class Prerequisite(_Model):
     _flag = field_validator("flag")(lambda cls, v: _flag_key(v))
 
 
+class Approvals(_Model):
+    """Four-eyes: advancing to ``from_stage`` or above waits for ``required`` approvers."""
+
+    from_stage: float = Field(gt=0, le=100)
+    required: int = Field(default=1, ge=1, le=10)
+    expires: timedelta = timedelta(hours=24)
+
+    _expires = field_validator("expires", mode="before")(lambda cls, v: parse_duration(v))
+
+    @field_validator("expires")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("a request must be able to wait: give a duration above 0 (24h)")
+        return value
+
+
 class Variants(_Model):
     control: Any
     treatment: Any
@@ -176,6 +194,7 @@ class Policy(_Model):
     on_breach: Literal["rollback", "pause"] = "rollback"
     auto_advance: bool = False
     requires: list[Prerequisite] = []
+    approvals: Approvals | None = None
 
     _soak = field_validator("soak", mode="before")(lambda cls, v: parse_duration(v))
     _flag = field_validator("flag")(lambda cls, v: _flag_key(v))
@@ -249,6 +268,10 @@ class Policy(_Model):
 
     def previous_stage(self, stage: float) -> float:
         return max((s for s in self.stages if s < stage), default=0.0)
+
+    def needs_approval(self, target: float) -> bool:
+        """Whether advancing to ``target`` waits for approvers (kill, pause, rollback never do)."""
+        return self.approvals is not None and target >= self.approvals.from_stage
 
     def is_expired(self, today: date | None = None) -> bool:
         return self.expires is not None and self.expires < (today or date.today())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from flagwarden.audit.log import AuditError, AuditLog
+from flagwarden.audit.signing import signer_from_settings
 from flagwarden.config import Settings
 from flagwarden.errors import ConfigError
 from flagwarden.events import Event, EventSink
@@ -29,6 +30,7 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
     open_state_store,
 )
+from flagwarden.notify import Notifier
 from flagwarden.providers.failover import FailoverProvider
 from flagwarden.storage import redact_url
 
@@ -58,6 +60,8 @@ class Governance:
     # Why the audit log could not be opened (None: it is open): changes still go through,
     # their records wait in the state store's outbox.
     audit_problem: str | None = None
+    # Webhook notifications (``notify:``); None when there are no targets.
+    notifier: Notifier | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, strict: bool = True) -> Governance:
@@ -80,12 +84,21 @@ class Governance:
             _log.error("flagwarden.state_store_unreachable", error=str(exc), serving="control")
         audit_problem = None
         try:
-            audit = AuditLog(settings.config.audit, base)
-        except AuditError as exc:
+            signer = signer_from_settings(settings)  # a key that does not load: not opened
+            audit = AuditLog(settings.config.audit.url, base, signer=signer)
+        except (AuditError, ConfigError) as exc:
             audit_problem = str(exc)
             _log.error("flagwarden.audit_unavailable", error=audit_problem)
+        notify = settings.config.notify
         return cls(
-            settings, found.policies, store, audit, found.broken, found.listed, audit_problem
+            settings,
+            found.policies,
+            store,
+            audit,
+            found.broken,
+            found.listed,
+            audit_problem,
+            notifier=Notifier(notify) if notify else None,
         )
 
     def rollout(self, cache: StateCache | None = None, store: StateStore | None = None) -> Rollout:
@@ -104,6 +117,7 @@ class Governance:
             broken=broken,
             any_flag_switchable=not self.listed,
             audit_problem=self.audit_problem,
+            notifier=self.notifier,
         )
 
     def govern(
@@ -128,6 +142,8 @@ class Governance:
         violations = ViolationLog(self.audit)
         if self.audit is not None:
             events.subscribe(self._audit_event)
+        if self.notifier is not None:  # outage windows: outage_start, outage_end
+            events.subscribe(self.notifier.on_event)
         return GovernedProvider(
             failover,
             self.policies,
@@ -143,6 +159,8 @@ class Governance:
             self.audit.append("outage", dict(event.fields))
 
     def close(self) -> None:
+        if self.notifier is not None:  # drains for at most notify.CLOSE_TIMEOUT seconds
+            self.notifier.close()
         if self.store is not None:
             self.store.close()
         if self.audit is not None:

@@ -51,6 +51,18 @@ redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 """
 
+# KEYS: the kind's hash, channel. ARGV: key, doc, "1" if something is expected, expected doc,
+# flag to announce ("" for none).
+_PUT_DOCUMENT_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  if current ~= ARGV[4] then return 0 end
+elseif current then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[5] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[5]) end
+return 1
+"""
+
 
 class RedisStateStore(StateStore):
     """Many machines; changes announced on a pub/sub channel."""
@@ -65,6 +77,7 @@ class RedisStateStore(StateStore):
         except ValueError as exc:  # a URL redis-py cannot read (a port that is not a number)
             raise StateStoreUnavailable(store_failure(url, exc)) from None
         self._cas = self._redis.register_script(_CAS_SCRIPT)
+        self._put_document = self._redis.register_script(_PUT_DOCUMENT_SCRIPT)
         self._channel = f"{prefix}:state-changes"
         self._generation = f"{prefix}:generation"
         self._outbox = f"{prefix}:outbox"
@@ -158,6 +171,17 @@ class RedisStateStore(StateStore):
         if gone:
             self._call(lambda: self._redis.hdel(self._workers, *gone))
         return dict(sorted(found.items()))
+
+    def documents(self, kind: str) -> dict[str, str]:
+        raws = self._call(lambda: self._redis.hgetall(f"{self.prefix}:documents:{kind}"))
+        return {key.decode(): raw.decode() for key, raw in sorted(raws.items())}
+
+    def put_document(
+        self, kind: str, key: str, doc: str, *, expected: str | None, announce: str = ""
+    ) -> bool:
+        keys = [f"{self.prefix}:documents:{kind}", self._channel]
+        args = [key, doc, "0" if expected is None else "1", expected or "", announce]
+        return bool(self._call(lambda: self._put_document(keys=keys, args=args)))
 
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         import redis

@@ -42,6 +42,7 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
 )
 from flagwarden.governance.transition import (
+    ApprovalRequired,
     ConcurrentChange,
     Transition,
     TransitionRefused,
@@ -51,8 +52,10 @@ from flagwarden.governance.transition import (
     storable,
 )
 from flagwarden.humanize import duration, percent
+from flagwarden.notify import Notifier
 
 __all__ = [
+    "ApprovalRequired",
     "Reconciled",
     "Rollout",
     "Transition",
@@ -80,6 +83,7 @@ class Rollout:
         broken: Mapping[str, str] | None = None,
         any_flag_switchable: bool = False,
         audit_problem: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.policies = policies
         self.store = store
@@ -92,6 +96,8 @@ class Rollout:
         # kill, revive, pause and resume reach any flag.
         self.any_flag_switchable = any_flag_switchable
         self.changes = ChangeRecorder(store, audit, audit_problem=audit_problem, cache=cache)
+        # Webhooks hear of every stored change (never blocks, never raises).
+        self.notifier = notifier
 
     def policy(self, flag: str) -> Policy:
         policy = self.policies.get(flag)
@@ -175,6 +181,8 @@ class Rollout:
         if not done.changed or done.entry is None:
             return done
         error = self.changes.record(done.entry)
+        if self.notifier is not None:  # kill, rollback or transition; then each dependant's pause
+            self.notifier.publish_transition(done)
         cascade = tuple(self._record(paused) for paused in done.cascade)
         return replace(done, audit_error=error, cascade=cascade)
 
@@ -236,7 +244,12 @@ class Rollout:
         force: bool = False,
         now: datetime | None = None,
         details: dict[str, Any] | None = None,
+        approval: dict[str, Any] | None = None,
     ) -> Transition:
+        """Move ``flag`` to its next stage (or ``to``). A stage under the policy's four-eyes
+        rule raises :class:`ApprovalRequired` once every other rule passed, unless
+        ``approval`` (the approved change request: who asked, who approved) is given; it is
+        recorded with the change."""
         reason = require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
@@ -303,11 +316,16 @@ class Rollout:
                 )
         if before.paused:
             violations.append(Violation("advanced_while_paused", f"at {percent(before.stage)}"))
+        if approval is None and policy.needs_approval(target):
+            assert policy.approvals is not None
+            raise ApprovalRequired(flag, before, target, policy.approvals.required)
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )
         # The soak that applied, so the report judges this advance by the policy of its time.
         recorded = {"soak_seconds": policy.soak.total_seconds(), **(details or {})}
+        if approval is not None:
+            recorded["approval"] = approval
         return self._commit(
             "advance",
             before,

@@ -47,6 +47,8 @@ _TABLES = (
     "ref TEXT PRIMARY KEY, flag TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS flagwarden_workers ("
     "worker TEXT PRIMARY KEY, at TEXT NOT NULL, data TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flagwarden_documents ("
+    "kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, key))",
 )
 _GENERATION_ROW = ""  # the flag key of the generation row: no policy can name it
 # What every state row is now, in one small read: which flag, which version, which change.
@@ -184,6 +186,40 @@ class _SQLStateStore(StateStore):
             ).fetchall()
         )
         return {worker: json.loads(data) for worker, data in rows}
+
+    def documents(self, kind: str) -> dict[str, str]:
+        ph = self.ph
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT key, data FROM flagwarden_documents WHERE kind = {ph} ORDER BY key",
+                (kind,),
+            ).fetchall()
+        )
+        return dict(rows)
+
+    def put_document(
+        self, kind: str, key: str, doc: str, *, expected: str | None, announce: str = ""
+    ) -> bool:
+        ph = self.ph
+
+        def put(conn: Any) -> bool:
+            if expected is None:
+                cur = conn.execute(
+                    "INSERT INTO flagwarden_documents (kind, key, data) "
+                    f"VALUES ({ph}, {ph}, {ph}) ON CONFLICT (kind, key) DO NOTHING",
+                    (kind, key, doc),
+                )
+            else:
+                cur = conn.execute(
+                    f"UPDATE flagwarden_documents SET data = {ph} "
+                    f"WHERE kind = {ph} AND key = {ph} AND data = {ph}",
+                    (doc, kind, key, expected),
+                )
+            if cur.rowcount == 1 and announce:
+                self._notify(conn, announce)
+            return bool(cur.rowcount == 1)
+
+        return self._write(put)
 
 
 # -- SQLite ------------------------------------------------------------------------------

@@ -250,6 +250,18 @@ class StateStore(ABC):
         """Worker reports of the last ``WORKER_TTL`` seconds, by worker id."""
 
     @abstractmethod
+    def documents(self, kind: str) -> dict[str, str]:
+        """Every stored document of ``kind`` (``token``, ``approval``), raw JSON by key."""
+
+    @abstractmethod
+    def put_document(
+        self, kind: str, key: str, doc: str, *, expected: str | None, announce: str = ""
+    ) -> bool:
+        """Store ``doc`` under ``(kind, key)`` if what is stored there is ``expected`` (None:
+        nothing yet): a compare-and-set, so of two concurrent writers one wins. True if so.
+        ``announce``: a flag whose watchers are told (a change request's flag)."""
+
+    @abstractmethod
     def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
         """Call ``callback`` on changes made by anyone, from a background thread;
         ``on_error`` when the store cannot be reached (the watcher keeps retrying)."""

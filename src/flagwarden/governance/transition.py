@@ -12,6 +12,7 @@ from flagwarden.governance.state import FlagState, OutboxEntry
 
 __all__ = [
     "ACTOR_ENV",
+    "ApprovalRequired",
     "ConcurrentChange",
     "Transition",
     "TransitionRefused",
@@ -54,6 +55,18 @@ class TransitionRefused(FlagwardenError):
 
 class ConcurrentChange(TransitionRefused):
     """Another change landed between reading the state and storing the next one."""
+
+
+class ApprovalRequired(TransitionRefused):
+    """The advance passed every rule but goes to a stage under four-eyes: it waits for a
+    change request to be approved (:mod:`flagwarden.governance.approvals`)."""
+
+    def __init__(self, flag: str, before: FlagState, target: float, required: int) -> None:
+        super().__init__(
+            f"{flag}: advancing to {target:g}% needs {required} approval(s) from another "
+            "identity with the approver role"
+        )
+        self.flag, self.before, self.target, self.required = flag, before, target, required
 
 
 @dataclass(frozen=True)

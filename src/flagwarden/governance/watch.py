@@ -20,10 +20,11 @@ import structlog
 
 from flagwarden.audit.log import AuditError
 from flagwarden.background import report_failure, report_ok
+from flagwarden.governance.approvals import Approvals
 from flagwarden.governance.guards import GuardEvaluator, GuardResult
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
-from flagwarden.governance.rollout import Rollout, TransitionRefused
+from flagwarden.governance.rollout import ApprovalRequired, Rollout, TransitionRefused
 from flagwarden.governance.state import FlagState, StateStoreUnavailable
 from flagwarden.telemetry.metrics import GUARD_BREACHES
 
@@ -139,10 +140,10 @@ class Watch:
             if policy.on_breach == "rollback":
                 # A new stage starts with no failures and a new measurement window.
                 self.rollout.rollback(flag, actor=ACTOR, reason=reason, to=0, details=details)
-                return Decision(flag, "rollback", results, reason)
+                return self._breach(Decision(flag, "rollback", results, reason), state.stage)
             # A pause starts the failure counts afresh (FlagState.changed).
             self.rollout.pause(flag, actor=ACTOR, reason=reason, details=details)
-            return Decision(flag, "pause", results, reason)
+            return self._breach(Decision(flag, "pause", results, reason), state.stage)
         if failures != state.guard_failures:
             state = self._store_failures(state, failures)
         unreachable = [r for r in results if r.verdict == "unreachable"]
@@ -176,16 +177,34 @@ class Watch:
         entered = state.stage_entered_at or datetime.now(UTC)
         if (datetime.fromtimestamp(now, UTC) - entered) < policy.soak:
             return Decision(flag, "hold", results, "soaking")
-        done = self.rollout.advance(
-            flag,
-            actor=ACTOR,
-            reason="guards healthy and soak passed",
-            now=datetime.fromtimestamp(now, UTC),
-            details=measurements,
-        )
+        reason = "guards healthy and soak passed"
+        try:
+            done = self.rollout.advance(
+                flag,
+                actor=ACTOR,
+                reason=reason,
+                now=datetime.fromtimestamp(now, UTC),
+                details=measurements,
+            )
+        except ApprovalRequired as need:
+            # Four-eyes: ask once, then hold until an approver decides.
+            approvals = Approvals(self.rollout)
+            waiting = approvals.requests(flag, open_only=True)
+            if waiting:
+                return Decision(flag, "hold", results, f"waiting for approval ({waiting[0].id})")
+            asked = approvals.request(need, actor=ACTOR, reason=reason)
+            return Decision(flag, "hold", results, f"asked for approval ({asked.id})")
         return Decision(
             flag, "advance", results, f"{done.before.stage:g}% -> {done.after.stage:g}%"
         )
+
+    def _breach(self, decision: Decision, stage: float) -> Decision:
+        """Webhooks hear of a rollback or pause on a guard breach, with the verdicts (besides
+        the transition's own notification)."""
+        notifier = self.rollout.notifier
+        if notifier is not None:
+            notifier.publish_breach(decision.as_dict(), actor=ACTOR, stage=stage)
+        return decision
 
     def _keep_verdicts(self, flag: str, results: list[GuardResult], now: float, epoch: int) -> None:
         """The latest verdicts, for ``status`` (not a transition: no version, no audit), with

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from flagwarden.audit.log import AuditLog, AuditRecord, Verification
+from flagwarden.audit.signing import PublicKey
 from flagwarden.governance.lint import STALE_AFTER
 from flagwarden.governance.measurements import MeasurementStore
 from flagwarden.governance.policy import Policy
@@ -196,6 +197,8 @@ def _audit_status(checked: Verification, unreadable: Mapping[int, AuditRecord]) 
         checked.problem,
         checked.first_bad_seq,
         unreadable_records=named,
+        signed=checked.signed > 0,
+        signatures=checked.signatures,
     )
     if named:
         shown = ", ".join(f"record {u.seq} ({u.problem})" for u in named[:_MOST_NAMED])
@@ -219,13 +222,15 @@ def build_report(
     measurements: MeasurementStore | None = None,
     provider: str = "",
     now: datetime | None = None,
+    public_key: PublicKey | None = None,
 ) -> Report:
     """The report for ``[since, until]`` (``since`` a moment, or a duration before ``until``;
-    ``until`` defaults to now), for ``flags`` (default: every governed flag)."""
+    ``until`` defaults to now), for ``flags`` (default: every governed flag). With
+    ``public_key`` the log's signatures are checked too."""
     now = now or datetime.now(UTC)
     until = until or now
     period = Period(until - since if isinstance(since, timedelta) else since, until)
-    checked = audit.verify()
+    checked = audit.verify(public_key)
     selected = sorted(policies) if flags is None else sorted(set(flags) & set(policies))
     reading = _Reading(selected, count_unregistered=flags is None)
     if flags is None:

@@ -98,6 +98,9 @@ class AuditStatus:
     problem: str | None = None
     first_bad_record: int | None = None
     unreadable_records: list[UnreadableRecord] = field(default_factory=list)
+    signed: bool = False  # records carry Ed25519 signatures
+    # verified | not checked (no public key) | failed: ... | unsigned
+    signatures: str = "unsigned"
 
 
 @dataclass
@@ -155,6 +158,9 @@ class Change:
     cause: dict[str, str] | None = None  # {flag, action}: a prerequisite's kill or rollback
     tick: str | None = None  # the watch tick whose guard verdicts led to it
     soak_seconds: float | None = None  # an advance: the soak its policy required then
+    requested_by: str | None = None  # four-eyes: who asked for it (the actor)...
+    approved_by: list[str] | None = None  # ...and who approved it (None: no approval needed)
+    request: str | None = None  # the change request's id
 
 
 @dataclass

@@ -29,6 +29,13 @@ def _now(flag: FlagReport) -> str:
     return f"{stage(s.stage)}, {'killed' if s.killed else ('paused' if s.paused else 'live')}"
 
 
+_SIGNATURES = {
+    "verified": "**verified** (Ed25519, every record)",
+    "not checked": "present, **not checked** (no public key given)",
+    "unsigned": "none (the log is not signed)",
+}
+
+
 def _header(r: Report) -> list[str]:
     a = r.audit
     chain = (
@@ -50,6 +57,7 @@ def _header(r: Report) -> list[str]:
         f"- Provider: {e(r.provider or '-')}",
         f"- Flags: {flags}",
         f"- Audit chain: {chain}",
+        f"- Signatures: {_SIGNATURES.get(a.signatures) or e(a.signatures)}",
         f"- Report digest: `{r.digest}` (SHA-256 of the JSON report's body)",
         "",
         "## Summary",
@@ -176,7 +184,9 @@ def _flag(f: FlagReport) -> list[str]:
             [
                 _row(
                     when(c.at),
-                    e(c.actor or "-") + (" (automatic)" if c.automatic else ""),
+                    e(c.actor or "-")
+                    + (" (automatic)" if c.automatic else "")
+                    + (f", approved by {e(', '.join(c.approved_by))}" if c.approved_by else ""),
                     e(c.action),
                     f"{stage(c.before.stage)} → {stage(c.after.stage)}"
                     + (", killed" if c.after.killed else "")

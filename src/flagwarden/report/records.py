@@ -114,9 +114,22 @@ def changes(transitions: list[AuditRecord]) -> list[Change]:
                 else None,
                 tick=r.data.get("tick"),
                 soak_seconds=_number(r.data.get("soak_seconds")),
+                **_approval(r.data.get("approval")),
             )
         )
     return found
+
+
+def _approval(approval: Any) -> dict[str, Any]:
+    """Who asked for and who approved a four-eyes change (nothing when it needed none)."""
+    if not isinstance(approval, Mapping):
+        return {}
+    approvers = approval.get("approved_by")
+    return {
+        "requested_by": str(approval.get("requested_by", "")) or None,
+        "approved_by": [str(a) for a in approvers] if isinstance(approvers, list) else [],
+        "request": str(approval.get("request", "")) or None,
+    }
 
 
 def _number(value: Any) -> float | None:
