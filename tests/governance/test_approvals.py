@@ -10,8 +10,10 @@ import pytest
 
 from flagwarden.config import load_settings
 from flagwarden.governance.approvals import Approvals, Requested
+from flagwarden.governance.guards import GuardEvaluator
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import ApprovalRequired, TransitionRefused
+from flagwarden.governance.watch import Watch
 from flagwarden.identity import AccessDenied, Identity, InvalidToken, Role, TokenStore
 from flagwarden.report import build_report, render_html, render_markdown
 from tests.conftest import POLICY, Project, governed_project
@@ -192,3 +194,84 @@ def test_documents_are_compare_and_set(open_governance):
     assert not store.put_document("t", "k", '{"a":2}', expected='{"a":0}')
     assert store.put_document("t", "k", '{"a":2}', expected='{"a":1}')
     assert store.documents("t") == {"k": '{"a":2}'} and store.documents("other") == {}
+
+
+def test_a_request_applies_only_to_the_state_it_was_asked_about(open_governance):
+    gov = open_governance()
+    at_stage(gov, 5)
+    rollout, approvals = gov.rollout(), Approvals(gov.rollout())
+    asked = approvals.advance(FLAG, actor="alice", reason="to 25").request
+    assert asked.state_version == rollout.state(FLAG).version
+    # A kill undone by a revive leaves the stage where it was, and the request stale.
+    rollout.kill(FLAG, actor="ops", reason="incident")
+    rollout.revive(FLAG, actor="ops", reason="fixed")
+    with pytest.raises(TransitionRefused, match="changed since it was asked"):
+        approvals.approve(asked.id, by=person("bob"))
+    assert rollout.state(FLAG).stage == 5
+    # A kill alone: stale too.
+    killed = approvals.advance(FLAG, actor="alice", reason="to 25 again").request
+    rollout.kill(FLAG, actor="ops", reason="again")
+    with pytest.raises(TransitionRefused, match="stale"):
+        approvals.approve(killed.id, by=person("bob"))
+    assert [r.status for r in approvals.requests(FLAG)] == ["stale", "stale"]
+
+
+def test_a_forced_request_says_what_it_breaks(open_governance):
+    gov = open_governance()
+    rollout = gov.rollout()
+    rollout.advance(FLAG, actor="setup", reason="setup", to=5, force=True)
+    approvals = Approvals(rollout)
+    rollout.pause(FLAG, actor="ops", reason="look first")
+    with pytest.raises(TransitionRefused, match="paused"):
+        approvals.advance(FLAG, actor="alice", reason="to 25")
+    forced = approvals.advance(FLAG, actor="alice", reason="to 25 anyway", force=True).request
+    assert forced.violations == ({"kind": "advanced_while_paused", "detail": "at 5%"},)
+    assert "[FORCED, breaks advanced_while_paused: at 5%]" in forced.summary()
+    _, done = approvals.approve(forced.id, by=person("bob"))
+    assert done is not None and [v.kind for v in done.violations] == ["advanced_while_paused"]
+
+
+def test_two_askers_at_once_open_one_request(open_governance):
+    gov = open_governance()
+    at_stage(gov, 5)
+    results: list[object] = []
+    start = threading.Barrier(4)
+
+    def ask(name: str) -> None:
+        start.wait()
+        try:
+            results.append(Approvals(gov.rollout()).advance(FLAG, actor=name, reason="go"))
+        except TransitionRefused as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(f"asker{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, Requested) for r in results) == 1
+    assert len(Approvals(gov.rollout()).requests(FLAG, open_only=True)) == 1
+
+
+def test_the_watch_asks_once_and_not_again_after_a_rejection(open_governance):
+    gov = open_governance()
+    at_stage(gov, 5)
+    policy = gov.policies[FLAG]
+    gov.policies[FLAG] = policy.model_copy(update={"auto_advance": True})
+    watch = Watch(gov, GuardEvaluator(None, None))
+    (first,) = watch.tick()
+    assert first.action == "hold" and "asked for approval" in first.detail
+    (second,) = watch.tick()
+    assert "waiting for approval" in second.detail
+    approvals = Approvals(gov.rollout())
+    (request,) = approvals.requests(FLAG)
+    assert request.requested_by == "flagwarden-watch"
+    approvals.reject(request.id, by=person("bob"), reason="not on a Friday")
+    for _ in range(3):
+        (held,) = watch.tick()
+        assert "was rejected: asks again once the flag changes" in held.detail
+    assert len(approvals.requests(FLAG)) == 1
+    gov.rollout().pause(FLAG, actor="ops", reason="x")
+    gov.rollout().resume(FLAG, actor="ops", reason="x")
+    (again,) = watch.tick()
+    assert "asked for approval" in again.detail and len(approvals.requests(FLAG)) == 2

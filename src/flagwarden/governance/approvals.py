@@ -22,9 +22,12 @@ from typing import Any
 import structlog
 
 from flagwarden.audit.log import AuditError
+from flagwarden.governance.changes import OutcomeUnknown
 from flagwarden.governance.rollout import Rollout
+from flagwarden.governance.state import FlagState
 from flagwarden.governance.transition import (
     ApprovalRequired,
+    ConcurrentChange,
     Transition,
     TransitionRefused,
     require_reason,
@@ -32,12 +35,14 @@ from flagwarden.governance.transition import (
 from flagwarden.humanize import percent
 from flagwarden.identity import Identity, Role
 
-__all__ = ["Approvals", "ChangeRequest", "Requested"]
+__all__ = ["KIND", "Approvals", "ChangeRequest", "Requested"]
 
 _log = structlog.get_logger("flagwarden.approvals")
-_KIND = "approval"
+KIND = "approval"  # the state store documents change requests are kept as
+_OPEN = "approval_open"  # per flag: the id of its open request (a compare-and-set slot)
 OPEN = "pending"
 APPLYING = "applying"  # the last approval is being applied
+ABANDONED = "abandoned"  # lost the race for its flag's slot: never opened, never listed
 _CLAIM = timedelta(minutes=1)
 
 
@@ -65,6 +70,8 @@ class ChangeRequest:
     decided_at: str | None = None
     decision_reason: str | None = None
     version: int | None = None  # the state version the approved advance stored
+    state_version: int | None = None  # the flag's version when asked: it applies only to that
+    violations: tuple[dict[str, str], ...] = ()  # what the (forced) advance breaks: shown
 
     @classmethod
     def from_json(cls, raw: str) -> ChangeRequest:
@@ -76,6 +83,7 @@ class ChangeRequest:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in doc.items() if k in known}
         values["approvals"] = tuple(values.get("approvals") or ())
+        values["violations"] = tuple(values.get("violations") or ())
         return cls(**values)
 
     def to_json(self) -> str:
@@ -103,9 +111,11 @@ class ChangeRequest:
         return [a["by"] for a in self.approvals]
 
     def summary(self) -> str:
+        broken = "; ".join(f"{v.get('kind')}: {v.get('detail')}" for v in self.violations)
+        forced = f" [FORCED, breaks {broken}]" if broken else ""
         return (
-            f"{self.flag} {percent(self.from_stage)} -> {percent(self.to_stage)}, asked by "
-            f"{self.requested_by}: {self.reason}"
+            f"{self.flag} {percent(self.from_stage)} -> {percent(self.to_stage)}{forced}, asked "
+            f"by {self.requested_by}: {self.reason}"
         )
 
 
@@ -126,7 +136,7 @@ class Approvals:
     # -- reading ---------------------------------------------------------------------------
 
     def _raw(self) -> dict[str, str]:
-        return self.store.documents(_KIND)
+        return self.store.documents(KIND)
 
     def requests(self, flag: str | None = None, *, open_only: bool = False) -> list[ChangeRequest]:
         """Every change request (of ``flag``), newest first; ``open_only``: pending ones."""
@@ -136,6 +146,8 @@ class Approvals:
             try:
                 request = ChangeRequest.from_json(raw).current(now)
             except (ValueError, TypeError, KeyError):
+                continue
+            if request.status == ABANDONED:
                 continue
             if (flag is None or request.flag == flag) and (not open_only or request.status == OPEN):
                 found.append(request)
@@ -178,12 +190,17 @@ class Approvals:
     def request(
         self, need: ApprovalRequired, *, actor: str, reason: str, force: bool = False
     ) -> ChangeRequest:
-        """A change request for the advance ``need`` says must wait (one open per flag)."""
-        waiting = self.requests(need.flag, open_only=True)
-        if waiting:
+        """A change request for the advance ``need`` says must wait (one open per flag: the
+        flag's slot in the ``approval_open`` documents is taken by compare-and-set, so two
+        askers at once cannot both open one)."""
+        # The slot first, then the requests: a request is stored before it takes the slot,
+        # so the one a slot names is always there to be read.
+        slot = self.store.documents(_OPEN).get(need.flag)
+        taken = self._open_request(self._raw(), slot)
+        if taken is not None:
             raise TransitionRefused(
-                f"{need.flag} already has a pending change request {waiting[0].id} "
-                f"({waiting[0].summary()}): approve or reject it first"
+                f"{need.flag} already has a pending change request {taken.id} "
+                f"({taken.summary()}): approve or reject it first"
             )
         policy = self.rollout.policy(need.flag)
         assert policy.approvals is not None
@@ -199,13 +216,40 @@ class Approvals:
             requested_at=now.isoformat(),
             expires_at=(now + policy.approvals.expires).isoformat(timespec="seconds"),
             required=need.required,
+            state_version=need.before.version,
+            violations=tuple(v.as_dict() for v in need.violations),
         )
-        if not self.store.put_document(
-            _KIND, request.id, request.to_json(), expected=None, announce=request.flag
-        ):
+        raw = request.to_json()
+        if not self.store.put_document(KIND, request.id, raw, expected=None):
             raise TransitionRefused("change request id collision: try again")
+        if not self.store.put_document(
+            _OPEN, need.flag, json.dumps(request.id), expected=slot, announce=request.flag
+        ):
+            # Another request took the slot first: this one never opened (not listed).
+            self._put(replace(request, status=ABANDONED), raw)
+            raise TransitionRefused(
+                f"{need.flag}: another change request was asked at the same moment; look at "
+                "flagwarden approvals list"
+            )
         self._record("requested", request, actor)
         return request
+
+    @staticmethod
+    def _open_request(raws: dict[str, str], slot: str | None) -> ChangeRequest | None:
+        """The request holding a flag's slot, if it is still open (pending or applying)."""
+        if not slot:
+            return None
+        try:
+            raw = raws.get(json.loads(slot))
+            request = ChangeRequest.from_json(raw).current() if raw else None
+        except (ValueError, TypeError, KeyError):
+            return None
+        return request if request is not None and request.status in (OPEN, APPLYING) else None
+
+    def latest(self, flag: str) -> ChangeRequest | None:
+        """The flag's newest change request, whatever became of it."""
+        found = self.requests(flag)
+        return found[0] if found else None
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -240,13 +284,9 @@ class Approvals:
         claimed = replace(request, status=APPLYING, decided_by=by.name, decided_at=now)
         claimed_raw = self._put(claimed, raw)
         state = self.rollout.state(request.flag)
-        if state.killed or state.stage != request.from_stage:
-            self._close(request, claimed_raw, "stale", by.name, "the flag moved since")
-            raise TransitionRefused(
-                f"{request.id} is stale: {request.flag} is now at {percent(state.stage)}"
-                f"{' and killed' if state.killed else ''} (asked at "
-                f"{percent(request.from_stage)}); ask again"
-            )
+        pinned = request.state_version
+        if state.killed or state.stage != request.from_stage or pinned not in (None, state.version):
+            raise self._stale(request, claimed_raw, by.name, state)
         try:
             done = self.rollout.advance(
                 request.flag,
@@ -260,9 +300,15 @@ class Approvals:
                     "requested_at": request.requested_at,
                     "approved_by": request.approved_by,
                 },
+                expect_version=pinned,
             )
-        except TransitionRefused:
-            self._put(stored, claimed_raw)  # refused now (paused, say): still pending
+        except ConcurrentChange:  # changed between the look and the write
+            now_state = self.rollout.state(request.flag)
+            raise self._stale(request, claimed_raw, by.name, now_state) from None
+        except OutcomeUnknown:
+            raise  # the claim lapses after a minute; the flag's version then says what happened
+        except Exception:
+            self._put(stored, claimed_raw)  # refused (paused, say) or failed: still pending
             raise
         request = replace(
             claimed,
@@ -274,11 +320,24 @@ class Approvals:
         self._record("approved", request, by.name)
         return request, done
 
+    def _stale(
+        self, request: ChangeRequest, raw: str, by: str, state: FlagState
+    ) -> TransitionRefused:
+        """Close ``request`` as stale: the flag changed since it was asked (any change: a
+        kill, a pause, a rollback, even one undone since). The refusal to raise."""
+        self._close(request, raw, "stale", by, "the flag changed since it was asked")
+        return TransitionRefused(
+            f"{request.id} is stale: {request.flag} changed since it was asked (now at "
+            f"{percent(state.stage)}{', killed' if state.killed else ''}"
+            f"{', paused' if state.paused else ''}, version {state.version}; asked at "
+            f"{percent(request.from_stage)}, version {request.state_version}); ask again"
+        )
+
     def _put(self, request: ChangeRequest, expected: str) -> str:
         """Store ``request`` over ``expected``; refused when someone else got there first."""
         raw = request.to_json()
         if not self.store.put_document(
-            _KIND, request.id, raw, expected=expected, announce=request.flag
+            KIND, request.id, raw, expected=expected, announce=request.flag
         ):
             raise TransitionRefused(f"{request.id} was decided by someone else meanwhile")
         return raw

@@ -245,14 +245,21 @@ class Rollout:
         now: datetime | None = None,
         details: dict[str, Any] | None = None,
         approval: dict[str, Any] | None = None,
+        expect_version: int | None = None,
     ) -> Transition:
         """Move ``flag`` to its next stage (or ``to``). A stage under the policy's four-eyes
         rule raises :class:`ApprovalRequired` once every other rule passed, unless
         ``approval`` (the approved change request: who asked, who approved) is given; it is
-        recorded with the change."""
+        recorded with the change. ``expect_version``: refuse (:class:`ConcurrentChange`)
+        unless the flag is still at that version, and store only over it (an approved
+        request applies to the state it was asked about, or not at all)."""
         reason = require_reason(reason)
         policy = self.policy(flag)
         before = self.state(flag)
+        if expect_version is not None and before.version != expect_version:
+            raise ConcurrentChange(
+                f"{flag} changed since (version {before.version}, expected {expect_version})"
+            )
         if to is not None and to == before.stage:
             return self._unchanged("advance", before, f"{flag} is already at {percent(to)}")
         following = policy.next_stage(before.stage)
@@ -318,7 +325,9 @@ class Rollout:
             violations.append(Violation("advanced_while_paused", f"at {percent(before.stage)}"))
         if approval is None and policy.needs_approval(target):
             assert policy.approvals is not None
-            raise ApprovalRequired(flag, before, target, policy.approvals.required)
+            raise ApprovalRequired(
+                flag, before, target, policy.approvals.required, tuple(violations)
+            )
         after = before.changed(
             actor=actor, reason=reason, stage=target, history=(*before.history, target)
         )

@@ -61,12 +61,20 @@ class ApprovalRequired(TransitionRefused):
     """The advance passed every rule but goes to a stage under four-eyes: it waits for a
     change request to be approved (:mod:`flagwarden.governance.approvals`)."""
 
-    def __init__(self, flag: str, before: FlagState, target: float, required: int) -> None:
+    def __init__(
+        self,
+        flag: str,
+        before: FlagState,
+        target: float,
+        required: int,
+        violations: tuple[Violation, ...] = (),
+    ) -> None:
         super().__init__(
             f"{flag}: advancing to {target:g}% needs {required} approval(s) from another "
             "identity with the approver role"
         )
         self.flag, self.before, self.target, self.required = flag, before, target, required
+        self.violations = violations  # what the advance would break (--force), for approvers
 
 
 @dataclass(frozen=True)

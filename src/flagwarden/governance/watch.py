@@ -187,11 +187,19 @@ class Watch:
                 details=measurements,
             )
         except ApprovalRequired as need:
-            # Four-eyes: ask once, then hold until an approver decides.
+            # Four-eyes: ask, then hold until an approver decides; a request turned down (or
+            # let expire) at this very state is not asked again until the flag changes.
             approvals = Approvals(self.rollout)
-            waiting = approvals.requests(flag, open_only=True)
-            if waiting:
-                return Decision(flag, "hold", results, f"waiting for approval ({waiting[0].id})")
+            latest = approvals.latest(flag)
+            if latest is not None and latest.status in ("pending", "applying"):
+                return Decision(flag, "hold", results, f"waiting for approval ({latest.id})")
+            if latest is not None and latest.state_version == need.before.version:
+                return Decision(
+                    flag,
+                    "hold",
+                    results,
+                    f"{latest.id} was {latest.status}: asks again once the flag changes",
+                )
             asked = approvals.request(need, actor=ACTOR, reason=reason)
             return Decision(flag, "hold", results, f"asked for approval ({asked.id})")
         return Decision(
