@@ -26,12 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(
-    config: Path, *args: str, actor: str | None = None, timeout: float = 120
+    config: Path,
+    *args: str,
+    actor: str | None = None,
+    token: str | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """``flagwarden ARGS -c CONFIG`` in a process of its own, as an operator would run it."""
+    """``flagwarden ARGS -c CONFIG`` in a process of its own, as an operator would run it
+    (``token``: as that token's identity, ``$FLAGWARDEN_TOKEN``)."""
     env = dict(os.environ)
     if actor is not None:
         env["FLAGWARDEN_ACTOR"] = actor
+    if token is not None:
+        env["FLAGWARDEN_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "flagwarden.cli", *args, "-c", str(config)],
         capture_output=True,

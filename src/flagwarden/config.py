@@ -275,6 +275,20 @@ class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
     session_hours: float = Field(default=8, gt=0, le=24 * 30)
+    # Proxies (addresses or networks) whose X-Forwarded-For/-Proto are believed; none: the peer.
+    forwarded_allow_ips: list[str] = []
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return value
 
 
 class AuditConfig(_Model):

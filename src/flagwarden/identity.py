@@ -44,6 +44,7 @@ _TOKEN = re.compile(r"^fwt_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 # scrypt at n=2**14, r=8: 16 MiB and ~50 ms per check here; the verified cache spares repeats.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _VERIFIED_MAX = 1024
+RESERVED = frozenset({"flagwarden-watch"})  # actors flagwarden itself records changes as
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
@@ -137,6 +138,8 @@ class TokenStore:
 
     def create(self, name: str, role: Role, *, created_by: str) -> tuple[TokenRecord, str]:
         """A new token for ``name``: the record, and the token (shown once, never stored)."""
+        if name in RESERVED:
+            raise ValueError(f"token name {name!r} is reserved (flagwarden's own actors)")
         if not _NAME.match(name):
             raise ValueError(
                 f"token name {name!r}: 1-64 letters, digits or . _ @ + - (it is the identity "
@@ -184,6 +187,13 @@ class TokenStore:
             return Identity(record.name, Role.parse(record.role), record.id)
         except (ValueError, TypeError):
             return None
+
+    def is_known(self, token: str) -> bool:
+        """Whether ``token`` was verified by this process before (no scrypt, no store read:
+        :meth:`authenticate` still checks it is active)."""
+        seen = hashlib.sha256(token.strip().encode()).hexdigest()
+        with self._lock:
+            return seen in self._verified
 
     def authenticate(self, token: str) -> Identity:
         """The identity of ``token``; :class:`InvalidToken` if it is not a valid, active one."""

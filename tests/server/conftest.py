@@ -42,7 +42,9 @@ class Console:
         return self.client(self.tokens[name])
 
     def token(self, name: str, role: str) -> str:
-        made = run_cli(self.config, "token", "create", "--name", name, "--role", role)
+        # The first admin token is made from the store; then only an admin makes tokens.
+        admin = self.tokens.get("admin")
+        made = run_cli(self.config, "token", "create", "--name", name, "--role", role, token=admin)
         assert made.returncode == 0, made.stderr
         token = made.stdout.strip().splitlines()[-1]
         self.tokens[name] = token

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode, urlsplit
 
 import typer
 
@@ -25,6 +26,7 @@ from flagwarden.governance.rollout import TransitionRefused, resolve_actor
 from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.humanize import percent
 from flagwarden.identity import TOKEN_ENV, AccessDenied, Identity, InvalidToken, Role, TokenStore
+from flagwarden.notify.delivery import make_opener
 
 __all__ = ["acting_as"]
 
@@ -74,6 +76,23 @@ def acting_as(
 # -- tokens ------------------------------------------------------------------------------
 
 
+def _admin(governance: Governance, actor: str | None, action: str) -> str:
+    """Who manages tokens: an admin's token, or anyone who can write the store while no
+    admin token exists yet (how the first one is made)."""
+    by, proven = acting_as(governance, actor, Role.ADMIN, action)
+    if not proven:
+        assert governance.store is not None
+        admins = [
+            r for r in TokenStore(governance.store).records() if r.active and r.role == "admin"
+        ]
+        if admins:
+            raise fail(
+                f"{action} needs an admin's token in ${TOKEN_ENV} (this store has an admin "
+                "token: only its holders manage tokens now)"
+            )
+    return by
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name", help="the identity changes are recorded under")],
@@ -88,7 +107,7 @@ def token_create(
         raise typer.BadParameter(str(exc), param_hint="--role") from None
     _, governance = open_project(config)
     try:
-        by, _ = acting_as(governance, actor, Role.ADMIN, "creating a token")
+        by = _admin(governance, actor, "creating a token")
         assert governance.store is not None
         record, token = TokenStore(governance.store).create(name, parsed, created_by=by)
         _audit(governance, "token_created", record.public(), by)
@@ -110,6 +129,8 @@ def token_list(
     """Every token: id, name, role, created, revoked (never the token or its hash)."""
     _, governance = open_project(config)
     try:
+        if token_identity(governance) is not None:
+            acting_as(governance, None, Role.ADMIN, "listing tokens")
         assert governance.store is not None
         records = TokenStore(governance.store).records()
     except StateStoreUnavailable as exc:
@@ -137,7 +158,7 @@ def token_revoke(
     """Revoke a token (or all of a name's): the service refuses it from the next request."""
     _, governance = open_project(config)
     try:
-        by, _ = acting_as(governance, actor, Role.ADMIN, "revoking a token")
+        by = _admin(governance, actor, "revoking a token")
         assert governance.store is not None
         revoked = TokenStore(governance.store).revoke(which, by=by)
         for record in revoked:
@@ -180,6 +201,11 @@ def _remote(server: str, method: str, path: str, body: dict[str, Any] | None = N
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise fail(f"--server needs ${TOKEN_ENV}")
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise fail(f"--server: expected http(s)://HOST[:PORT], got {parts.scheme!r}")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"--server {parts.hostname} over plain http: the token crosses the network readable")
     request = urllib.request.Request(
         server.rstrip("/") + path,
         method=method,
@@ -187,7 +213,8 @@ def _remote(server: str, method: str, path: str, body: dict[str, Any] | None = N
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
+        # Never follow a redirect: the token would go along to wherever it points.
+        with make_opener().open(request, timeout=30) as answer:
             return json.loads(answer.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -214,7 +241,9 @@ def approvals_list(
 ) -> None:
     """Pending change requests (of FLAG)."""
     if server:
-        query = f"?all={'true' if all_ else 'false'}" + (f"&flag={flag}" if flag else "")
+        query = "?" + urlencode(
+            {"all": "true" if all_ else "false", **({"flag": flag} if flag else {})}
+        )
         found = [
             ChangeRequest.from_dict(r) for r in _remote(server, "GET", f"/api/v1/approvals{query}")
         ]
@@ -239,9 +268,8 @@ def _decide(
     decision: str, request_id: str, reason: str, server: str | None, config: Path | None
 ) -> None:
     if server:
-        doc = _remote(
-            server, "POST", f"/api/v1/approvals/{request_id}/{decision}", {"reason": reason}
-        )
+        path = f"/api/v1/approvals/{quote(request_id, safe='')}/{decision}"
+        doc = _remote(server, "POST", path, {"reason": reason})
         say(describe_request(ChangeRequest.from_dict(doc["request"])))
         if "transition" in doc:
             after = doc["transition"]["after"]

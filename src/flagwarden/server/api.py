@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -16,15 +17,23 @@ from starlette.concurrency import run_in_threadpool
 
 from flagwarden.audit.log import AuditError, AuditRecord
 from flagwarden.governance.actions import ACTIONS
-from flagwarden.governance.approvals import Requested
+from flagwarden.governance.approvals import ChangeRequest, Requested
 from flagwarden.governance.rollout import Transition, TransitionRefused
 from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.identity import AccessDenied, Identity, Role
 from flagwarden.report import PeriodError, render_html, render_markdown, resolve_period
-from flagwarden.server.security import Guard
+from flagwarden.server.security import Guard, store_unavailable
 from flagwarden.server.service import Service
 
-__all__ = ["api_router", "audit_dict", "transition_dict"]
+__all__ = ["REPORT_CSP", "api_router", "audit_dict", "transition_dict"]
+
+_log = structlog.get_logger("flagwarden.server")
+
+# The HTML report is one self-contained file: its own inline <style>, inline SVG; no script.
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 class TransitionBody(BaseModel):
@@ -70,11 +79,12 @@ def audit_dict(record: AuditRecord) -> dict[str, Any]:
 
 
 def _failure(exc: Exception) -> HTTPException:
-    if isinstance(exc, AccessDenied):
-        return HTTPException(403, str(exc))
     if isinstance(exc, TransitionRefused):
         return HTTPException(409, str(exc))
-    return HTTPException(503, str(exc))
+    if isinstance(exc, StateStoreUnavailable):
+        return store_unavailable(exc)
+    _log.error("flagwarden.audit_unavailable", error=str(exc))
+    return HTTPException(503, f"the audit log cannot be reached: {exc}")
 
 
 def api_router(service: Service, guard: Guard) -> APIRouter:
@@ -82,6 +92,10 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
 
     async def caller(request: Request, role: Role, action: str) -> Identity:
         return await guard.require(request, role, action)
+
+    async def refused(request: Request, exc: AccessDenied, identity: Identity) -> HTTPException:
+        """A role too weak, found by the library call: audited like the guard's own."""
+        return await run_in_threadpool(guard.refuse, request, 403, str(exc), identity)
 
     def known(flag: str) -> None:
         if flag not in service.governance.policies and flag not in service.governance.broken:
@@ -116,9 +130,9 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
 
     @router.post("/flags/{flag}/{action}", summary="advance, rollback, kill, revive, pause, resume")
     async def act(request: Request, flag: str, action: str, body: TransitionBody) -> dict[str, Any]:
-        identity = await caller(request, Role.OPERATOR, f"{action} of a flag")
-        if action not in ACTIONS:
+        if action not in ACTIONS:  # first: the refusal's reason never quotes a made-up action
             raise HTTPException(404, f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        identity = await caller(request, Role.OPERATOR, f"{action} of a flag")
         known(flag)
         try:
             result = await run_in_threadpool(
@@ -126,7 +140,9 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
                     identity, action, flag, reason=body.reason, to=body.to, force=body.force
                 )
             )
-        except (TransitionRefused, AccessDenied, StateStoreUnavailable, AuditError) as exc:
+        except AccessDenied as exc:
+            raise await refused(request, exc, identity) from None
+        except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
             raise _failure(exc) from None
         if isinstance(result, Requested):
             return {"result": "pending", "request": result.request.as_dict()}
@@ -140,7 +156,7 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
         known(flag)
         try:
             return [audit_dict(r) for r in await run_in_threadpool(service.trail, flag, limit)]
-        except AuditError as exc:
+        except (StateStoreUnavailable, AuditError) as exc:
             raise _failure(exc) from None
 
     @router.get("/approvals", summary="Change requests (pending; all=true: every one)")
@@ -152,7 +168,7 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
             found = await run_in_threadpool(
                 lambda: service.approvals().requests(flag, open_only=not all)
             )
-        except StateStoreUnavailable as exc:
+        except (StateStoreUnavailable, AuditError) as exc:
             raise _failure(exc) from None
         return [r.as_dict() for r in found]
 
@@ -162,12 +178,23 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
     ) -> dict[str, Any]:
         if decision not in ("approve", "reject"):
             raise HTTPException(404, "approve or reject")
-        identity = await caller(request, Role.OPERATOR, f"{decision} a change request")
+        # Approving needs an approver; rejecting an operator (the requester withdraws; anyone
+        # else needs an approver, which the library checks).
+        least = Role.APPROVER if decision == "approve" else Role.OPERATOR
+        identity = await caller(request, least, f"{decision} a change request")
+
+        def decide_it() -> tuple[ChangeRequest, Transition | None]:
+            try:
+                service.approvals().get(request_id)
+            except TransitionRefused as exc:  # "no change request ...": an unknown id
+                raise HTTPException(404, str(exc)) from None
+            return service.decide(identity, request_id, decision, body.reason)
+
         try:
-            decided, done = await run_in_threadpool(
-                service.decide, identity, request_id, decision, body.reason
-            )
-        except (TransitionRefused, AccessDenied, StateStoreUnavailable, AuditError) as exc:
+            decided, done = await run_in_threadpool(decide_it)
+        except AccessDenied as exc:
+            raise await refused(request, exc, identity) from None
+        except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
             raise _failure(exc) from None
         answer: dict[str, Any] = {"request": decided.as_dict()}
         if done is not None:
@@ -196,35 +223,67 @@ def api_router(service: Service, guard: Guard) -> APIRouter:
         if format == "json":
             return doc.to_json()
         if format == "html":
-            return HTMLResponse(render_html(doc))
-        return PlainTextResponse(render_markdown(doc), media_type="text/markdown")
+            page = await run_in_threadpool(render_html, doc)
+            return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP})
+        text = await run_in_threadpool(render_markdown, doc)
+        return PlainTextResponse(text, media_type="text/markdown")
+
+    # Tokens: scrypt, store writes and audit appends, all off the event loop.
 
     @router.get("/tokens", summary="Every token (never the token or its hash)")
     async def tokens(request: Request) -> list[dict[str, Any]]:
         await caller(request, Role.ADMIN, "listing tokens")
-        return [r.public() for r in service.tokens.records()]
+        try:
+            found = await run_in_threadpool(service.tokens.records)
+        except StateStoreUnavailable as exc:
+            raise _failure(exc) from None
+        return [r.public() for r in found]
 
     @router.post("/tokens", summary="Make a token; the answer is the only time it is shown")
     async def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
         identity = await caller(request, Role.ADMIN, "creating a token")
-        try:
+
+        def create() -> dict[str, Any]:
             record, token = service.tokens.create(
                 body.name, Role.parse(body.role), created_by=identity.name
             )
+            # The token exists from here on: whatever happens to its audit record, the
+            # answer must carry it (else it is made but never shown).
+            answer: dict[str, Any] = {**record.public(), "token": token}
+            try:
+                service.record("token_created", record.public(), identity.name)
+            except Exception as exc:
+                _log.error("flagwarden.token_created_unrecorded", id=record.id, error=str(exc))
+                answer["audit_pending"] = "the audit log could not be written"
+            return answer
+
+        try:
+            return await run_in_threadpool(create)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        service.record("token_created", record.public(), identity.name)
-        return {**record.public(), "token": token}
+        except StateStoreUnavailable as exc:
+            raise _failure(exc) from None
 
     @router.delete("/tokens/{which}", summary="Revoke a token by id, or every one of a name")
     async def revoke_token(request: Request, which: str) -> list[dict[str, Any]]:
         identity = await caller(request, Role.ADMIN, "revoking a token")
-        revoked = service.tokens.revoke(which, by=identity.name)
-        if not revoked:
+
+        def revoke() -> list[dict[str, Any]]:
+            revoked = service.tokens.revoke(which, by=identity.name)
+            for record in revoked:  # revoked already: the answer says so whatever the audit
+                try:
+                    service.record("token_revoked", record.public(), identity.name)
+                except Exception as exc:
+                    _log.error("flagwarden.token_revoked_unrecorded", id=record.id, error=str(exc))
+            return [r.public() for r in revoked]
+
+        try:
+            done = await run_in_threadpool(revoke)
+        except StateStoreUnavailable as exc:
+            raise _failure(exc) from None
+        if not done:
             raise HTTPException(404, f"no active token with id or name {which!r}")
-        for record in revoked:
-            service.record("token_revoked", record.public(), identity.name)
-        return [r.public() for r in revoked]
+        return done
 
     @router.get("/events", summary="Server-sent events: which flags changed, as they change")
     async def events(request: Request) -> StreamingResponse:

@@ -17,12 +17,14 @@ _QUEUE = 64  # events a slow page may fall behind by; it then gets one "reload e
 
 
 class Broadcaster:
-    """Fan-out from any thread to every open event stream of one event loop."""
+    """Fan-out from any thread to every open event stream of one event loop; :meth:`close`
+    ends every stream (the server is stopping)."""
 
     def __init__(self) -> None:
-        self._streams: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -30,6 +32,21 @@ class Broadcaster:
     @property
     def listeners(self) -> int:
         return len(self._streams)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """End every open stream cleanly, and any opened from now on (thread-safe)."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for queue in streams:
+            loop.call_soon_threadsafe(_end, queue)
 
     def publish(self, event: dict[str, Any]) -> None:
         """Hand ``event`` to every stream (thread-safe, never blocks)."""
@@ -42,9 +59,12 @@ class Broadcaster:
             loop.call_soon_threadsafe(_offer, queue, event)
 
     async def stream(self, gone: Callable[[], Any]) -> AsyncIterator[str]:
-        """Server-sent events until the client goes (``await gone()`` is true)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE)
+        """Server-sent events until the client goes (``await gone()`` is true) or the
+        broadcaster closes."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_QUEUE)
         with self._lock:
+            if self._closed:
+                return
             self._streams.add(queue)
         try:
             yield "retry: 2000\n\n"
@@ -54,16 +74,26 @@ class Broadcaster:
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
+                if event is None:  # closed: the server is stopping
+                    return
                 yield f"event: change\ndata: {json.dumps(event, sort_keys=True)}\n\n"
         finally:
             with self._lock:
                 self._streams.discard(queue)
 
 
-def _offer(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+def _offer(queue: asyncio.Queue[dict[str, Any] | None], event: dict[str, Any]) -> None:
     try:
         queue.put_nowait(event)
     except asyncio.QueueFull:  # a page that stopped reading: tell it to reload all
         while not queue.empty():
-            queue.get_nowait()
+            if queue.get_nowait() is None:  # unless it is ending anyway
+                queue.put_nowait(None)
+                return
         queue.put_nowait({"flags": [], "reload": True})
+
+
+def _end(queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    while not queue.empty():  # what it has not read yet no longer matters
+        queue.get_nowait()
+    queue.put_nowait(None)

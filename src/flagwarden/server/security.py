@@ -3,7 +3,8 @@
 token), a slow-down for clients that keep failing to authenticate, and the security headers.
 
 Refused attempts (401, 403, 429) are audited with what was tried and from where, never with
-the credential.
+the credential, and aggregated (:class:`RefusalLog`) so that a flood of them cannot flood the
+audit log.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.identity import AccessDenied, Identity, InvalidToken, Role, TokenStore
 
 __all__ = [
@@ -29,9 +33,13 @@ __all__ = [
     "SESSION_COOKIE",
     "Guard",
     "LoginThrottle",
+    "RefusalLog",
     "SecurityHeaders",
     "Sessions",
+    "store_unavailable",
 ]
+
+_log = structlog.get_logger("flagwarden.server")
 
 SESSION_COOKIE = "flagwarden_session"
 LOGIN_COOKIE = "flagwarden_login"
@@ -53,12 +61,18 @@ class Session:
 
 
 class Sessions:
-    """Browser sessions in this process's memory (a restart logs everyone out)."""
+    """Browser sessions in this process's memory (a restart logs everyone out).
 
-    def __init__(self, lifetime_seconds: float, most: int = 10_000) -> None:
+    At most ``per_identity`` sessions per token (a new login ends that token's oldest one, so
+    logging in again and again evicts nobody else's) and ``most`` in all (expired ones go
+    first, then the oldest)."""
+
+    def __init__(self, lifetime_seconds: float, most: int = 10_000, per_identity: int = 20) -> None:
         self.lifetime = lifetime_seconds
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._by_token: dict[str, OrderedDict[str, None]] = {}  # token id -> its session ids
         self._most = most
+        self._per_identity = per_identity
         self._lock = threading.Lock()
 
     def create(self, identity: Identity) -> tuple[str, Session]:
@@ -66,9 +80,28 @@ class Sessions:
         session = Session(identity, secrets.token_urlsafe(32), time.time() + self.lifetime)
         with self._lock:
             self._sessions[sid] = session
+            mine = self._by_token.setdefault(identity.token_id, OrderedDict())
+            mine[sid] = None
+            while len(mine) > self._per_identity:
+                self._sessions.pop(mine.popitem(last=False)[0], None)
+            if len(self._sessions) > self._most:
+                now = time.time()
+                for old in [k for k, v in self._sessions.items() if v.expires < now]:
+                    self._drop(old)
             while len(self._sessions) > self._most:
-                self._sessions.popitem(last=False)
+                self._drop(next(iter(self._sessions)))
         return sid, session
+
+    def _drop(self, sid: str) -> None:
+        """Forget ``sid`` (the lock held)."""
+        session = self._sessions.pop(sid, None)
+        if session is None:
+            return
+        mine = self._by_token.get(session.identity.token_id)
+        if mine is not None:
+            mine.pop(sid, None)
+            if not mine:
+                del self._by_token[session.identity.token_id]
 
     def get(self, sid: str | None) -> Session | None:
         if not sid:
@@ -76,22 +109,31 @@ class Sessions:
         with self._lock:
             session = self._sessions.get(sid)
             if session is not None and session.expires < time.time():
-                del self._sessions[sid]
+                self._drop(sid)
                 return None
         return session
 
     def end(self, sid: str | None) -> None:
         with self._lock:
-            self._sessions.pop(sid or "", None)
+            self._drop(sid or "")
+
+    @property
+    def count(self) -> int:
+        return len(self._sessions)
 
 
 class LoginThrottle:
     """After ``free`` failed authentications from one client within ``window`` seconds, each
-    further attempt must wait twice as long as the one before (up to ``cap``): 429 meanwhile."""
+    further attempt must wait twice as long as the one before (up to ``cap``): 429 meanwhile.
+
+    Failures age out of the window; a success does not forget them (else one good call in
+    every ``free`` would let a holder of any token guess for ever)."""
 
     def __init__(self, free: int = 5, window: float = 600.0, cap: float = 300.0) -> None:
         self.free, self.window, self.cap = free, window, cap
-        self._failures: dict[str, list[float]] = {}
+        # A failure past free + 16 cannot lengthen the wait any more (2**16 s > any cap).
+        self._keep = free + 16
+        self._failures: dict[str, deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -103,9 +145,12 @@ class LoginThrottle:
     def failed(self, client: str) -> None:
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._failures.get(client, []) if now - t < self.window]
+            recent = self._failures.get(client)
+            if recent is None:
+                recent = self._failures[client] = deque(maxlen=self._keep)
+            while recent and now - recent[0] >= self.window:
+                recent.popleft()
             recent.append(now)
-            self._failures[client] = recent
             over = len(recent) - self.free
             if over > 0:
                 self._blocked_until[client] = now + min(self.cap, 2.0 ** (over - 1))
@@ -114,14 +159,160 @@ class LoginThrottle:
                     self._failures.pop(key, None)
                     self._blocked_until.pop(key, None)
 
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)
-            self._blocked_until.pop(client, None)
-
 
 def client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def route_of(request: Request) -> str:
+    """The route's path template (``/api/v1/flags/{flag}``), else the request's path."""
+    path = getattr(request.scope.get("route"), "path", None)
+    return path if isinstance(path, str) else request.url.path
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Refusals:
+    """One kind of refused attempt within the current window (see :class:`RefusalLog`)."""
+
+    record: dict[str, Any]  # the first of the window's refusals
+    written: float  # monotonic time of the last record written for this kind
+    count: int = 0  # refusals since then, not yet written
+    first_at: str = ""
+    last_at: str = ""
+
+
+class RefusalLog:
+    """Refused attempts, audited without letting a flood of them flood the audit log.
+
+    Refusals alike (same client, status, method, route, why and identity) are written at most
+    once per ``window`` seconds: the first at once (``count`` 1), the ones after it within the
+    window counted and written as one record when the window closes (``count``, ``first_at``,
+    ``last_at``; ``path`` is the first one's). Windows are closed by a background thread,
+    by the next refusal, and by :meth:`close` (shutdown: nothing counted is lost). Memory
+    is bounded: past ``most`` kinds, new clients are counted together under client ``*``;
+    past twice that, the rest by status alone.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[dict[str, Any]], None],
+        window: float = 60.0,
+        most: int = 1_000,
+    ) -> None:
+        self._write = write
+        self.window = window
+        self._most = most
+        self._kinds: dict[tuple[Any, ...], _Refusals] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Close due windows in the background (about once a second)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="flagwarden-refusals", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread and write every refusal still counted."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with self._lock:
+            due = [self._pending(kind) for kind in self._kinds.values() if kind.count]
+            self._kinds.clear()
+        self._emit(due)
+
+    def note(self, data: dict[str, Any]) -> None:
+        """A refused attempt: ``status``, ``method``, ``path``, ``route``, ``client``,
+        ``why``, ``identity``."""
+        now, at = time.monotonic(), _now_text()
+        with self._lock:
+            due = self._sweep(now) if now >= self._next_sweep else []
+            key = self._key(data)
+            kind = self._kinds.get(key)
+            if kind is None and len(self._kinds) >= self._most:
+                data = {**data, "client": "*"}  # past most: new clients counted together
+                key = self._key(data)
+                kind = self._kinds.get(key)
+                if kind is None and len(self._kinds) >= 2 * self._most:
+                    data = {**data, "method": "*", "route": "*", "why": "*", "identity": None}
+                    key = self._key(data)  # and past twice that: one per status
+                    kind = self._kinds.get(key)
+            if kind is None:
+                self._kinds[key] = _Refusals(dict(data), now)
+                due.append({**data, "count": 1, "first_at": at, "last_at": at})
+            else:
+                if not kind.count:
+                    kind.record, kind.first_at = dict(data), at
+                kind.count += 1
+                kind.last_at = at
+        self._emit(due)
+
+    def flush(self) -> None:
+        """Write every window that has closed."""
+        with self._lock:
+            due = self._sweep(time.monotonic())
+        self._emit(due)
+
+    @property
+    def tracked(self) -> int:
+        return len(self._kinds)
+
+    @staticmethod
+    def _key(data: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            data.get(k) for k in ("client", "status", "method", "route", "why", "identity")
+        )
+
+    def _pending(self, kind: _Refusals) -> dict[str, Any]:
+        return {
+            **kind.record,
+            "count": kind.count,
+            "first_at": kind.first_at,
+            "last_at": kind.last_at,
+        }
+
+    def _sweep(self, now: float) -> list[dict[str, Any]]:
+        """The records of every closed window (the lock held); forgets quiet kinds."""
+        self._next_sweep = now + min(1.0, self.window / 4)
+        due = []
+        for key, kind in list(self._kinds.items()):
+            if now - kind.written < self.window:
+                continue
+            if kind.count:
+                due.append(self._pending(kind))
+                kind.written, kind.count = now, 0
+            else:
+                del self._kinds[key]  # nothing since its last record: the next one is new
+        return due
+
+    def _emit(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            try:
+                self._write(record)
+            except Exception as exc:  # an audit outage must not fail the request or thread
+                _log.error("flagwarden.access_refused_unrecorded", error=str(exc), **record)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.window / 4)):
+            self.flush()
+
+
+def store_unavailable(exc: Exception) -> HTTPException:
+    """The answer when a store is down (the cause logged, not told: the caller may be
+    anyone)."""
+    _log.error("flagwarden.store_unavailable", error=str(exc))
+    return HTTPException(503, "the state store cannot be reached: try again shortly")
 
 
 class Guard:
@@ -137,37 +328,46 @@ class Guard:
         self.tokens = tokens
         self.sessions = sessions
         self.throttle = throttle
-        self._refused = refused  # Service.refused: audits a refused attempt
+        self._refused = refused  # RefusalLog.note (or Service.refused): audits a refusal
 
     def refuse(
         self, request: Request, status: int, why: str, identity: Identity | None = None
     ) -> HTTPException:
+        """The refusal to raise, audited (aggregated: see :class:`RefusalLog`). A refusal
+        without a proven identity (no, a malformed or a wrong credential; an expired login
+        form) counts as a failed authentication of the client's address."""
+        client = client_of(request)
+        if identity is None and status in (401, 403):
+            self.throttle.failed(client)
         self._refused(
             {
                 "status": status,
                 "method": request.method,
                 "path": request.url.path,
-                "client": client_of(request),
+                "route": route_of(request),
+                "client": client,
                 "why": why,
                 "identity": identity.name if identity else None,
             }
         )
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 429:
-            headers = {"Retry-After": str(max(1, round(self.throttle.wait(client_of(request)))))}
+            headers = {"Retry-After": str(max(1, round(self.throttle.wait(client))))}
         return HTTPException(status, why, headers=headers)
 
     def check_token(self, request: Request, token: str) -> Identity:
-        client = client_of(request)
-        if self.throttle.wait(client) > 0:
-            raise self.refuse(request, 429, "too many failed attempts: wait and retry")
+        """The identity of ``token``. A token this process verified before is never
+        throttled (no scrypt to spend on it); one that needs the slow check is refused (429)
+        while the client's address must wait."""
         try:
-            identity = self.tokens.authenticate(token)
-        except InvalidToken:
-            self.throttle.failed(client)
-            raise self.refuse(request, 401, "invalid or revoked token") from None
-        self.throttle.succeeded(client)
-        return identity
+            if not self.tokens.is_known(token) and self.throttle.wait(client_of(request)) > 0:
+                raise self.refuse(request, 429, "too many failed attempts: wait and retry")
+            try:
+                return self.tokens.authenticate(token)
+            except InvalidToken:
+                raise self.refuse(request, 401, "invalid or revoked token") from None
+        except StateStoreUnavailable as exc:
+            raise store_unavailable(exc) from None
 
     def identify(self, request: Request) -> tuple[Identity, bool]:
         """The caller, and whether it came by session cookie (then CSRF applies)."""
@@ -180,7 +380,11 @@ class Guard:
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise self.refuse(request, 401, "log in first (a token, or the dashboard's login)")
-        if self.tokens.identity(session.identity.token_id) is None:  # revoked since login
+        try:
+            active = self.tokens.identity(session.identity.token_id)
+        except StateStoreUnavailable as exc:
+            raise store_unavailable(exc) from None
+        if active is None:  # revoked since login
             self.sessions.end(request.cookies.get(SESSION_COOKIE))
             raise self.refuse(request, 401, "the session's token was revoked")
         request.state.session = session

@@ -7,14 +7,18 @@ every transition, :class:`Approvals` for change requests, :func:`project_status`
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from flagwarden.audit.log import AuditError, AuditRecord
+from flagwarden.audit.signing import public_key_from_settings
+from flagwarden.background import run_supervised
 from flagwarden.config import Settings
 from flagwarden.governance.actions import perform
+from flagwarden.governance.approvals import KIND as APPROVAL_KIND
 from flagwarden.governance.approvals import Approvals, ChangeRequest, Requested
 from flagwarden.governance.cache import StateCache
 from flagwarden.governance.measurements import open_measurement_store
@@ -30,6 +34,8 @@ from flagwarden.telemetry.telemetry import Telemetry
 __all__ = ["Service"]
 
 _log = structlog.get_logger("flagwarden.server")
+REQUESTS_THREAD = "flagwarden-serve-requests"
+REQUESTS_POLL = 2.0  # seconds between looks at the change requests
 
 
 class Service:
@@ -42,7 +48,10 @@ class Service:
         self.tokens = TokenStore(governance.store)
         self.live = Broadcaster()
         self._seen: dict[str, tuple[str, int]] = {}
+        self._requests: dict[str, str] | None = None  # approval documents last seen
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.public_key = public_key_from_settings(settings)
         # Its own store connection: the cache's watcher closes it with the cache.
         self._cache = StateCache(
             open_state_store(settings.config.state, settings.base_dir),
@@ -58,10 +67,30 @@ class Service:
 
     def start(self) -> None:
         self._cache.start()
+        # Change requests are documents, not states: a request made by the CLI or the watch
+        # reaches open pages by this poll (SQLite's change poll looks at states only).
+        run_supervised(REQUESTS_THREAD, self._requests_changed, REQUESTS_POLL, self._stop)
 
     def close(self) -> None:
+        self._stop.set()
         self._cache.close()
         self.governance.close()
+
+    def _requests_changed(self) -> None:
+        assert self.governance.store is not None
+        now = self.governance.store.documents(APPROVAL_KIND)
+        moved = sorted(
+            {
+                flag
+                for key, raw in now.items()
+                if self._requests is None or self._requests.get(key) != raw
+                for flag in [_flag_of(raw)]
+                if flag
+            }
+        )
+        first, self._requests = self._requests is None, now
+        if moved and not first:
+            self.live.publish({"flags": moved})
 
     # -- live updates -------------------------------------------------------------------------
 
@@ -86,7 +115,13 @@ class Service:
         return Approvals(self.rollout())
 
     def status(self, flags: list[str] | None = None) -> StatusDocument:
-        return project_status(self.settings, self.governance, flags)
+        """The status document; with the audit log failing, without its last changes (the
+        state, and so the red button, does not depend on it)."""
+        try:
+            return project_status(self.settings, self.governance, flags)
+        except AuditError as exc:
+            _log.error("flagwarden.audit_unreadable", error=str(exc), serving="status without it")
+            return project_status(self.settings, replace(self.governance, audit=None), flags)
 
     def trail(self, flag: str, limit: int = 200) -> list[AuditRecord]:
         """The newest audit records of ``flag``, newest first."""
@@ -100,7 +135,11 @@ class Service:
         since: datetime | timedelta = timedelta(days=7),
         until: datetime | None = None,
         flags: list[str] | None = None,
+        *,
+        verify: bool = True,
     ) -> Report:
+        """The compliance report, signatures checked with the configured key (``verify``
+        False: the chain is not walked, for the dashboard's charts)."""
         audit = self.governance.audit
         store = self.governance.store
         if audit is None or store is None:
@@ -121,6 +160,8 @@ class Service:
                 flags=flags,
                 measurements=measurements,
                 provider=self.settings.provider_name,
+                public_key=self.public_key if verify else None,
+                verify=verify,
             )
         finally:
             if measurements is not None:
@@ -169,8 +210,9 @@ class Service:
         return request, done
 
     def refused(self, data: dict[str, Any]) -> None:
-        """Audit a refused attempt (401/403): what was tried, from where, by whom if known;
-        never the credential."""
+        """Audit refused attempts (401, 403, 429; grouped by the guard, with ``count``,
+        ``first_at``, ``last_at``): what was tried, from where, by whom if known; never the
+        credential."""
         audit = self.governance.audit
         if audit is None:
             _log.warning("flagwarden.access_refused", **data)
@@ -181,7 +223,20 @@ class Service:
             _log.error("flagwarden.access_refused_unrecorded", error=str(exc), **data)
 
     def record(self, kind: str, data: dict[str, Any], actor: str) -> None:
-        """Audit a service act that is not a transition (a token made or revoked)."""
+        """Audit a service act that is not a transition (a login, a token made or revoked);
+        an audit log that cannot take it is logged, never a failure of the act itself."""
         audit = self.governance.audit
-        if audit is not None:
+        if audit is None:
+            _log.error("flagwarden.audit_unavailable", kind=kind, actor=actor)
+            return
+        try:
             audit.append(kind, data, actor=actor)
+        except AuditError as exc:
+            _log.error("flagwarden.service_act_unrecorded", kind=kind, actor=actor, error=str(exc))
+
+
+def _flag_of(raw: str) -> str | None:
+    try:
+        return ChangeRequest.from_json(raw).flag
+    except (ValueError, TypeError, KeyError):
+        return None  # not a request flagwarden wrote: nothing to show

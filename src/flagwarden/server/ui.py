@@ -105,7 +105,14 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
     async def login_form(request: Request, error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
         response = page(request, "login.html.j2", None, nonce=nonce, error=error)
-        response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", max_age=900)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            max_age=900,
+        )
         return response
 
     @router.post("/login")
@@ -129,9 +136,8 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
             max_age=int(sessions.lifetime),
         )
         response.delete_cookie(LOGIN_COOKIE)
-        service.record(
-            "login", {"client": client_of(request), "token": identity.token_id}, identity.name
-        )
+        login = {"client": client_of(request), "token": identity.token_id}
+        await run_in_threadpool(service.record, "login", login, identity.name)
         return response
 
     @router.post("/logout")
@@ -159,18 +165,23 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
             "broken": doc.broken_policies[0] if doc.broken_policies else None,
             "provider": doc.provider,
             "pending": service.approvals().requests(flag, open_only=True),
-            "trail": service.trail(flag, 50),
+            "trail": [],
+            "audit_problem": None,
             "stage_chart": None,
             "guard_charts": [],
         }
-        if flag in service.governance.policies:
-            report = service.report(timedelta(days=7), None, [flag])
-            if report.flags:
-                shown = report.flags[0]
-                values["stage_chart"] = charts.stage_chart(shown, report.period, report.outages)
-                values["guard_charts"] = [
-                    charts.guard_chart(shown, chart, report.period) for chart in shown.guard_charts
-                ]
+        try:  # the state and the buttons never depend on the audit log
+            values["trail"] = service.trail(flag, 50)
+            report = service.report(timedelta(days=7), None, [flag], verify=False)
+        except AuditError as exc:
+            values["audit_problem"] = str(exc)
+            return values
+        if flag in service.governance.policies and report.flags:
+            shown = report.flags[0]
+            values["stage_chart"] = charts.stage_chart(shown, report.period, report.outages)
+            values["guard_charts"] = [
+                charts.guard_chart(shown, chart, report.period) for chart in shown.guard_charts
+            ]
         return values
 
     async def render(request: Request, template: str, values: Any, *args: Any) -> Response:
@@ -213,6 +224,8 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
     async def act(request: Request, flag: str, action: str) -> Response:
         if action not in ACTIONS:
             raise HTTPException(404, f"unknown action {action!r}")
+        if flag not in service.governance.policies and flag not in service.governance.broken:
+            raise HTTPException(404, f"no governed flag {flag!r}")
         identity = await guard.require(request, Role.OPERATOR, f"{action} of a flag")
         form = await request.form()
         to_text = str(form.get("to", "")).strip()
@@ -229,7 +242,9 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
         except ValueError:
             _flash(request, "error", f"not a stage: {to_text!r}")
             return back_to_flag(flag)
-        except (TransitionRefused, AccessDenied, StateStoreUnavailable, AuditError) as exc:
+        except AccessDenied as exc:  # the library's own role check: audited like the guard's
+            raise await run_in_threadpool(guard.refuse, request, 403, str(exc), identity) from None
+        except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
             _flash(request, "error", f"refused: {exc}")
             return back_to_flag(flag)
         if isinstance(result, Requested):
@@ -264,7 +279,9 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
             decided, done = await run_in_threadpool(
                 service.decide, identity, request_id, decision, reason
             )
-        except (TransitionRefused, AccessDenied, StateStoreUnavailable, AuditError) as exc:
+        except AccessDenied as exc:  # the library's own role check: audited like the guard's
+            raise await run_in_threadpool(guard.refuse, request, 403, str(exc), identity) from None
+        except (TransitionRefused, StateStoreUnavailable, AuditError) as exc:
             _flash(request, "error", f"refused: {exc}")
             return RedirectResponse("/approvals", status_code=303)
         applied = f"; applied: stage {percent(done.after.stage)}" if done is not None else ""
