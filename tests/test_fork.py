@@ -71,10 +71,14 @@ def setup(request: pytest.FixtureRequest, project: Project):
     s.close()
 
 
-def watch_flag(client: Any, timeout: float = 20.0) -> dict[str, Any]:
-    """In a child: evaluate until the flag turns on; report what was seen."""
+def watch_flag(client: Any, timeout: float = 20.0, ready: Any = None) -> dict[str, Any]:
+    """In a child: evaluate until the flag turns on; report what was seen. ``ready()`` is
+    called after the first answer: the parent changes the flag only then (a child that is
+    slow to be scheduled must not see the change first)."""
     ctx = EvaluationContext("order-1")
     first = client.get_boolean_details(FLAG, True, ctx)
+    if ready is not None:
+        ready()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         details = client.get_boolean_details(FLAG, False, ctx)
@@ -94,17 +98,18 @@ def test_os_fork_child_sees_change_made_after_fork(setup: Setup):
     client = flagwarden.configure(setup.project.root / "flagwarden.yaml")
     assert client.get_boolean_value(FLAG, True, EvaluationContext("order-1")) is False
     read_end, write_end = os.pipe()
+    started = multiprocessing.get_context("fork").Event()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_end)
         try:
-            result = watch_flag(client)
+            result = watch_flag(client, ready=started.set)
         except BaseException as exc:
             result = {"exception": repr(exc)}
         os.write(write_end, json.dumps(result).encode())
         os._exit(0)
     os.close(write_end)
-    time.sleep(0.5)
+    assert started.wait(20)
     setup.turn_on()
     with os.fdopen(read_end) as pipe:
         result = json.loads(pipe.read() or "{}")
@@ -117,26 +122,37 @@ def test_os_fork_child_sees_change_made_after_fork(setup: Setup):
     }
 
 
+_answered: Any = None  # a fork-inherited Event: a pool task has given its first answer
+
+
 def _pool_task(_: int) -> dict[str, Any]:
     runtime = flagwarden.current()
     assert runtime is not None
-    started = time.time()
-    return {**watch_flag(runtime.client), "pid": os.getpid(), "started": started}
+    answered: list[float] = []
+
+    def ready() -> None:
+        answered.append(time.time())
+        _answered.set()
+
+    result = watch_flag(runtime.client, ready=ready)
+    return {**result, "pid": os.getpid(), "answered": answered[0]}
 
 
 @pytest.mark.slow
 def test_prefork_pool_workers_see_change(setup: Setup):
+    global _answered
     flagwarden.configure(setup.project.root / "flagwarden.yaml")
     ctx = multiprocessing.get_context("fork")
+    _answered = ctx.Event()
     with ctx.Pool(2) as pool:
         pending = pool.map_async(_pool_task, range(2))
-        time.sleep(0.5)
+        assert _answered.wait(20)
         turned_on_at = time.time()
         setup.turn_on()
         results = pending.get(timeout=60)
     assert all(r["turned_on"] for r in results), results
-    # One worker may take both tasks; only a task that started before the change saw it off.
-    early = [r for r in results if r["started"] < turned_on_at]
+    # One worker may take both tasks; a task that answered before the change saw it off.
+    early = [r for r in results if r["answered"] < turned_on_at]
     assert early and all(r["first"] is False for r in early), results
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flagwarden.audit.archive import archive, verify_archives
 from flagwarden.audit.export import export, verify_file
-from flagwarden.audit.log import GENESIS, AuditLog, AuditRecord
+from flagwarden.audit.log import GENESIS, AuditError, AuditLog, AuditRecord
 from flagwarden.audit.signing import (
     Signer,
     fingerprint,
@@ -33,6 +34,7 @@ from flagwarden.audit.signing import (
     public_key_from_settings,
     signature_ok,
     signer_from_settings,
+    write_keypair,
 )
 from flagwarden.config import load_settings
 from flagwarden.errors import ConfigError
@@ -344,6 +346,10 @@ def _write_export(path: Path, records: list[dict[str, Any]], manifest: dict[str,
         (json.dumps(r, separators=(",", ":")) + "\n").encode() for r in records
     )  # the exact line format
     manifest = {**manifest, "sha256": hashlib.sha256(body).hexdigest(), "count": len(records)}
+    if "unsigned" in manifest:  # what the records say about their signatures
+        signed = [r["seq"] for r in records if r.get("signature") is not None]
+        manifest["unsigned"] = len(records) - len(signed)
+        manifest["first_signed_seq"] = signed[0] if signed else None
     if records:
         manifest["head"], manifest["last_seq"] = records[-1]["hash"], records[-1]["seq"]
     path.write_bytes(body + (json.dumps({"manifest": manifest}) + "\n").encode())
@@ -709,3 +715,299 @@ def test_a_bad_key_is_named_and_never_shown(project: Project, monkeypatch):
     for result in (checked, verified, killed):
         assert secret not in result.stdout + result.stderr
         assert secret[:20] not in result.stdout + result.stderr
+
+
+# -- a signed log's history cannot be laundered ---------------------------------------------
+
+
+def sign_rows(url: str, signer: Signer, seqs: range) -> None:
+    """Sign stored records after the fact, as a signing process would have when it wrote them
+    (the signature covers only the hash)."""
+    conn, ph = _connect(url)
+    try:
+        for seq, *_, digest, _ref, _sig in rows(url):
+            if seq in seqs:
+                conn.execute(
+                    f"UPDATE flagwarden_audit SET signature = {ph} WHERE seq = {ph}",
+                    (signer.sign(digest), seq),
+                )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def old_signed_log(url: str, signer: Signer, signed_from: int = 1) -> AuditLog:
+    """Ten records 12 to 3 days old (signed from record ``signed_from`` on: a log that got its
+    key then), and a new signed record written now."""
+    seed(
+        url, [(NOW - (12 - i) * timedelta(days=1), "transition", "f", {"i": i}) for i in range(10)]
+    )
+    sign_rows(url, signer, range(signed_from, 11))
+    log = AuditLog(url, signer=signer)
+    log.append("outage", {"provider": "ld"})
+    assert log.verify(signer.public_key).ok == (signed_from == 1)
+    return log
+
+
+def forge_history(url: str, seq: int, resign: Signer | None = None, *, truncate: int = 0) -> None:
+    """What someone with write access and no key does: rewrite record ``seq``'s data,
+    recompute every hash from there, set those signatures NULL (or sign them with a key of
+    their own), and optionally delete the newest ``truncate`` records."""
+    if truncate:
+        execute(url, f"DELETE FROM flagwarden_audit WHERE seq > {rows(url)[-1][0] - truncate}")
+    stored = rows(url)
+    conn, ph = _connect(url)
+    try:
+        prev = stored[0][6]  # GENESIS, or the head of the last archive
+        for s, at, kind, flag, actor, data, _p, digest, _ref, signature in stored:
+            if s >= seq:
+                data = '{"i":99}' if s == seq else data
+                digest = AuditRecord.digest(s, at, kind, flag, actor, data, prev)
+                signature = resign.sign(digest) if resign is not None else None
+                conn.execute(
+                    f"UPDATE flagwarden_audit SET data = {ph}, prev_hash = {ph}, hash = {ph}, "
+                    f"signature = {ph} WHERE seq = {ph}",
+                    (data, prev, digest, signature, s),
+                )
+            prev = digest
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("forger", "truncate", "said"),
+    [
+        (None, 0, "record 3 is not signed, but record 1 before it is"),
+        (None, 1, "record 3 is not signed, but record 1 before it is"),
+        ("other-key", 0, "record 3's signature does not verify (forged, or made with another key)"),
+    ],
+    ids=["signatures-removed", "and-newest-truncated", "re-signed-with-another-key"],
+)
+def test_archive_and_export_refuse_to_launder_a_forged_history(
+    audit_url,  # noqa: F811
+    tmp_path: Path,
+    forger: str | None,
+    truncate: int,
+    said: str,
+):
+    signer = new_signer()
+    log = old_signed_log(audit_url, signer)
+    forge_history(audit_url, 3, new_signer() if forger else None, truncate=truncate)
+    assert log.verify().ok  # the hash chain alone cannot tell
+    assert not log.verify(signer.public_key).ok
+    before = rows(audit_url)
+    with pytest.raises(AuditError, match=re.escape(said)) as caught:
+        archive(log, NOW - timedelta(days=2), tmp_path / "old.jsonl", actor="alice")
+    assert "nothing was archived" in str(caught.value)
+    assert not (tmp_path / "old.jsonl").exists() and rows(audit_url) == before
+    with pytest.raises(AuditError, match=re.escape(said)):
+        export(log, tmp_path / "all.jsonl")
+    assert not (tmp_path / "all.jsonl").exists()
+    # A period that starts after the signed records: they still count.
+    with pytest.raises(AuditError, match=re.escape(said.replace("record 3", "record 5"))):
+        export(log, tmp_path / "part.jsonl", since=NOW - timedelta(days=8, hours=12))
+    log.close()
+
+
+def _old_archive(log: AuditLog, last_seq: int, path: Path, signer: Signer) -> None:
+    """What archive() did before it checked signatures: records written out as stored, a
+    manifest (without the unsigned count) signed over them, and the cut."""
+    import hashlib
+
+    from flagwarden.audit.archive import _line
+
+    first_seq, first_prev, _ = log.start()
+    lines = [_line(row) for row in log.rows(through_seq=last_seq)]
+    head = json.loads(lines[-1])["hash"]
+    manifest: dict[str, Any] = {
+        "format": "flagwarden-audit-archive/1",
+        "count": len(lines),
+        "first_seq": first_seq,
+        "last_seq": last_seq,
+        "first_prev_hash": first_prev,
+        "head": head,
+        "sha256": hashlib.sha256(b"".join(lines)).hexdigest(),
+        "before": NOW.isoformat(),
+        "created_at": NOW.isoformat(),
+        "signature": None,
+    }
+    manifest["signature"] = signer.sign_manifest(manifest)
+    path.write_bytes(b"".join(lines) + (json.dumps({"manifest": manifest}) + "\n").encode())
+    log.cut(first_seq, last_seq, head, {"file": path.name, "count": len(lines)}, actor="alice")
+
+
+def test_an_archive_that_laundered_a_forgery_fails_with_the_key(audit_url, tmp_path: Path):  # noqa: F811
+    signer = new_signer()
+    log = old_signed_log(audit_url, signer)
+    forge_history(audit_url, 3, truncate=1)  # records 3-10 unsigned, the newest one gone
+    path = tmp_path / "laundered.jsonl"
+    _old_archive(log, 10, path, signer)
+    assert log.verify(signer.public_key).ok  # the live log is only the signed archive record
+    check = verify_archives(log, [path], signer.public_key)
+    assert not check.ok and "record 3 is not signed, but record 1 before it is" in check.problem
+    offline = verify_file(path, signer.public_key)
+    assert not offline.ok and "record 3 is not signed, but record 1 before it is" in offline.problem
+    assert verify_archives(log, [path]).ok  # without the key only the chain is checked
+    log.close()
+
+
+def test_unsigned_records_after_archived_signed_ones_are_refused(tmp_path: Path):
+    """Signed records already archived: the archive record says so, and every record after
+    them must be signed, in the next archive and across archive files."""
+    url = f"sqlite:///{tmp_path}/a.db"
+    signer = new_signer()
+    log = old_signed_log(url, signer, signed_from=6)
+    first = archive(log, NOW - timedelta(days=5, hours=12), tmp_path / "1.jsonl", actor="alice")
+    assert first is not None
+    assert (first.count, first.unsigned, first.first_signed_seq) == (7, 5, 6)
+    forge_history(url, 8)  # records 8 on (the archive record too) rewritten, unsigned
+    with pytest.raises(AuditError, match="record 8 is not signed, but record 6 before it is"):
+        archive(log, NOW - timedelta(days=2), tmp_path / "2.jsonl", actor="alice")
+    with pytest.raises(AuditError, match="record 8 is not signed, but record 6 before it is"):
+        export(log, tmp_path / "e.jsonl")
+    # As the old archive() would have done it: each file is fine on its own, not together.
+    _old_archive(log, 10, tmp_path / "2.jsonl", signer)
+    assert verify_file(tmp_path / "2.jsonl", signer.public_key).ok
+    files = [tmp_path / "1.jsonl", tmp_path / "2.jsonl"]
+    assert verify_archives(log, files).ok
+    check = verify_archives(log, files, signer.public_key)
+    assert not check.ok and check.problem.startswith(
+        f"{tmp_path / '2.jsonl'}: record 8 is not signed, but record 6 in "
+    ), check
+    log.close()
+
+
+def test_the_unsigned_prefix_of_a_log_that_got_its_key_later_still_archives(
+    audit_url,  # noqa: F811
+    tmp_path: Path,
+):
+    signer = new_signer()
+    log = old_signed_log(audit_url, signer, signed_from=6)  # records 1-5 before the key
+    assert log.verify(signer.public_key).problem == "record 1 is not signed"
+    done = archive(log, NOW - timedelta(days=2), tmp_path / "old.jsonl", actor="alice")
+    assert done is not None and (done.count, done.unsigned, done.first_signed_seq) == (10, 5, 6)
+    assert (done.record.data["unsigned"], done.record.data["first_signed_seq"]) == (5, 6)
+    records, manifest = _export_lines(tmp_path / "old.jsonl")
+    assert (manifest["unsigned"], manifest["first_signed_seq"]) == (5, 6)
+    assert [r["signature"] is None for r in records] == [True] * 5 + [False] * 5
+    assert log.verify(signer.public_key).ok
+    check = verify_archives(log, [tmp_path / "old.jsonl"], signer.public_key)
+    assert check.ok and check.unsigned == 5, check
+    assert verify_file(tmp_path / "old.jsonl", signer.public_key).ok
+    # The unsigned count is part of the signed manifest.
+    lines = (tmp_path / "old.jsonl").read_text().splitlines()
+    lines[-1] = json.dumps({"manifest": {**manifest, "unsigned": 0}})
+    (tmp_path / "old.jsonl").write_text("\n".join(lines) + "\n")
+    assert "unsigned count" in verify_file(tmp_path / "old.jsonl").problem
+    # The archive record says signed records were archived: an unsigned live record now
+    # follows them, and an export refuses it.
+    execute(audit_url, "UPDATE flagwarden_audit SET signature = NULL WHERE seq = 11")
+    with pytest.raises(AuditError, match="record 11 is not signed, but record 6 before it is"):
+        export(log, tmp_path / "e.jsonl")
+    log.close()
+
+
+# -- a process without the key ---------------------------------------------------------------
+
+
+def test_appending_without_the_key_to_a_signed_log_is_refused(audit_url, tmp_path: Path):  # noqa: F811
+    signer = new_signer()
+    signed_log(audit_url, signer, 2).close()
+    keyless = AuditLog(audit_url)
+    said = "the audit log is signed: this process has no audit.signing_key (docs/audit.md#signing)"
+    with pytest.raises(AuditError) as caught:
+        keyless.append("exposure_summary", {"rows": []})
+    assert str(caught.value) == said
+    with pytest.raises(AuditError, match=re.escape(said)):
+        archive(keyless, NOW - timedelta(days=2), tmp_path / "a.jsonl", actor="alice")
+    assert len(rows(audit_url)) == 2 and keyless.verify(signer.public_key).ok
+    keyless.close()
+    plain = signed_log(f"sqlite:///{tmp_path}/plain.db", None, 2)  # an unsigned log: as before
+    assert plain.verify().ok and plain.verify().checked == 2
+    plain.close()
+
+
+def test_a_change_made_without_the_key_is_recorded_signed_later(project: Project):
+    from flagwarden.governance.project import Governance
+
+    _, key_file, pub_file = write_keypair(project.root / "keys" / "audit")
+    audit = {"url": "sqlite:///.flagwarden/audit.db", "signing_key": str(key_file)}
+    keyed_config = governed_project(project, audit=audit, policy={"soak": "0s"})
+    keyless_config = project.root / "keyless.yaml"
+    keyless_config.write_text(
+        yaml.safe_dump({**yaml.safe_load(keyed_config.read_text()), "audit": audit["url"]})
+    )
+    public_key = load_public_key(pub_file)
+
+    keyed = Governance.open(load_settings(keyed_config))
+    keyed.rollout().advance(FLAG, actor="alice", reason="go")
+    keyed.close()
+
+    keyless = Governance.open(load_settings(keyless_config))
+    try:
+        assert keyless.audit is not None and keyless.store is not None
+        done = keyless.rollout().kill(FLAG, actor="bob", reason="nulls")
+        assert done.changed and done.after.killed  # the kill went through
+        assert done.audit_error is not None and "no audit.signing_key" in done.audit_error
+        (entry,) = keyless.store.pending_outbox()  # its record waits
+        assert entry.records[0]["data"]["action"] == "kill"
+        assert keyless.audit.verify(public_key).ok  # nothing unsigned was written
+        assert keyless.rollout().reconcile().error is not None  # still refused
+    finally:
+        keyless.close()
+
+    keyed = Governance.open(load_settings(keyed_config))
+    try:
+        assert keyed.audit is not None and keyed.store is not None
+        assert keyed.rollout().reconcile().written == 1
+        assert keyed.store.pending_outbox() == []
+        kill = keyed.audit.records(kind="transition", newest_first=True).first()
+        assert kill is not None and kill.data["action"] == "kill" and kill.actor == "bob"
+        assert signature_ok(public_key, kill.hash, kill.signature)
+        result = keyed.audit.verify(public_key)
+        assert result.ok and result.signed == result.checked == 2, result
+        assert keyed.rollout().unrecorded() == []
+    finally:
+        keyed.close()
+
+
+# -- the ref column ---------------------------------------------------------------------------
+
+
+def test_append_once_puts_the_ref_into_the_hashed_data(audit_url):  # noqa: F811
+    log = AuditLog(audit_url, signer=new_signer())
+    record, appended = log.append_once("approval", {"event": "requested"}, ref="approval:1")
+    assert appended and record.data == {"event": "requested", "ref": "approval:1"}
+    assert json.loads(rows(audit_url)[0][5]) == record.data  # in the text the hash covers
+    same = log.append("approval", {"event": "requested", "ref": "approval:2"}, ref="approval:2")
+    assert same.data["ref"] == "approval:2"
+    with pytest.raises(ValueError, match="data states ref 'x'"):
+        log.append("approval", {"ref": "x"}, ref="approval:3")
+    assert log.find("approval:3") is None
+    log.close()
+
+
+def test_a_ref_moved_onto_a_signed_record_fails_verify(audit_url):  # noqa: F811
+    """A ref set on an old record makes append_once skip the real act later: verify finds it."""
+    signer = new_signer()
+    log = signed_log(audit_url, signer, 3)
+    log.append("approval", {"event": "requested"}, ref="approval:1")
+    execute(audit_url, "UPDATE flagwarden_audit SET ref = 'approval:2' WHERE seq = 2")
+    for key in (None, signer.public_key):
+        result = log.verify(key)
+        assert not result.ok and result.first_bad_seq == 2, result
+        assert result.problem == "record 2's ref was changed (it does not match its data)"
+    # The data states another ref: found on any record.
+    execute(audit_url, "UPDATE flagwarden_audit SET ref = 'approval:9' WHERE seq = 4")
+    execute(audit_url, "UPDATE flagwarden_audit SET ref = NULL WHERE seq = 2")
+    assert log.verify().first_bad_seq == 4
+    log.close()
+
+
+def test_an_unsigned_record_with_a_ref_only_in_its_column_still_verifies(audit_url):  # noqa: F811
+    """Records written before refs went into the data (approvals) are unsigned: they pass."""
+    log = signed_log(audit_url, None, 2)
+    execute(audit_url, "UPDATE flagwarden_audit SET ref = 'approval:old' WHERE seq = 1")
+    assert log.verify().ok
+    log.close()

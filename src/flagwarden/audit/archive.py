@@ -6,15 +6,24 @@ then one manifest line::
 
     {"manifest": {"format": "flagwarden-audit-archive/1", "count": N, "first_seq": A,
      "last_seq": B, "first_prev_hash": ..., "head": ..., "sha256": ..., "before": ...,
-     "created_at": ..., "signature": null}}
+     "created_at": ..., "unsigned": 0, "first_signed_seq": A, "signature": ...}}
 
 ``head`` is the chain head at the cut (the last archived record's hash) and ``sha256`` the
-SHA-256 of every line before the manifest. The records leave the table in the transaction that
-appends an ``archive`` record stating ``last_seq`` and ``last_hash``, so the live log still
-verifies from there, and the file can be checked against it (:func:`verify_archives`).
+SHA-256 of every line before the manifest; ``unsigned`` counts the records without a signature
+and ``first_signed_seq`` is the first record with one (null when none has). The records leave
+the table in the transaction that appends an ``archive`` record stating ``last_seq`` and
+``last_hash``, so the live log still verifies from there, and the file can be checked against
+it (:func:`verify_archives`).
 ``signature`` is the Ed25519 signature of the manifest (:mod:`flagwarden.audit.signing`) when
 the log has a signer, else null (the file is then trusted because it joins the chain). Lines
 of files written before signatures existed have no ``signature`` field; they still verify.
+
+A signed manifest must not vouch for a forged history: with a signer, :func:`archive` checks
+every signature it archives with the signer's public key, and refuses a record whose signature
+does not verify or that is unsigned after a signed record (signatures removed, or records
+rewritten without the key). Unsigned records before the first signed one (a log that was
+written before signing was turned on) are archived, and counted in the manifest; verifying with
+a key accepts unsigned records only as such a prefix.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from flagwarden.audit.log import COLUMNS, GENESIS, AuditError, AuditLog, AuditRecord
+from flagwarden.audit.log import COLUMNS, GENESIS, KEYLESS, AuditError, AuditLog, AuditRecord
 from flagwarden.audit.signing import PublicKey, fingerprint, manifest_signature_ok, signature_ok
 
 __all__ = [
@@ -61,6 +70,8 @@ class ArchiveResult:
     last_seq: int
     head: str  # the last archived record's hash: where the live chain continues
     record: AuditRecord  # the archive record appended to the live log
+    unsigned: int = 0  # records without a signature (written before signing was turned on)
+    first_signed_seq: int | None = None  # the first archived record with one
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class ArchiveCheck:
     problem: str | None = None
     signed: int = 0  # files whose manifest carries a signature
     key: str | None = None  # the fingerprint of the key the signatures were checked with
+    unsigned: int = 0  # archived records without a signature (before signing was turned on)
 
 
 def _line(row: Sequence[Any], fields: Sequence[str] = _FIELDS) -> bytes:
@@ -94,6 +106,34 @@ def _chain_problem(row: Sequence[Any], expected_seq: int, prev: str) -> str | No
     return None
 
 
+class _Signatures:
+    """The signatures of records met in chain order: how many are missing and the first
+    present; with ``key``, what is wrong with one (a signature that does not verify, or none
+    after a signed record, in this range or before it: ``signed_before``)."""
+
+    def __init__(self, key: PublicKey | None, signed_before: int | None = None) -> None:
+        self.key = key
+        self.signed_before = signed_before
+        self.first_signed: int | None = None
+        self.unsigned = 0
+
+    def problem(self, seq: int, digest: str, signature: Any) -> str | None:
+        if signature is None:
+            self.unsigned += 1
+            earlier = self.first_signed if self.first_signed is not None else self.signed_before
+            if self.key is None or earlier is None:
+                return None
+            return (
+                f"record {seq} is not signed, but record {earlier} before it is (a signature "
+                "removed, or records rewritten without the key)"
+            )
+        if self.key is not None and not signature_ok(self.key, digest, signature):
+            return f"record {seq}'s signature does not verify (forged, or made with another key)"
+        if self.first_signed is None:
+            self.first_signed = seq
+        return None
+
+
 def archive(
     log: AuditLog,
     before: datetime,
@@ -105,7 +145,8 @@ def archive(
     """Move the records written before ``before`` to a new file at ``path``; None when there
     are none. Refused (:class:`ArchiveError`, nothing moved) for a moment in the future or in
     the last :data:`KEEP`, an existing ``path``, or a chain that does not verify up to the cut
-    (archiving must never bury the evidence of tampering)."""
+    (archiving must never bury the evidence of tampering): with a signer, that includes every
+    signature checked with its public key, and no unsigned record after a signed one."""
     now = now or datetime.now(UTC)
     before = before if before.tzinfo else before.replace(tzinfo=UTC)
     if before > now:
@@ -120,6 +161,10 @@ def archive(
         )
     if path.exists():
         raise ArchiveError(f"{path} already exists: an archive is never overwritten")
+    if log.signer is None:
+        last = log.records(newest_first=True).first()
+        if last is not None and last.signature is not None:  # the cut's record would be refused
+            raise ArchiveError(f"{KEYLESS}; nothing was archived")
     first_seq, prev, _ = log.start()
     last_seq = log.last_seq_before(before)
     if last_seq is None or last_seq < first_seq:
@@ -128,11 +173,15 @@ def archive(
     partial = path.with_name(f".{path.name}.partial")
     digest = hashlib.sha256()
     count, first_prev = 0, prev
+    key = log.signer.public_key if log.signer is not None else None
+    signatures = _Signatures(key, log.signed_before(first_seq) if key is not None else None)
     try:
         with partial.open("wb") as file:
             expected = first_seq
             for row in log.rows(through_seq=last_seq):
-                problem = _chain_problem(row, expected, prev)
+                problem = _chain_problem(row, expected, prev) or signatures.problem(
+                    row[0], row[7], row[9]
+                )
                 if problem is not None:
                     raise ArchiveError(
                         f"the audit chain does not verify ({problem}); nothing was archived: "
@@ -156,6 +205,8 @@ def archive(
                 "sha256": digest.hexdigest(),
                 "before": before.astimezone(UTC).isoformat(),
                 "created_at": now.astimezone(UTC).isoformat(),
+                "unsigned": signatures.unsigned,
+                "first_signed_seq": signatures.first_signed,
                 "signature": None,
             }
             if log.signer is not None:
@@ -181,6 +232,8 @@ def archive(
                 "count": count,
                 "sha256": manifest["sha256"],
                 "before": manifest["before"],  # what audit verify may find only in the file
+                "unsigned": signatures.unsigned,
+                "first_signed_seq": signatures.first_signed,
             },
             actor=actor,
         )
@@ -188,7 +241,9 @@ def archive(
         with contextlib.suppress(OSError):
             path.unlink()  # the records are still live: the file must not claim otherwise
         raise
-    return ArchiveResult(path, count, first_seq, last_seq, prev, record)
+    return ArchiveResult(
+        path, count, first_seq, last_seq, prev, record, signatures.unsigned, signatures.first_signed
+    )
 
 
 @dataclass(frozen=True)
@@ -197,6 +252,8 @@ class _File:
     manifest: dict[str, Any]
     signed: int = 0  # records that carry a signature
     unsigned: int | None = None  # the first record that does not
+    first_signed: int | None = None  # the first record that does
+    unsigned_count: int = 0
 
 
 def _read(path: Path) -> Iterator[tuple[int, Any]]:
@@ -214,10 +271,12 @@ def _read(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _check_file(path: Path, key: PublicKey | None = None) -> _File:
     """One archive (or export) on its own: the lines hash to the manifest, the records chain;
-    with ``key``, the manifest's signature and every signature a record carries verify."""
+    with ``key``, the manifest's signature and every signature a record carries verify, and
+    unsigned records come only before the first signed one."""
     digest = hashlib.sha256()
     manifest: dict[str, Any] | None = None
     count, expected, prev, signed, unsigned = 0, None, None, 0, None
+    signatures = _Signatures(key)
     for number, line in _read(path):
         if manifest is not None:
             raise ArchiveError(f"{path}:{number}: a line after the manifest")
@@ -236,8 +295,9 @@ def _check_file(path: Path, key: PublicKey | None = None) -> _File:
         if problem is not None:
             raise ArchiveError(f"{path}:{number}: {problem}")
         signature = line.get("signature")
-        if key is not None and signature is not None and not signature_ok(key, row[7], signature):
-            raise ArchiveError(f"{path}:{number}: record {row[0]}'s signature does not verify")
+        problem = signatures.problem(row[0], row[7], signature)
+        if problem is not None:
+            raise ArchiveError(f"{path}:{number}: {problem}")
         signed += signature is not None
         unsigned = row[0] if unsigned is None and signature is None else unsigned
         expected, prev, count = row[0] + 1, row[7], count + 1
@@ -254,7 +314,14 @@ def _check_file(path: Path, key: PublicKey | None = None) -> _File:
         raise ArchiveError(f"{path}: the manifest's count or head does not match the records")
     if count and expected is not None and manifest.get("last_seq") != expected - 1:
         raise ArchiveError(f"{path}: the manifest's last_seq does not match the records")
-    return _File(path, manifest, signed, unsigned)
+    # Manifests written before these fields existed have neither.
+    stated = (manifest.get("unsigned"), manifest.get("first_signed_seq"))
+    if "unsigned" in manifest and stated != (signatures.unsigned, signatures.first_signed):
+        raise ArchiveError(
+            f"{path}: the manifest's unsigned count or first signed record does not match the "
+            "records"
+        )
+    return _File(path, manifest, signed, unsigned, signatures.first_signed, signatures.unsigned)
 
 
 def verify_archives(
@@ -262,8 +329,9 @@ def verify_archives(
 ) -> ArchiveCheck:
     """Check each archive file, that they follow one another, and that the last one joins
     the live log where its latest ``archive`` record says it starts. With ``public_key``
-    each manifest must be signed by it (records archived before signing was turned on may
-    be unsigned: the signed manifest vouches for them)."""
+    each manifest must be signed by it and so must every record a file carries a signature
+    for; records archived before signing was turned on may be unsigned (the signed manifest
+    vouches for them), but only before the first signed record of all the files."""
     files: list[_File] = []
     key = fingerprint(public_key) if public_key is not None else None
     try:
@@ -278,8 +346,9 @@ def verify_archives(
     records = sum(int(f.manifest["count"]) for f in files)
     first, last = files[0].manifest, files[-1].manifest
     signed = sum(f.manifest.get("signature") is not None for f in files)
+    unsigned = sum(f.unsigned_count for f in files)
     check = ArchiveCheck(
-        True, len(files), records, first["first_seq"], last["last_seq"], None, signed, key
+        True, len(files), records, first["first_seq"], last["last_seq"], None, signed, key, unsigned
     )
 
     def broken(problem: str) -> ArchiveCheck:
@@ -296,6 +365,15 @@ def verify_archives(
             )
         if b["first_prev_hash"] != a["head"]:
             return broken(f"{later.path} does not follow {earlier.path} (chain broken)")
+    signed_in: _File | None = None  # the first file with a signed record
+    for f in files if public_key is not None else ():
+        if signed_in is not None and f.unsigned is not None:
+            return broken(
+                f"{f.path}: record {f.unsigned} is not signed, but record "
+                f"{signed_in.first_signed} in {signed_in.path} before it is (a signature "
+                "removed, or records rewritten without the key)"
+            )
+        signed_in = signed_in or (f if f.first_signed is not None else None)
     start_seq, start_hash, _ = log.start()
     if last["last_seq"] + 1 != start_seq:
         return broken(

@@ -5,8 +5,11 @@ line as stored, every column (``seq``, ``at``, ``kind``, ``flag``, ``actor``, ``
 exact JSON text the hash covers, ``prev_hash``, ``hash``, ``ref``, ``signature``), then one
 manifest line (``"format": "flagwarden-audit-export/1"``, ``count``, ``first_seq``,
 ``last_seq``, ``first_prev_hash``, ``head``, ``sha256`` of the lines before it, ``since``,
-``until``, ``created_at``, ``signature``: Ed25519 when the log has a signer). Unlike an archive
-it removes nothing. :func:`verify_file` checks an export (or an archive) without a database.
+``until``, ``created_at``, ``unsigned``, ``first_signed_seq``, ``signature``: Ed25519 when the
+log has a signer). Unlike an archive it removes nothing. :func:`verify_file` checks an export
+(or an archive) without a database. As :func:`~flagwarden.audit.archive.archive`, an export
+with a signer checks every signature it copies and refuses an unsigned record after a signed
+one (in the range or before it): a signed manifest must not vouch for a forged history.
 
 A copy kept elsewhere is what catches the one change signatures cannot: the newest records
 deleted from the live log (the rest still chains and every signature still verifies).
@@ -23,7 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flagwarden.audit import archive
-from flagwarden.audit.archive import ArchiveError, _chain_problem, _check_file, _line
+from flagwarden.audit.archive import (
+    ArchiveError,
+    _chain_problem,
+    _check_file,
+    _line,
+    _Signatures,
+)
 from flagwarden.audit.log import GENESIS, AuditLog
 from flagwarden.audit.signing import PublicKey, fingerprint
 
@@ -77,7 +86,9 @@ def export(
     """Write the live log's records with ``since <= at <= until`` (default: all) to a new
     file at ``path``, with a manifest signed by the log's signer if it has one. Refused
     (:class:`ArchiveError`, nothing written) for an existing ``path`` or a chain that does not
-    verify within the range (a signed copy must not vouch for a tampered log)."""
+    verify within the range (a signed copy must not vouch for a tampered log): with a signer,
+    that includes every signature checked with its public key, and no unsigned record after a
+    signed one."""
     now = now or datetime.now(UTC)
     if path.exists():
         raise ArchiveError(f"{path} already exists: an export is never overwritten")
@@ -91,6 +102,9 @@ def export(
     partial = path.with_name(f".{path.name}.partial")
     digest = hashlib.sha256()
     count, first_prev, prev = 0, GENESIS, GENESIS
+    key = log.signer.public_key if log.signer is not None else None
+    signed_before = log.signed_before(first.seq) if key is not None and first else None
+    signatures = _Signatures(key, signed_before)
     try:
         with partial.open("wb") as file:
             if first is not None and last is not None:
@@ -98,7 +112,9 @@ def export(
                 prev = start_hash if first.seq == start_seq else first.prev_hash
                 first_prev = prev
                 for row in log.rows(after_seq=first.seq - 1, through_seq=last.seq):
-                    problem = _chain_problem(row, expected, prev)
+                    problem = _chain_problem(row, expected, prev) or signatures.problem(
+                        row[0], row[7], row[9]
+                    )
                     if problem is not None:
                         raise ArchiveError(
                             f"the audit chain does not verify ({problem}); nothing was "
@@ -119,6 +135,8 @@ def export(
                 "since": since.astimezone(UTC).isoformat() if since else None,
                 "until": until.astimezone(UTC).isoformat() if until else None,
                 "created_at": now.astimezone(UTC).isoformat(),
+                "unsigned": signatures.unsigned,
+                "first_signed_seq": signatures.first_signed,
                 "signature": None,
             }
             if log.signer is not None:
@@ -141,7 +159,8 @@ def verify_file(path: Path, public_key: PublicKey | None = None) -> FileCheck:
     """Check an export (or an archive) file on its own: its lines hash to the manifest, its
     records chain (from record 1's genesis when it starts there). With ``public_key`` the
     manifest must be signed by it, and so must every record of an export (an archive may hold
-    records written before signing was turned on: its signed manifest vouches for them)."""
+    records written before signing was turned on, before its first signed record: its signed
+    manifest vouches for them)."""
     path = Path(path)
     key = fingerprint(public_key) if public_key is not None else None
     try:

@@ -36,6 +36,7 @@ from flagwarden.storage import create_tables, redact_text, redact_url, store_fai
 __all__ = [
     "BATCH",
     "GENESIS",
+    "KEYLESS",
     "AuditError",
     "AuditLog",
     "AuditRecord",
@@ -62,6 +63,10 @@ _INDEXES = {
     "flagwarden_audit_at_seq": "(at, seq)",
 }
 _ADVISORY_KEY = 0x666C6167  # "flag"
+# Why a process without the key may not append to a signed log: its unsigned record would
+# follow signed ones, and verifying with the key would fail on it forever. Transitions keep
+# their records in the state store's outbox until a process with the key writes them.
+KEYLESS = "the audit log is signed: this process has no audit.signing_key (docs/audit.md#signing)"
 # An append gives up after this long on PostgreSQL (SQLite waits as long for its lock): a hung
 # audit database must not hang a transition, whose change is already stored and whose records
 # then wait in the outbox, nor the watch loop.
@@ -214,7 +219,13 @@ class AuditLog:
 
         With ``ref``, at most one record ever carries it: when one already does, that record is
         returned and nothing is appended (checked and inserted in one locked transaction, so
-        two processes recording the same act append it once). The ref is not hashed.
+        two processes recording the same act append it once). The ref column is not hashed,
+        so the record's data states the ref too (``data["ref"]``, added when missing; a
+        different ``data["ref"]`` is a :class:`ValueError`): that copy is hashed and signed.
+
+        Refused (:class:`AuditError`) without a ``signer`` when the last record is signed: an
+        unsigned record after signed ones would make the log fail verification for good (see
+        :data:`KEYLESS`).
         """
         return self.append_once(kind, data, flag=flag, actor=actor, ref=ref)[0]
 
@@ -228,6 +239,11 @@ class AuditLog:
         ref: str | None = None,
     ) -> tuple[AuditRecord, bool]:
         """:meth:`append`, and whether it appended (False: the ref was already recorded)."""
+        if ref is not None:
+            stated = data.get("ref", ref)
+            if stated != ref:
+                raise ValueError(f"data states ref {stated!r}, but the record's ref is {ref!r}")
+            data = {**data, "ref": ref}  # hashed and signed, unlike the ref column
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         with self._lock:
             try:
@@ -235,6 +251,10 @@ class AuditLog:
                 existing = self._find(ref) if ref is not None else None
                 record = existing or self._insert(kind, data, body, flag, actor, ref)
                 self._conn.execute("COMMIT")
+            except AuditError:
+                with contextlib.suppress(Exception):
+                    self._conn.execute("ROLLBACK")
+                raise
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     self._conn.execute("ROLLBACK")
@@ -250,12 +270,15 @@ class AuditLog:
         actor: str | None,
         ref: str | None,
     ) -> AuditRecord:
-        """Chain a record onto the last one (inside a transaction opened by :meth:`_begin`)."""
+        """Chain a record onto the last one (inside a transaction opened by :meth:`_begin`);
+        without a signer, refused when the last record is signed (:data:`KEYLESS`)."""
         ph = self._ph
         at = datetime.now(UTC)  # taken under the lock: times follow the chain's order
         row = self._conn.execute(
-            "SELECT seq, hash FROM flagwarden_audit ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, hash, signature FROM flagwarden_audit ORDER BY seq DESC LIMIT 1"
         ).fetchone()
+        if row is not None and row[2] is not None and self.signer is None:
+            raise AuditError(KEYLESS)
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
         digest = AuditRecord.digest(seq, at.isoformat(), kind, flag, actor, body, prev)
         signature = self.signer.sign(digest) if self.signer is not None else None
@@ -354,6 +377,21 @@ class AuditLog:
             return int(first_newer) - 1
         ((last,),) = self._execute("SELECT MAX(seq) FROM flagwarden_audit", ())
         return None if last is None else int(last)
+
+    def signed_before(self, seq: int) -> int | None:
+        """A signed record before record ``seq``: the first in the live log, else the one the
+        latest ``archive`` record states (``first_signed_seq``: archived signed records);
+        None when neither has one. Once a record is signed, every later one must be."""
+        ((first,),) = self._execute(
+            "SELECT MIN(seq) FROM flagwarden_audit "
+            f"WHERE signature IS NOT NULL AND seq < {self._ph}",
+            (seq,),
+        )
+        if first is not None:
+            return int(first)
+        cut = self.records(kind="archive", newest_first=True).first()
+        stated = cut.data.get("first_signed_seq") if cut is not None else None
+        return stated if isinstance(stated, int) and stated < seq else None
 
     def cut(
         self, first_seq: int, last_seq: int, last_hash: str, data: dict[str, Any], *, actor: str

@@ -40,7 +40,11 @@ def verify_chain(log: AuditLog, public_key: PublicKey | None = None) -> Verifica
     With ``public_key`` every record must carry a signature of its hash by that key: an
     unsigned record, or one signed by another key, fails (a chain rewritten with recomputed
     hashes cannot be signed without the private key). Without it, the result counts the
-    signed records (:attr:`Verification.signatures`)."""
+    signed records (:attr:`Verification.signatures`).
+
+    A record's ``ref`` column (not hashed) must be the ref its data states (hashed): one set
+    on an old record to make :meth:`~flagwarden.audit.log.AuditLog.append_once` skip a future
+    act is found, on any record whose data states a ref and on every signed record."""
     key = fingerprint(public_key) if public_key is not None else None
     expected_seq, prev, cut = log.start()
     archived = expected_seq - 1
@@ -63,8 +67,11 @@ def verify_chain(log: AuditLog, public_key: PublicKey | None = None) -> Verifica
             return failed(seq, f"record {seq} does not follow record {seq - 1} (chain broken)")
         if AuditRecord.digest(seq, at, kind, flag, actor, data, prev_hash) != digest:
             return failed(seq, f"record {seq} was modified (hash mismatch)")
-        if _ref is not None and _stated_ref(data) not in (None, _ref):
-            # The ref column is not hashed; the ref the (hashed) data states must agree.
+        stated = _stated_ref(data) if _ref is not None else None
+        # The ref column is not hashed; the ref the (hashed) data states must agree. A record
+        # whose data states none passes only unsigned: older versions wrote approval records
+        # so, but signed records are newer, written by an append_once that always adds it.
+        if _ref is not None and (stated not in (None, _ref) or (stated is None and signature)):
             return failed(seq, f"record {seq}'s ref was changed (it does not match its data)")
         if public_key is not None and signature is None:
             return failed(seq, f"record {seq} is not signed")

@@ -124,6 +124,11 @@ def audit_verify(
             "verify and join the live chain"
             + ("" if joined.first_seq == 1 else f"; records before {joined.first_seq} not given")
             + ("; manifests: " + signatures_said(joined, signed=joined.signed))
+            + (
+                f"; {joined.unsigned} archived records unsigned (before signing was turned on)"
+                if joined.key is not None and joined.unsigned
+                else ""
+            )
         )
 
 
@@ -196,10 +201,16 @@ def audit_archive(
     if done is None:
         say(f"nothing to archive: no record is older than {moment:%Y-%m-%d %H:%M:%S} UTC")
         return
+    unsigned = (
+        f"; {done.unsigned} of them unsigned (written before signing was turned on"
+        + (f": signed from record {done.first_signed_seq})" if done.first_signed_seq else ")")
+        if done.unsigned and done.record.signature is not None
+        else ""
+    )
     say(
         f"archived {done.count} record{'s' * (done.count != 1)} "
         f"({done.first_seq}-{done.last_seq}) to {done.path}; "
-        f"archive record {done.record.seq} states the cut (head {done.head[:16]})"
+        f"archive record {done.record.seq} states the cut (head {done.head[:16]}){unsigned}"
     )
 
 
