@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 FORMAT = "flagwarden-audit-archive/1"
+EXPORT_FORMAT = "flagwarden-audit-export/1"
 # Records of the last day stay live: status, the watch and the reconciliation of refs read them.
 KEEP = timedelta(hours=24)
 _FIELDS = [c.strip() for c in COLUMNS.split(",")]
@@ -134,6 +135,89 @@ class _Signatures:
         return None
 
 
+@dataclass(frozen=True)
+class _Copy:
+    count: int
+    head: str  # the hash of the last record copied (the first's prev_hash when none)
+    manifest: dict[str, Any]
+
+
+def _write_copy(
+    log: AuditLog,
+    path: Path,
+    rows: Iterable[Sequence[Any]],
+    *,
+    kind: str,
+    first_seq: int | None,
+    last_seq: int | None,
+    prev: str,
+    signatures: _Signatures,
+    period: dict[str, Any],
+    now: datetime,
+    complete: bool,
+) -> _Copy:
+    """Write ``rows`` and their manifest (signed when the log has a signer) to a new file at
+    ``path``, the archive's and the export's one way: each row's chain and signature checked
+    before it is written, a partial file linked into place only when whole (never over an
+    existing file). ``kind``: ``archive`` or ``export`` (the format and the messages);
+    ``period``: the manifest's fields for the range copied; ``complete``: refuse when the rows
+    stop before ``last_seq`` (records deleted meanwhile)."""
+    done = "archived" if kind == "archive" else "exported"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    digest = hashlib.sha256()
+    count, first_prev = 0, prev
+    try:
+        with partial.open("wb") as file:
+            expected = first_seq
+            for row in rows:
+                assert expected is not None  # rows come only with a first record
+                problem = _chain_problem(row, expected, prev) or signatures.problem(
+                    row[0], row[7], row[9]
+                )
+                if problem is not None:
+                    raise ArchiveError(
+                        f"the audit chain does not verify ({problem}); nothing was {done}: "
+                        "run `flagwarden audit verify` and keep the evidence"
+                    )
+                line = _line(row)
+                file.write(line)
+                digest.update(line)
+                prev, expected, count = row[7], row[0] + 1, count + 1
+            if complete and last_seq is not None and expected != last_seq + 1:
+                raise ArchiveError(
+                    f"records {expected}-{last_seq} vanished while archiving; nothing was {done}"
+                )
+            manifest: dict[str, Any] = {
+                "format": FORMAT if kind == "archive" else EXPORT_FORMAT,
+                "count": count,
+                "first_seq": first_seq,
+                "last_seq": last_seq,
+                "first_prev_hash": first_prev,
+                "head": prev,
+                "sha256": digest.hexdigest(),
+                **period,
+                "created_at": now.astimezone(UTC).isoformat(),
+                "unsigned": signatures.unsigned,
+                "first_signed_seq": signatures.first_signed,
+                "signature": None,
+            }
+            if log.signer is not None:
+                manifest["signature"] = log.signer.sign_manifest(manifest)
+            file.write((json.dumps({"manifest": manifest}, separators=(",", ":")) + "\n").encode())
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(partial, path)  # never replaces a file that appeared meanwhile
+    except FileExistsError:
+        raise ArchiveError(f"{path} already exists: an {kind} is never overwritten") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return _Copy(count, prev, manifest)
+
+
 def archive(
     log: AuditLog,
     before: datetime,
@@ -169,59 +253,22 @@ def archive(
     last_seq = log.last_seq_before(before)
     if last_seq is None or last_seq < first_seq:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    digest = hashlib.sha256()
-    count, first_prev = 0, prev
     key = log.signer.public_key if log.signer is not None else None
     signatures = _Signatures(key, log.signed_before(first_seq) if key is not None else None)
-    try:
-        with partial.open("wb") as file:
-            expected = first_seq
-            for row in log.rows(through_seq=last_seq):
-                problem = _chain_problem(row, expected, prev) or signatures.problem(
-                    row[0], row[7], row[9]
-                )
-                if problem is not None:
-                    raise ArchiveError(
-                        f"the audit chain does not verify ({problem}); nothing was archived: "
-                        "run `flagwarden audit verify` and keep the evidence"
-                    )
-                line = _line(row)
-                file.write(line)
-                digest.update(line)
-                prev, expected, count = row[7], row[0] + 1, count + 1
-            if expected != last_seq + 1:
-                raise ArchiveError(
-                    f"records {expected}-{last_seq} vanished while archiving; nothing was archived"
-                )
-            manifest = {
-                "format": FORMAT,
-                "count": count,
-                "first_seq": first_seq,
-                "last_seq": last_seq,
-                "first_prev_hash": first_prev,
-                "head": prev,
-                "sha256": digest.hexdigest(),
-                "before": before.astimezone(UTC).isoformat(),
-                "created_at": now.astimezone(UTC).isoformat(),
-                "unsigned": signatures.unsigned,
-                "first_signed_seq": signatures.first_signed,
-                "signature": None,
-            }
-            if log.signer is not None:
-                manifest["signature"] = log.signer.sign_manifest(manifest)
-            file.write((json.dumps({"manifest": manifest}, separators=(",", ":")) + "\n").encode())
-            file.flush()
-            os.fsync(file.fileno())
-        os.link(partial, path)  # never replaces a file that appeared meanwhile
-    except FileExistsError:
-        raise ArchiveError(f"{path} already exists: an archive is never overwritten") from None
-    except OSError as exc:
-        raise ArchiveError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
+    copied = _write_copy(
+        log,
+        path,
+        log.rows(through_seq=last_seq),
+        kind="archive",
+        first_seq=first_seq,
+        last_seq=last_seq,
+        prev=prev,
+        signatures=signatures,
+        period={"before": before.astimezone(UTC).isoformat()},
+        now=now,
+        complete=True,
+    )
+    count, prev, manifest = copied.count, copied.head, copied.manifest
     try:
         record = log.cut(
             first_seq,

@@ -17,28 +17,24 @@ deleted from the live log (the rest still chains and every signature still verif
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flagwarden.audit import archive
+from flagwarden.audit.archive import EXPORT_FORMAT as FORMAT
 from flagwarden.audit.archive import (
     ArchiveError,
-    _chain_problem,
     _check_file,
-    _line,
     _Signatures,
+    _write_copy,
 )
 from flagwarden.audit.log import GENESIS, AuditLog
 from flagwarden.audit.signing import PublicKey, fingerprint
 
 __all__ = ["FORMAT", "ExportResult", "FileCheck", "export", "verify_file"]
-
-FORMAT = "flagwarden-audit-export/1"
 
 
 @dataclass(frozen=True)
@@ -98,61 +94,32 @@ def export(
     start_seq, start_hash, _ = log.start()
     first_seq = first.seq if first is not None else None
     last_seq = last.seq if last is not None else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    digest = hashlib.sha256()
-    count, first_prev, prev = 0, GENESIS, GENESIS
     key = log.signer.public_key if log.signer is not None else None
     signed_before = log.signed_before(first.seq) if key is not None and first else None
-    signatures = _Signatures(key, signed_before)
-    try:
-        with partial.open("wb") as file:
-            if first is not None and last is not None:
-                expected = first.seq
-                prev = start_hash if first.seq == start_seq else first.prev_hash
-                first_prev = prev
-                for row in log.rows(after_seq=first.seq - 1, through_seq=last.seq):
-                    problem = _chain_problem(row, expected, prev) or signatures.problem(
-                        row[0], row[7], row[9]
-                    )
-                    if problem is not None:
-                        raise ArchiveError(
-                            f"the audit chain does not verify ({problem}); nothing was "
-                            "exported: run `flagwarden audit verify` and keep the evidence"
-                        )
-                    line = _line(row)
-                    file.write(line)
-                    digest.update(line)
-                    prev, expected, count = row[7], row[0] + 1, count + 1
-            manifest = {
-                "format": FORMAT,
-                "count": count,
-                "first_seq": first_seq,
-                "last_seq": last_seq,
-                "first_prev_hash": first_prev,
-                "head": prev,
-                "sha256": digest.hexdigest(),
-                "since": since.astimezone(UTC).isoformat() if since else None,
-                "until": until.astimezone(UTC).isoformat() if until else None,
-                "created_at": now.astimezone(UTC).isoformat(),
-                "unsigned": signatures.unsigned,
-                "first_signed_seq": signatures.first_signed,
-                "signature": None,
-            }
-            if log.signer is not None:
-                manifest["signature"] = log.signer.sign_manifest(manifest)
-            file.write((json.dumps({"manifest": manifest}, separators=(",", ":")) + "\n").encode())
-            file.flush()
-            os.fsync(file.fileno())
-        os.link(partial, path)  # never replaces a file that appeared meanwhile
-    except FileExistsError:
-        raise ArchiveError(f"{path} already exists: an export is never overwritten") from None
-    except OSError as exc:
-        raise ArchiveError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-    return ExportResult(path, count, first_seq, last_seq, prev, log.signer is not None)
+    rows: Iterable[Sequence[Any]] = ()
+    prev = GENESIS
+    if first is not None and last is not None:
+        rows = log.rows(after_seq=first.seq - 1, through_seq=last.seq)
+        prev = start_hash if first.seq == start_seq else first.prev_hash
+    copied = _write_copy(
+        log,
+        path,
+        rows,
+        kind="export",
+        first_seq=first_seq,
+        last_seq=last_seq,
+        prev=prev,
+        signatures=_Signatures(key, signed_before),
+        period={
+            "since": since.astimezone(UTC).isoformat() if since else None,
+            "until": until.astimezone(UTC).isoformat() if until else None,
+        },
+        now=now,
+        complete=False,
+    )
+    return ExportResult(
+        path, copied.count, first_seq, last_seq, copied.head, log.signer is not None
+    )
 
 
 def verify_file(path: Path, public_key: PublicKey | None = None) -> FileCheck:
