@@ -186,6 +186,24 @@ class AuditLog:
         self._lock = threading.Lock()
         self._conn = self._connect()
 
+    @contextlib.contextmanager
+    def _transaction(self, action: str, *, bounded: bool = True) -> Iterator[None]:
+        """One locked write transaction: committed when the block ends, else rolled back and
+        its error raised (an :class:`AuditError` as it is, any other as ``action`` failing)."""
+        with self._lock:
+            try:
+                self._begin(bounded=bounded)
+                yield
+                self._conn.execute("COMMIT")
+            except AuditError:
+                with contextlib.suppress(Exception):
+                    self._conn.execute("ROLLBACK")
+                raise
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    self._conn.execute("ROLLBACK")
+                raise self._fail(action, exc) from None
+
     def _begin(self, *, bounded: bool = True) -> None:
         """Open a write transaction that excludes every other appender (call under the lock)."""
         if self._kind == "sqlite":
@@ -245,20 +263,9 @@ class AuditLog:
                 raise ValueError(f"data states ref {stated!r}, but the record's ref is {ref!r}")
             data = {**data, "ref": ref}  # hashed and signed, unlike the ref column
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        with self._lock:
-            try:
-                self._begin()
-                existing = self._find(ref) if ref is not None else None
-                record = existing or self._insert(kind, data, body, flag, actor, ref)
-                self._conn.execute("COMMIT")
-            except AuditError:
-                with contextlib.suppress(Exception):
-                    self._conn.execute("ROLLBACK")
-                raise
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    self._conn.execute("ROLLBACK")
-                raise self._fail("append", exc) from None
+        with self._transaction("append"):
+            existing = self._find(ref) if ref is not None else None
+            record = existing or self._insert(kind, data, body, flag, actor, ref)
         return record, existing is None
 
     def _insert(
@@ -406,30 +413,19 @@ class AuditLog:
         ph = self._ph
         data = {**data, "first_seq": first_seq, "last_seq": last_seq, "last_hash": last_hash}
         body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        with self._lock:
-            try:
-                self._begin(bounded=False)
-                (first,) = self._conn.execute("SELECT MIN(seq) FROM flagwarden_audit").fetchone()
-                row = self._conn.execute(
-                    f"SELECT hash FROM flagwarden_audit WHERE seq = {ph}", (last_seq,)
-                ).fetchone()
-                if first != first_seq or row is None or row[0] != last_hash:
-                    raise AuditError(
-                        f"records {first_seq}-{last_seq} changed while they were archived "
-                        f"(the log now starts at {first}); nothing was archived"
-                    )
-                # Appended before the delete, so it chains onto the last record, archived or not.
-                record = self._insert("archive", data, body, None, actor, None)
-                self._conn.execute(f"DELETE FROM flagwarden_audit WHERE seq <= {ph}", (last_seq,))
-                self._conn.execute("COMMIT")
-            except AuditError:
-                with contextlib.suppress(Exception):
-                    self._conn.execute("ROLLBACK")
-                raise
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    self._conn.execute("ROLLBACK")
-                raise self._fail("archive", exc) from None
+        with self._transaction("archive", bounded=False):
+            (first,) = self._conn.execute("SELECT MIN(seq) FROM flagwarden_audit").fetchone()
+            row = self._conn.execute(
+                f"SELECT hash FROM flagwarden_audit WHERE seq = {ph}", (last_seq,)
+            ).fetchone()
+            if first != first_seq or row is None or row[0] != last_hash:
+                raise AuditError(
+                    f"records {first_seq}-{last_seq} changed while they were archived "
+                    f"(the log now starts at {first}); nothing was archived"
+                )
+            # Appended before the delete, so it chains onto the last record, archived or not.
+            record = self._insert("archive", data, body, None, actor, None)
+            self._conn.execute(f"DELETE FROM flagwarden_audit WHERE seq <= {ph}", (last_seq,))
         return record
 
     # -- verification ----------------------------------------------------------------------
