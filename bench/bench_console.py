@@ -38,10 +38,9 @@ from pathlib import Path
 
 import httpx
 import redis
-from tests.governance.worker import spawn
 from tests.server.conftest import start_console
 
-from bench.bench_governance import FLAG, kill_propagation, project
+from bench.bench_governance import FLAG, kill_propagation, project, ready_workers
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 
@@ -72,25 +71,6 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         timeout=120,
     )
-
-
-def ready_workers(config: Path, workers: int) -> list[subprocess.Popen[str]]:
-    """The flag live at 100% and ``workers`` processes serving the treatment to every unit
-    (the same preparation as bench_governance.kill_propagation)."""
-    gov = Governance.open(load_settings(config))
-    rollout = gov.rollout()
-    if rollout.state(FLAG).killed:
-        rollout.revive(FLAG, actor="bench", reason="next trial")
-    if rollout.state(FLAG).stage < 100:
-        rollout.advance(FLAG, actor="bench", reason="all in", to=100, force=True)
-    gov.close()
-    procs = spawn(config, workers)
-    for proc in procs:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "ready", f"a worker never served the treatment to all its units: {line!r}"
-    time.sleep(0.5)  # let every worker settle into its loop
-    return procs
 
 
 def all_on_control(procs: list[subprocess.Popen[str]], started: float) -> float:

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -72,19 +73,26 @@ def project(root: Path, state: str, audit: str | None = None) -> Path:
     return root / "flagwarden.yaml"
 
 
-def kill_propagation(config: Path, workers: int) -> list[float]:
+def ready_workers(config: Path, workers: int) -> list[subprocess.Popen[str]]:
+    """The flag live at 100% and ``workers`` processes serving the treatment to every unit."""
     gov = Governance.open(load_settings(config))
     rollout = gov.rollout()
-    state = rollout.state(FLAG)
-    if state.killed:
+    if rollout.state(FLAG).killed:
         rollout.revive(FLAG, actor="bench", reason="next trial")
     if rollout.state(FLAG).stage < 100:
         rollout.advance(FLAG, actor="bench", reason="all in", to=100, force=True)
     gov.close()
     procs = spawn(config, workers)
     for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "ready", f"a worker never served the treatment to all its units: {line!r}"
     time.sleep(0.5)  # let every worker settle into its loop
+    return procs
+
+
+def kill_propagation(config: Path, workers: int) -> list[float]:
+    procs = ready_workers(config, workers)
     # The clock starts when the kill is written, not when a CLI process starts (its imports
     # alone take a second): propagation is what the workers add after the store has it.
     gov = Governance.open(load_settings(config))
