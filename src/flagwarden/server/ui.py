@@ -58,6 +58,18 @@ def _flash(request: Request, kind: str, text: str) -> None:
         session.flash = [*getattr(session, "flash", []), (kind, text)]
 
 
+def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    """The dashboard's cookies: HttpOnly, SameSite=Strict, Secure when served over https."""
+    response.set_cookie(
+        name,
+        value,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=max_age,
+    )
+
+
 def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
@@ -105,14 +117,7 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
     async def login_form(request: Request, error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
         response = page(request, "login.html.j2", None, nonce=nonce, error=error)
-        response.set_cookie(
-            LOGIN_COOKIE,
-            nonce,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            max_age=900,
-        )
+        _cookie(response, request, LOGIN_COOKIE, nonce, 900)
         return response
 
     @router.post("/login")
@@ -127,14 +132,7 @@ def ui_router(service: Service, guard: Guard, sessions: Sessions) -> APIRouter:
             return RedirectResponse(f"/login?error={exc.status_code}", status_code=303)
         sid, _ = sessions.create(identity)
         response = RedirectResponse("/flags", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            sid,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            max_age=int(sessions.lifetime),
-        )
+        _cookie(response, request, SESSION_COOKIE, sid, int(sessions.lifetime))
         response.delete_cookie(LOGIN_COOKIE)
         login = {"client": client_of(request), "token": identity.token_id}
         await run_in_threadpool(service.record, "login", login, identity.name)
