@@ -275,3 +275,19 @@ def test_the_watch_asks_once_and_not_again_after_a_rejection(open_governance):
     gov.rollout().resume(FLAG, actor="ops", reason="x")
     (again,) = watch.tick()
     assert "asked for approval" in again.detail and len(approvals.requests(FLAG)) == 2
+
+
+def test_a_bad_approvals_rule_is_named_and_the_flag_can_still_be_killed(project: Project):
+    governed_project(
+        project, policy={"approvals": {"from_stage": 0, "required": 11, "expires": "0s"}}
+    )
+    gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
+    try:
+        problem = gov.broken[FLAG]
+        fields = {p.field for p in problem.problems}
+        assert {"approvals.from_stage", "approvals.required", "approvals.expires"} <= fields
+        assert str(project.root / "policies") in str(problem)
+        killed = gov.rollout().kill(FLAG, actor="ops", reason="bad rule, stop anyway")
+        assert killed.changed and killed.after.killed
+    finally:
+        gov.close()
