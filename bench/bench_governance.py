@@ -39,7 +39,6 @@ from flagwarden.providers.file import FileProvider
 
 FLAG = "new-scoring-model"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
 POLICY = {
     "flag": FLAG,
@@ -114,6 +113,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    # Here, not at import: bench_console imports this module.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     work = Path(tempfile.mkdtemp(prefix="flagwarden-bench-gov-"))
 
     print(f"Kill propagation, {args.workers} worker processes x {args.trials} trials:\n")
