@@ -21,13 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import structlog
-
+from flagwarden.logs import get_logger
 from flagwarden.telemetry.metrics import BACKGROUND_HEALTHY
 
 __all__ = ["ThreadHealth", "health_snapshot", "report_failure", "report_ok", "run_supervised"]
 
-_log = structlog.get_logger("flagwarden.background")
+_log = get_logger("flagwarden.background")
 
 _MIN_BACKOFF = 0.05  # seconds: a step run back to back (interval 0) still backs off
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
+from flagwarden.logs import get_logger
 
 __all__ = ["Event", "EventSink", "OutageWindow"]
 
-_log = structlog.get_logger("flagwarden")
+_log = get_logger("flagwarden")
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,14 @@ from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-import structlog
-
 from flagwarden.background import report_failure, run_supervised
+from flagwarden.logs import get_logger
 
 __all__ = ["PeriodicCounter"]
 
 K = TypeVar("K", bound=Hashable)
 
-_log = structlog.get_logger("flagwarden.periodic")
+_log = get_logger("flagwarden.periodic")
 
 
 class PeriodicCounter(ABC, Generic[K]):

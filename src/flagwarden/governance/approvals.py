@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from flagwarden.audit.log import AuditError
 from flagwarden.governance.changes import OutcomeUnknown
 from flagwarden.governance.rollout import Rollout
@@ -34,10 +32,11 @@ from flagwarden.governance.transition import (
 )
 from flagwarden.humanize import percent
 from flagwarden.identity import Identity, Role
+from flagwarden.logs import get_logger
 
 __all__ = ["KIND", "Approvals", "ChangeRequest", "Requested"]
 
-_log = structlog.get_logger("flagwarden.approvals")
+_log = get_logger("flagwarden.approvals")
 KIND = "approval"  # the state store documents change requests are kept as
 _OPEN = "approval_open"  # per flag: the id of its open request (a compare-and-set slot)
 OPEN = "pending"

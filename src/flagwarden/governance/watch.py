@@ -16,8 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import structlog
-
 from flagwarden.audit.log import AuditError
 from flagwarden.background import report_failure, report_ok
 from flagwarden.governance.approvals import Approvals
@@ -26,11 +24,12 @@ from flagwarden.governance.policy import Policy
 from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import ApprovalRequired, Rollout, TransitionRefused
 from flagwarden.governance.state import FlagState, StateStoreUnavailable
+from flagwarden.logs import get_logger
 from flagwarden.telemetry.metrics import GUARD_BREACHES
 
 __all__ = ["Decision", "Watch"]
 
-_log = structlog.get_logger("flagwarden.watch")
+_log = get_logger("flagwarden.watch")
 
 ACTOR = "flagwarden-watch"
 UNREACHABLE = "guard source unreachable"

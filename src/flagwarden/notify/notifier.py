@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from flagwarden.background import run_supervised
 from flagwarden.config import NotifyTarget
+from flagwarden.logs import get_logger
 from flagwarden.notify import messages
 from flagwarden.notify.delivery import make_opener, post, retry_delay
 from flagwarden.telemetry.metrics import NOTIFICATIONS_FAILED, NOTIFICATIONS_SENT
 
 __all__ = ["CLOSE_TIMEOUT", "NOTIFY_THREAD", "QUEUE_SIZE", "Notifier"]
 
-_log = structlog.get_logger("flagwarden.notify")
+_log = get_logger("flagwarden.notify")
 
 NOTIFY_THREAD = "flagwarden-notify"
 CLOSE_TIMEOUT = 3.0  # seconds close() lets the queue drain (a CLI exits this soon after a kill)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
 import yaml
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
@@ -34,12 +33,13 @@ from openfeature.provider import ProviderStatus
 
 from flagwarden.background import run_supervised
 from flagwarden.errors import ConfigError
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider, error_details, too_deep, type_matches
 from flagwarden.providers.snapshot import write_private_json
 
 __all__ = ["MAX_NESTING", "FileProvider", "FlagFile", "FlagProblem", "read_flag_file"]
 
-_log = structlog.get_logger("flagwarden.file")
+_log = get_logger("flagwarden.file")
 
 _RESOLVERS = {t: f"resolve_{t.value.lower()}_value" for t in FlagType}  # FlagdCore's methods
 # The flag fields flagd-core knows; it refuses the whole file for any other (flagd ignores them).

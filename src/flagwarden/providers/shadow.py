@@ -13,16 +13,16 @@ import random
 import threading
 from typing import Any
 
-import structlog
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagType
 from prometheus_client import Counter
 
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider
 
 __all__ = ["ShadowComparator"]
 
-_log = structlog.get_logger("flagwarden.shadow")
+_log = get_logger("flagwarden.shadow")
 
 SHADOW_COMPARISONS = Counter(
     "flagwarden_shadow_comparisons",

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from flagwarden.background import run_supervised
 from flagwarden.errors import FlagwardenError
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import too_deep
 from flagwarden.storage import redact_url
 from flagwarden.telemetry.metrics import SNAPSHOT_LAST_WRITE
@@ -40,7 +39,7 @@ __all__ = [
     "write_private_json",
 ]
 
-_log = structlog.get_logger("flagwarden.snapshot")
+_log = get_logger("flagwarden.snapshot")
 FORMAT = 1
 # Vendors' definitions nest a few levels (a flag file at most 100): deeper is not a snapshot,
 # and would make the replay recurse past Python's limit.

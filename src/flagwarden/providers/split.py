@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
-import structlog
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
@@ -30,11 +29,12 @@ from splitio import get_factory
 from splitio.client.factory import TimeoutException
 
 from flagwarden.config import SplitProfile
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider, error_details
 
 __all__ = ["SplitVendor", "parse_treatment"]
 
-_log = structlog.get_logger("flagwarden.split")
+_log = get_logger("flagwarden.split")
 
 _TRUE = frozenset({"on", "true"})
 _FALSE = frozenset({"off", "false"})

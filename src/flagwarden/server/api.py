@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import structlog
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -21,13 +20,14 @@ from flagwarden.governance.approvals import ChangeRequest, Requested
 from flagwarden.governance.rollout import Transition, TransitionRefused
 from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.identity import AccessDenied, Identity, Role
+from flagwarden.logs import get_logger
 from flagwarden.report import PeriodError, render_html, render_markdown, resolve_period
 from flagwarden.server.security import Guard, store_unavailable
 from flagwarden.server.service import Service
 
 __all__ = ["REPORT_CSP", "api_router", "audit_dict", "transition_dict"]
 
-_log = structlog.get_logger("flagwarden.server")
+_log = get_logger("flagwarden.server")
 
 # The HTML report is one self-contained file: its own inline <style>, inline SVG; no script.
 REPORT_CSP = (

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
+from flagwarden.logs import get_logger
 
 __all__ = ["RefusalLog"]
 
-_log = structlog.get_logger("flagwarden.server")
+_log = get_logger("flagwarden.server")
 
 
 def _now_text() -> str:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -26,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.identity import AccessDenied, Identity, InvalidToken, Role, TokenStore
+from flagwarden.logs import get_logger
 from flagwarden.server.refusals import RefusalLog
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "store_unavailable",
 ]
 
-_log = structlog.get_logger("flagwarden.server")
+_log = get_logger("flagwarden.server")
 
 SESSION_COOKIE = "flagwarden_session"
 LOGIN_COOKIE = "flagwarden_login"

@@ -11,8 +11,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-
 from flagwarden.audit.log import AuditError, AuditRecord
 from flagwarden.audit.signing import public_key_from_settings
 from flagwarden.background import run_supervised
@@ -27,13 +25,14 @@ from flagwarden.governance.rollout import Rollout, Transition
 from flagwarden.governance.state import FlagState, StateStoreUnavailable, open_state_store
 from flagwarden.governance.status import StatusDocument, project_status
 from flagwarden.identity import Identity, Role, TokenStore
+from flagwarden.logs import get_logger
 from flagwarden.report import Report, build_report
 from flagwarden.server.live import Broadcaster
 from flagwarden.telemetry.telemetry import Telemetry
 
 __all__ = ["Service"]
 
-_log = structlog.get_logger("flagwarden.server")
+_log = get_logger("flagwarden.server")
 REQUESTS_THREAD = "flagwarden-serve-requests"
 REQUESTS_POLL = 2.0  # seconds between looks at the change requests
 

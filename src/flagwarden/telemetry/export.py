@@ -10,14 +10,14 @@ import os
 import socket
 import threading
 
-import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, push_to_gateway, start_http_server
 
+from flagwarden.logs import get_logger
 from flagwarden.storage import redact_text, redact_url
 
 __all__ = ["push_metrics", "serve_metrics"]
 
-_log = structlog.get_logger("flagwarden.metrics")
+_log = get_logger("flagwarden.metrics")
 _served: dict[int, object] = {}
 _lock = threading.Lock()
 
