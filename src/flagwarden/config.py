@@ -200,6 +200,9 @@ class TelemetryConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
     exposure_log: ExposureLogConfig = ExposureLogConfig()
     log_format: Literal["auto", "json", "console"] = "auto"
+    # Also count and log evaluations of *other* OpenFeature providers' clients (a global hook:
+    # ~5 µs on every evaluation in the process). flagwarden's own answers are always counted.
+    hook: bool = False
     # Distinct flags without a policy counted under their own label; the rest share one.
     max_unregistered_flags: int = Field(default=100, ge=0)
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 
@@ -34,6 +33,7 @@ from flagwarden.governance.project import Governance
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStore, StateStoreUnavailable
 from flagwarden.governance.watch import Decision, Watch
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.env import EnvProvider
 from flagwarden.providers.failover import FailoverProvider
@@ -46,7 +46,7 @@ from flagwarden.telemetry.telemetry import Telemetry
 
 __all__ = ["Runtime", "build_vendor", "configure", "current", "record_metric", "shutdown"]
 
-_log = structlog.get_logger("flagwarden")
+_log = get_logger("flagwarden")
 
 CLIENT_DOMAIN = "flagwarden"
 
@@ -157,8 +157,11 @@ def configure(
     Raises :class:`~flagwarden.errors.ConfigError` for a bad configuration; never for a vendor
     outage.
     """
-    global _current
+    global _current, _fork_hooks_registered
     with _lock:
+        if not _fork_hooks_registered:  # once per process: register_at_fork cannot be undone
+            os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+            _fork_hooks_registered = True
         if _current is not None:
             shutdown()
         settings = load_settings(config)
@@ -169,7 +172,10 @@ def configure(
         events = EventSink()
         telemetry = Telemetry(settings.config.telemetry, profile.name, governance.audit)
         governed = governance.govern(
-            _build_chain(settings, profile, events), events, on_state=telemetry.flag_states
+            _build_chain(settings, profile, events),
+            events,
+            on_state=telemetry.flag_states,
+            exposures=telemetry.recorder,
         )
         telemetry.install(events)
         try:
@@ -325,4 +331,4 @@ def _after_fork_in_child() -> None:
             _log.exception("flagwarden.after_fork_failed")
 
 
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+_fork_hooks_registered = False  # set by the first configure(), under _lock

@@ -56,12 +56,15 @@ def test_assign_counts_exposures_as_per_key_evaluation_does(project: Project):
     client = flagwarden.configure(governed_project(project, serve=True))
     stage(25)
     telemetry = flagwarden.current().telemetry
+    telemetry.recorder.fold()  # counts reach the summary when the recorder folds them
     telemetry.summary.flush()
     keys = [*KEYS[:1000], ""]  # an empty key is no unit: control, and a violation
     per_key(client, keys, False)
+    telemetry.recorder.fold()
     by_client = telemetry.summary._counts.copy()
     telemetry.summary._counts.clear()
     flagwarden.assign(FLAG, keys, False)
+    telemetry.recorder.fold()
     assert telemetry.summary._counts == by_client
     assert {key[4:] for key in by_client} == {
         ("treatment", False),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flagwarden.telemetry.exposure import ExposureDeduper
+from flagwarden.telemetry.dedup import ExposureDeduper
 from tests.conftest import POLICY, Project, governed_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ FLAG = POLICY["flag"]
 def test_dedup_memory_is_bounded_and_dedups():
     deduper = ExposureDeduper(window_seconds=3600, slots=4096)
     before = deduper.memory_bytes
-    assert before == 4096 * 8
+    assert 4096 * 8 - 80 < before <= 4096 * 8  # the budget, in whole sets of 16 ways
     assert deduper.first_in_window(FLAG, "k1", "treatment") is True
     assert deduper.first_in_window(FLAG, "k1", "treatment") is False  # same key, same variant
     assert deduper.first_in_window(FLAG, "k1", "control") is True  # the variant changed

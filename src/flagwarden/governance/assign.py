@@ -5,31 +5,28 @@ The recommended setup: the vendor decides whether a flag is on for the run (the 
 once per batch and the per-record work is bucketing alone. When the vendor's own rule depends
 on the record key (its own percentage rollout, key targets, segments), the answer could
 differ per key, so ``assign`` asks per key through the client, and says so once per flag.
+
+The decision is the governing provider's own :class:`~flagwarden.governance.enforcement.
+FlagPlan` (one enforcement core); the per-record half, bucketing and building the column, is
+:mod:`flagwarden.governance.columns` (compiled with the ``[fast]`` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import structlog
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagType
 
 from flagwarden.errors import FlagwardenError
-from flagwarden.governance.bucketing import buckets, threshold
-from flagwarden.governance.enforcement import (
-    Ruling,
-    arm_of,
-    callers_default,
-    outside_policy,
-    rule,
-    unit_of,
-)
+from flagwarden.governance import columns
+from flagwarden.governance.enforcement import Ruling
+from flagwarden.logs import get_logger
 
 __all__ = ["assign"]
 
-_log = structlog.get_logger("flagwarden.assign")
+_log = get_logger("flagwarden.assign")
 _per_key_noted: set[str] = set()
 
 _GETTERS = {
@@ -55,26 +52,6 @@ def _flag_type(default: Any) -> FlagType:
     raise TypeError(f"unsupported default {default!r}: use a bool, str, int, float, dict or list")
 
 
-def _as_list(keys: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    """The keys as a list, and how to give results back in the caller's shape."""
-    module = type(keys).__module__.split(".")[0]
-    if module == "pandas":
-        import pandas
-
-        return keys.tolist(), lambda out: pandas.Series(out, index=keys.index, name=keys.name)
-    if module == "polars":
-        import polars
-
-        return keys.to_list(), lambda out: polars.Series(keys.name, out)
-    if module == "pyarrow":
-        import pyarrow
-
-        return keys.to_pylist(), lambda out: pyarrow.array(out)
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
-        raise TypeError("keys must be a list, an iterable, or a pandas/polars/pyarrow column")
-    return list(keys), list
-
-
 def assign(
     flag_key: str,
     keys: Any,
@@ -93,16 +70,18 @@ def assign(
     runtime = current()
     if runtime is None:
         raise FlagwardenError("flagwarden.assign needs flagwarden.configure() first")
-    values, rebuild = _as_list(keys)
+    if isinstance(keys, Iterator):
+        keys = list(keys)  # the batch is read more than once
+    n = columns.size(keys)  # TypeError for what is not a list, an iterable or a column
     flag_type = _flag_type(default)
     base = context or EvaluationContext()
     governed = runtime.governed
-    if not values:
-        return rebuild([])
-    policy = governed.policies.get(flag_key)
+    if n == 0:
+        return columns.constant(keys, default)
+    plan = governed.plan(flag_key)
     failover = governed.inner
     reason = None
-    if policy is None:
+    if plan is None:
         reason = "it has no policy"
     elif failover.depends_on_key(flag_key):
         reason = f"the {failover.vendor.kind} rule depends on the record key"
@@ -111,68 +90,62 @@ def assign(
             _per_key_noted.add(flag_key)
             _log.info("flagwarden.assign_per_key", flag=flag_key, why=reason)
         get = getattr(runtime.client, _GETTERS[flag_type])
-        return rebuild(
+        return columns.wrap(
+            keys,
             [
-                get(flag_key, default, base.merge(EvaluationContext(targeting_key=str(k))))
-                for k in values
-            ]
+                get(flag_key, default, base.merge(EvaluationContext(targeting_key=k)))
+                for k in columns.as_strings(keys)
+            ],
         )
 
-    assert policy is not None
-    first = base.merge(EvaluationContext(targeting_key=str(values[0])))
-    answer = failover.resolve(flag_type, flag_key, default, first)  # the vendor, once per batch
-    source = str(answer.flag_metadata.get("flagwarden.source", ""))
-    error = answer.error_code.value if answer.error_code else ""
-    failover.count_served(source, len(values) - 1)  # resolve counted the first one
+    assert plan is not None
+    first = base.merge(EvaluationContext(targeting_key=columns.first_key(keys)))
+    # The vendor, once per batch; its source as the provider would report it.
+    answer, source = failover.answer(flag_type, flag_key, default, first)
+    error = answer.error_code
+    failover.count_served(source, n - 1)  # answer() counted the first one
+    recorder = runtime.telemetry.recorder
 
-    def served(variant: str, reason: str, arm: str, n: int, capped: bool = False) -> None:
-        runtime.telemetry.hook.record_batch(
-            flag_key, variant, reason, error, source, n, arm=arm, capped=capped
-        )
+    def served(variant: str, reason: Any, arm: str, count: int, capped: bool = False) -> None:
+        recorder.count(flag_key, variant, reason, error, source, arm, capped, count)
 
-    state = governed.state(flag_key)
-    control, treatment = policy.variants.control, policy.variants.treatment
-    n = len(values)
-    vendor_variant, vendor_reason = answer.variant or "", str(answer.reason or "")
-    is_default = callers_default(answer.value, answer.variant, answer.error_code, default)
-    ruling = rule(policy, state.stage, state.killed, state.paused, answer.value, is_default)
+    vendor_variant, vendor_reason = answer.variant or "", answer.reason
+    ruling = plan.ruling(answer.value, answer.variant, error, default)
+    control, treatment = plan.control, plan.treatment
     if ruling is Ruling.KILLED:
         served("control", "DISABLED", "control", n)
-        return rebuild([control] * n)
+        return columns.constant(keys, control)
     if ruling is Ruling.PASS or ruling is Ruling.VENDOR:
-        if ruling is Ruling.PASS and outside_policy(policy, answer.value, is_default):
+        if ruling is Ruling.PASS and plan.outside(answer.value, answer.variant, error, default):
             governed.violations.count(flag_key, "unknown_variant", n)
-        served(vendor_variant, vendor_reason, arm_of(policy, answer.value), n)
-        return rebuild([answer.value] * n)
+        served(vendor_variant, vendor_reason, plan.arm_of(answer.value), n)
+        return columns.constant(keys, answer.value)
     if ruling is Ruling.UNKNOWN:
         governed.violations.count(flag_key, "unknown_variant", n)
         served("control", "DEFAULT", "control", n)
-        return rebuild([control] * n)
+        return columns.constant(keys, control)
     # The vendor serves the treatment: the stage decides, record by record.
-    if state.stage >= 100:  # paused at 100: everyone is inside the stage
+    if plan.stage >= 100:  # paused at 100: everyone is inside the stage
         served(vendor_variant, vendor_reason, "treatment", n)
-        return rebuild([treatment] * n)
-    if policy.unit == "targeting_key":
-        units: list[str] = [str(k) for k in values]
-    else:
-        unit = unit_of(policy, None, base.attributes)
+        return columns.constant(keys, treatment)
+    if plan.unit is not None:  # one unit (an attribute of the shared context) for the batch
+        unit = plan.unit_of(None, base.attributes)
         if unit is None:
             governed.violations.count(flag_key, "missing_unit", n)
             served("control", "SPLIT", "control", n)
-            return rebuild([control] * n)
-        units = [unit] * n
-    limit = threshold(state.stage)
-    inside = [b < limit for b in buckets(policy.bucket_salt, units)]
-    missing = 0
-    if policy.unit == "targeting_key" and "" in units:
-        # An empty targeting key is no unit (as for one evaluation): control, and a violation.
-        empty = [i for i, u in enumerate(units) if not u]
-        for i in empty:
-            inside[i] = False
-        missing = len(empty)
+            return columns.constant(keys, control)
+        if plan.admits(unit):
+            served(vendor_variant, vendor_reason, "treatment", n)
+            return columns.constant(keys, treatment)
+        served("control", "SPLIT", "control", n, capped=True)
+        return columns.constant(keys, control)
+    out, treated, missing = columns.route(
+        keys, plan.policy.bucket_salt, plan.limit, treatment, control
+    )
+    if missing:
+        # An empty or missing key is no unit (as for one evaluation): control, and a violation.
         governed.violations.count(flag_key, "missing_unit", missing)
         served("control", "SPLIT", "control", missing)
-    treated = sum(inside)
     served(vendor_variant, vendor_reason, "treatment", treated)
     served("control", "SPLIT", "control", n - treated - missing, capped=True)
-    return rebuild([treatment if ok else control for ok in inside])
+    return out

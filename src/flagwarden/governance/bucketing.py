@@ -7,30 +7,19 @@ not depend on the stage, so a unit that is in at 5% stays in at 25%.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import mmh3
 
-__all__ = ["BUCKETS", "bucket", "buckets", "in_stage", "threshold"]
+__all__ = ["BUCKETS", "bucket", "threshold"]
 
 BUCKETS = 100_000
 
 
 def bucket(salt: str, unit_value: str) -> int:
+    """The reference: the evaluation path (``FlagPlan.admits``) and ``assign``
+    (:mod:`flagwarden.governance.columns`) compute the same number their own faster ways."""
     return mmh3.hash(f"{salt}:{unit_value}".encode(), 0, signed=False) % BUCKETS
-
-
-def buckets(salt: str, unit_values: Iterable[str]) -> list[int]:
-    """Buckets for many units at once (the per-record work of ``assign``)."""
-    prefix = f"{salt}:"
-    hash32 = mmh3.hash
-    return [hash32((prefix + value).encode(), 0, signed=False) % BUCKETS for value in unit_values]
 
 
 def threshold(stage: float) -> float:
     """Buckets below this number get the treatment at ``stage`` percent."""
     return stage * 1000
-
-
-def in_stage(salt: str, unit_value: str, stage: float) -> bool:
-    return bucket(salt, unit_value) < threshold(stage)

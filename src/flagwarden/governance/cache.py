@@ -14,15 +14,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from flagwarden.background import health_snapshot, run_supervised
 from flagwarden.governance.state import FlagState, StateStore, StateStoreUnavailable
+from flagwarden.logs import get_logger
 from flagwarden.storage import redact_url
 
 __all__ = ["StateCache", "worker_id"]
 
-_log = structlog.get_logger("flagwarden.state")
+_log = get_logger("flagwarden.state")
 
 
 def worker_id() -> str:
@@ -50,7 +49,9 @@ class StateCache:
     ) -> None:
         self.store = store
         self.flags = frozenset(flags)
-        self.on_update = on_update
+        self._listeners: list[Callable[[dict[str, FlagState]], None]] = (
+            [on_update] if on_update is not None else []
+        )
         self.reload_interval = reload_interval
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
         self._tickets = itertools.count(1)
@@ -77,7 +78,7 @@ class StateCache:
         self.refresh(None)
         if self.store is not None:
             self.report()
-            self.store.watch(self.refresh, self._lost)
+            self.store.watch(self.refresh, self._lost, self.take)
             self._start_backstop()
 
     def _start_backstop(self) -> None:
@@ -129,6 +130,28 @@ class StateCache:
         self._mark(True, None)
         self._updated()
 
+    def take(self, state: FlagState) -> None:
+        """A state the store pushed with its change notification (Redis), taken before the read
+        that the same notification triggers: sooner by a round trip. A push is taken only
+        when it cannot be stale news: a kill, a higher version of the cached generation, or
+        another generation. Anything else waits for the read, whose answer wins whatever its
+        version (a store restored from an older copy counts lower again)."""
+        if state.flag not in self.flags:
+            return
+        ticket = next(self._tickets)
+        with self._lock:
+            cached = self._states.get(state.flag)
+            if (
+                cached is not None
+                and state.generation == cached.generation
+                and state.version <= cached.version
+                and not (state.killed and not cached.killed)
+            ):
+                return
+            self._taken[state.flag] = ticket
+            self._states = {**self._states, state.flag: state}
+        self._updated()
+
     def ticket(self) -> int:
         """Taken before a write: :meth:`put` of what it stored loses to any read that started
         after it (and so may already hold a later change by another process)."""
@@ -163,10 +186,15 @@ class StateCache:
         except StateStoreUnavailable as exc:
             self._mark(False, str(exc))
 
+    def subscribe(self, listener: Callable[[dict[str, FlagState]], None]) -> None:
+        """Call ``listener`` with every flag's state after each change, in the thread that
+        made it (keep it short: the governing provider's plans, the state gauges)."""
+        self._listeners.append(listener)
+
     def _updated(self) -> None:
-        if self.on_update is not None:
+        for listener in self._listeners:
             try:
-                self.on_update(self._states)
+                listener(self._states)
             except Exception as exc:
                 _log.error("flagwarden.state_listener_failed", error=str(exc))
 
@@ -197,7 +225,7 @@ class StateCache:
         if self.store is not None:
             self.store = self.store.after_fork_in_child()
             self.refresh(None)  # a change made just before the fork is not news to the poller
-            self.store.watch(self.refresh, self._lost)
+            self.store.watch(self.refresh, self._lost, self.take)
             self._start_backstop()
 
     def close(self) -> None:

@@ -1,8 +1,11 @@
 """The one enforcement decision, shared by the governing provider and ``assign``.
 
-Pure functions over a policy, a flag's state and the answer the chain gave: no I/O, no
-clock, no counters. The caller applies the result (one evaluation, or a whole batch) and
-does the bookkeeping (violations, exposures).
+A :class:`FlagPlan` holds everything the decision needs for one governed flag (stage, kill,
+pause, the arms, the bucketing salt and unit, the stage's threshold), computed once when the
+flag's state or policy changes, so that the evaluation path does one dict lookup for the plan,
+one hash and one metadata dict. Its methods are pure: no I/O, no clock, no counters. The caller
+applies the result (one evaluation, or a whole batch) and does the bookkeeping (violations,
+exposures).
 
 The rules, in order: a killed flag serves control to everyone. At stage 100, not paused, the
 answer passes through untouched (value, variant and reason). Below it, a treatment answer is
@@ -17,28 +20,29 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-from flagwarden.governance.bucketing import bucket, threshold
+import mmh3
+
+from flagwarden.governance.bucketing import BUCKETS, threshold
 from flagwarden.governance.policy import Policy
+from flagwarden.governance.state import FlagState
 
 __all__ = [
     "ARM",
     "CAPPED",
     "KILLED",
+    "SOURCE",
     "STAGE",
     "VIOLATION",
+    "FlagPlan",
     "Ruling",
-    "admitted",
-    "arm_of",
     "callers_default",
-    "outside_policy",
-    "rule",
     "same_value",
-    "unit_of",
 ]
 
-# flag_metadata keys every governed evaluation carries (with flagwarden.source), and the one
-# an answer that is itself a violation carries (its kind).
-STAGE, ARM, CAPPED, KILLED, VIOLATION = (
+# flag_metadata keys every governed evaluation carries, and the one an answer that is itself a
+# violation carries (its kind).
+SOURCE, STAGE, ARM, CAPPED, KILLED, VIOLATION = (
+    "flagwarden.source",
     "flagwarden.stage",
     "flagwarden.arm",
     "flagwarden.capped",
@@ -62,54 +66,127 @@ def same_value(value: Any, variant: Any) -> bool:
     return bool(value == variant) and isinstance(value, bool) is isinstance(variant, bool)
 
 
-def arm_of(policy: Policy, value: Any) -> str:
-    """``treatment`` or ``control`` when ``value`` is one of the policy's arms, else ``none``."""
-    if same_value(value, policy.variants.treatment):
-        return "treatment"
-    if same_value(value, policy.variants.control):
-        return "control"
-    return "none"
-
-
 def callers_default(value: Any, variant: str | None, error_code: Any, default_value: Any) -> bool:
     """Whether an answer is the caller's own default rather than a value the vendor chose:
     after an error, or from a flag with nothing to serve (no variant)."""
     return error_code is not None or (variant is None and same_value(value, default_value))
 
 
-def rule(
-    policy: Policy, stage: float, killed: bool, paused: bool, value: Any, is_default: bool
-) -> Ruling:
-    """The ruling for an answer ``value`` (``is_default``: it is the caller's own default)."""
-    if killed:
-        return Ruling.KILLED
-    if stage >= 100 and not paused:
-        return Ruling.PASS
-    if same_value(value, policy.variants.treatment):
-        return Ruling.BUCKET
-    if same_value(value, policy.variants.control) or is_default:
-        return Ruling.VENDOR
-    return Ruling.UNKNOWN
+class FlagPlan:
+    """One governed flag's decision, ready for the evaluation path (immutable; rebuilt by
+    :meth:`build` whenever the flag's state changes)."""
+
+    __slots__ = (
+        "bool_arms",
+        "control",
+        "flag",
+        "killed",
+        "limit",
+        "passes",
+        "paused",
+        "policy",
+        "prefix",
+        "stage",
+        "state",
+        "templates",
+        "treatment",
+        "unit",
+    )
+
+    def __init__(self, policy: Policy, state: FlagState, *, killed: bool = False) -> None:
+        self.policy = policy
+        self.state = state
+        self.flag = policy.flag
+        self.stage = state.stage
+        self.killed = state.killed or killed
+        self.paused = state.paused
+        # Stage 100, live: the vendor's answer exactly as it came.
+        self.passes = not self.killed and self.stage >= 100 and not self.paused
+        self.limit = threshold(self.stage)
+        self.prefix = f"{policy.bucket_salt}:"
+        self.unit = None if policy.unit == "targeting_key" else policy.unit
+        self.control = policy.variants.control
+        self.treatment = policy.variants.treatment
+        # Booleans are singletons: ``is`` is the whole comparison (and keeps 1 != True).
+        self.bool_arms = isinstance(self.control, bool) and isinstance(self.treatment, bool)
+        # (source, arm, capped) -> the metadata flagwarden adds to an answer (a cache).
+        self.templates: dict[tuple[str, str, bool], dict[str, Any]] = {}
+
+    def metadata(self, source: str, arm: str, capped: bool) -> dict[str, Any]:
+        """The ``flagwarden.*`` metadata of an answer (the caller copies it: it is shared)."""
+        key = (source, arm, capped)
+        template = self.templates.get(key)
+        if template is None:
+            template = self.templates[key] = {
+                SOURCE: source,
+                STAGE: self.stage,
+                ARM: arm,
+                CAPPED: capped,
+                KILLED: self.killed,
+            }
+        return template
+
+    @classmethod
+    def build(cls, policy: Policy, state: FlagState, *, killed: bool = False) -> FlagPlan:
+        """The plan for ``policy`` at ``state``; ``killed`` adds a kill from outside the store
+        (``FLAGWARDEN_KILL``)."""
+        return cls(policy, state, killed=killed)
+
+    def is_treatment(self, value: Any) -> bool:
+        if self.bool_arms:
+            return value is self.treatment
+        return same_value(value, self.treatment)
+
+    def is_control(self, value: Any) -> bool:
+        if self.bool_arms:
+            return value is self.control
+        return same_value(value, self.control)
+
+    def arm_of(self, value: Any) -> str:
+        """``treatment`` or ``control`` when ``value`` is one of the arms, else ``none``."""
+        if self.is_treatment(value):
+            return "treatment"
+        return "control" if self.is_control(value) else "none"
+
+    def ruling(self, value: Any, variant: str | None, error_code: Any, default: Any) -> Ruling:
+        """What the policy does with the answer ``value`` (its ``variant`` and ``error_code``
+        as the chain gave them; ``default``: the caller's default)."""
+        if self.killed:
+            return Ruling.KILLED
+        if self.passes:
+            return Ruling.PASS
+        if value is self.treatment if self.bool_arms else same_value(value, self.treatment):
+            return Ruling.BUCKET
+        if self.is_control(value) or callers_default(value, variant, error_code, default):
+            return Ruling.VENDOR
+        return Ruling.UNKNOWN
+
+    def outside(self, value: Any, variant: str | None, error_code: Any, default: Any) -> bool:
+        """A vendor answer that is neither arm (the caller's own default is not)."""
+        return self.arm_of(value) == "none" and not callers_default(
+            value, variant, error_code, default
+        )
+
+    def unit_of(self, targeting_key: str | None, attributes: Mapping[str, Any]) -> str | None:
+        """The value the policy buckets by, or None when the context lacks it."""
+        if self.unit is None:
+            return targeting_key or None
+        value = attributes.get(self.unit)
+        return None if value is None else str(value)
+
+    def admits(self, unit: str | None) -> bool:
+        """Whether ``unit`` may get the treatment: everyone at 100, else by its bucket.
+
+        Below 100 a missing unit is never admitted (it is a violation: the caller must say who).
+        """
+        if self.stage >= 100:
+            return True
+        if unit is None:
+            return False
+        return _uint32((self.prefix + unit).encode()) % BUCKETS < self.limit
 
 
-def outside_policy(policy: Policy, value: Any, is_default: bool) -> bool:
-    """A vendor answer that is neither arm (the caller's own default is not)."""
-    return not is_default and arm_of(policy, value) == "none"
-
-
-def unit_of(policy: Policy, targeting_key: str | None, attributes: Mapping[str, Any]) -> str | None:
-    """The value the policy buckets by, or None when the context lacks it."""
-    if policy.unit == "targeting_key":
-        return targeting_key or None
-    value = attributes.get(policy.unit)
-    return None if value is None else str(value)
-
-
-def admitted(policy: Policy, stage: float, unit: str | None) -> bool:
-    """Whether ``unit`` may get the treatment at ``stage``: everyone at 100, else its bucket.
-
-    Below 100 a missing unit is never admitted (it is a violation: the caller must say who).
-    """
-    if stage >= 100:
-        return True
-    return unit is not None and bucket(policy.bucket_salt, unit) < threshold(stage)
+# murmur3_x86_32, seed 0, unsigned (mmh3 >= 5's positional form: a third faster than
+# ``hash(data, 0, signed=False)``). Always given bytes: mmh3 crashes on a ``str`` holding a
+# lone surrogate, where ``encode()`` raises.
+_uint32 = mmh3.mmh3_32_uintdigest

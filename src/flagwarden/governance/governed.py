@@ -6,9 +6,15 @@ everyone (DISABLED); stage 100, live -> the vendor's answer untouched; below it 
 answer is capped by the stage through deterministic bucketing on the policy's unit (control,
 reason SPLIT); an answer outside the policy -> control plus a violation. Whenever the vendor's
 answer is served its variant name and reason are kept. Every answer carries
-``flagwarden.stage``, ``flagwarden.arm``, ``flagwarden.capped`` and ``flagwarden.killed``.
-Violations are counted in memory and written to the audit log in aggregate, never once per
-evaluation; capping is counted with the exposures, never as a violation.
+``flagwarden.source``, ``flagwarden.stage``, ``flagwarden.arm``, ``flagwarden.capped`` and
+``flagwarden.killed``. Violations are counted in memory and written to the audit log in
+aggregate, never once per evaluation; capping is counted with the exposures, never as a
+violation.
+
+Each governed flag's :class:`~flagwarden.governance.enforcement.FlagPlan` is rebuilt when the
+state cache changes, so an evaluation does one dict lookup for its plan. Exposures are counted
+and logged here, by the :class:`~flagwarden.telemetry.recorder.ExposureRecorder`, for every
+answer this provider gives (governed, broken or unregistered flags alike).
 
 A flag whose policy file cannot be used (broken) is governed as if killed, but by the caller's
 default rather than control, since the broken file's ``variants`` cannot be trusted: reason
@@ -18,13 +24,13 @@ default rather than control, since the broken file's ``variants`` cannot be trus
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
@@ -39,25 +45,22 @@ from flagwarden.governance.enforcement import (
     KILLED,
     STAGE,
     VIOLATION,
+    FlagPlan,
     Ruling,
-    admitted,
-    arm_of,
-    callers_default,
-    outside_policy,
-    rule,
-    unit_of,
 )
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState
+from flagwarden.logs import get_logger
 from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
-from flagwarden.providers.failover import FailoverProvider
+from flagwarden.providers.failover import SOURCE, FailoverProvider
 from flagwarden.telemetry.cardinality import OVERFLOW, flag_labels
 from flagwarden.telemetry.metrics import VIOLATIONS
+from flagwarden.telemetry.recorder import ExposureRecorder
 
 __all__ = ["POLICY_ERROR", "GovernedProvider", "ViolationLog"]
 
-_log = structlog.get_logger("flagwarden.governance")
+_log = get_logger("flagwarden.governance")
 
 # flag_metadata on the answer for a flag whose policy is broken: the file's problem, short.
 POLICY_ERROR = "flagwarden.policy_error"
@@ -129,6 +132,7 @@ class GovernedProvider(SourceProvider):
         cache: StateCache,
         violations: ViolationLog,
         *,
+        exposures: ExposureRecorder | None = None,
         unregistered: Unregistered = "warn",
         env_killed: frozenset[str] = frozenset(),
         broken: Mapping[str, ConfigError] | None = None,
@@ -138,11 +142,16 @@ class GovernedProvider(SourceProvider):
         self.policies = dict(policies)
         self.cache = cache
         self.violations = violations
+        self.exposures = exposures
         self.unregistered = unregistered
         self.env_killed = env_killed
         self.unregistered_seen: set[str] = set()
         # Made short once here: the answer carries it on every evaluation of the flag.
         self.broken = {flag: _short(problem) for flag, problem in (broken or {}).items()}
+        self._plans: dict[str, FlagPlan] = {}
+        self._plans_lock = threading.Lock()
+        self._replan()
+        cache.subscribe(self._replan)
 
     def get_metadata(self) -> Metadata:
         return self.inner.get_metadata()
@@ -168,11 +177,31 @@ class GovernedProvider(SourceProvider):
         self.cache.close()
 
     def after_fork_in_child(self) -> None:
+        self._plans_lock = threading.Lock()
         self.inner.after_fork_in_child()
         self.cache.after_fork_in_child()
         if self.violations.audit is not None:
             self.violations.audit.after_fork_in_child()
         self.violations.after_fork_in_child()
+
+    # -- plans ---------------------------------------------------------------------------
+
+    def _replan(self, _states: Mapping[str, FlagState] | None = None) -> None:
+        """Rebuild the plan of every flag whose state changed. Reads the cache's latest
+        states under a lock (not the argument): of two threads replanning at once, the one
+        that assigns last has seen the newest state, so a kill is never overwritten."""
+        with self._plans_lock:
+            plans = dict(self._plans)
+            for flag, policy in self.policies.items():
+                state = self.cache.get(flag)
+                plan = plans.get(flag)
+                if plan is None or plan.state is not state:
+                    plans[flag] = FlagPlan.build(policy, state, killed=flag in self.env_killed)
+            self._plans = plans  # one assignment: evaluations see the old plans or the new
+
+    def plan(self, flag: str) -> FlagPlan | None:
+        """The plan this process evaluates ``flag`` by now (None: the flag has no policy)."""
+        return self._plans.get(flag)
 
     def state(self, flag: str) -> FlagState:
         state = self.cache.get(flag)
@@ -182,6 +211,8 @@ class GovernedProvider(SourceProvider):
             )
         return state
 
+    # -- evaluation ----------------------------------------------------------------------
+
     def resolve(
         self,
         flag_type: FlagType,
@@ -189,72 +220,75 @@ class GovernedProvider(SourceProvider):
         default_value: Any,
         evaluation_context: EvaluationContext | None,
     ) -> FlagResolutionDetails[Any]:
-        policy = self.policies.get(flag_key)
-        if policy is None:
+        plan = self._plans.get(flag_key)
+        if plan is None:
             if flag_key in self.broken:
-                return self._policy_broken(flag_key, default_value)
+                return self._policy_broken(flag_key, default_value, evaluation_context)
             return self._unregistered(flag_type, flag_key, default_value, evaluation_context)
-        details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
-        state = self.cache.get(flag_key)
-        killed = state.killed or flag_key in self.env_killed
+        details, source = self.inner.answer(flag_type, flag_key, default_value, evaluation_context)
         value = details.value
-        is_default = callers_default(value, details.variant, details.error_code, default_value)
-        ruling = rule(policy, state.stage, killed, state.paused, value, is_default)
+        ruling = plan.ruling(value, details.variant, details.error_code, default_value)
         capped, violation = False, None
         if ruling is Ruling.BUCKET:
-            unit = (
-                None
-                if evaluation_context is None
-                else unit_of(
-                    policy, evaluation_context.targeting_key, evaluation_context.attributes
-                )
-            )
-            if admitted(policy, state.stage, unit):
+            if evaluation_context is None:
+                unit = None
+            elif plan.unit is None:
+                unit = evaluation_context.targeting_key or None
+            else:
+                unit = plan.unit_of(None, evaluation_context.attributes)
+            if plan.admits(unit):
                 arm = "treatment"
             else:
                 arm = "control"
-                self._serve_control(details, policy, Reason.SPLIT)
+                details.value, details.variant, details.reason = plan.control, "control", SPLIT
                 if unit is None:
                     violation = "missing_unit"
                 else:
                     capped = True
         elif ruling is Ruling.KILLED:
             arm = "control"
-            self._serve_control(details, policy, Reason.DISABLED)
+            details.value, details.variant, details.reason = plan.control, "control", DISABLED
         elif ruling is Ruling.UNKNOWN:
             arm, violation = "control", "unknown_variant"
-            self._serve_control(details, policy, Reason.DEFAULT)
+            details.value, details.variant, details.reason = plan.control, "control", DEFAULT
         else:  # PASS or VENDOR: the answer as it came
-            arm = arm_of(policy, value)
-            if ruling is Ruling.PASS and outside_policy(policy, value, is_default):
+            arm = plan.arm_of(value)
+            if ruling is Ruling.PASS and plan.outside(
+                value, details.variant, details.error_code, default_value
+            ):
                 violation = "unknown_variant"
-        metadata = {
-            **details.flag_metadata,
-            STAGE: state.stage,
-            ARM: arm,
-            CAPPED: capped,
-            KILLED: killed,
-        }
+        template = plan.templates.get((source, arm, capped)) or plan.metadata(source, arm, capped)
+        vendor = details.flag_metadata
+        metadata = {**vendor, **template} if vendor else template.copy()
         if violation is not None:
             self.violations.count(flag_key, violation)
             metadata[VIOLATION] = violation
         details.flag_metadata = metadata
+        exposures = self.exposures
+        if exposures is not None:
+            exposures.record(
+                flag_key,
+                details.variant or "",
+                details.reason,
+                details.error_code,
+                source,
+                arm,
+                capped,
+                (evaluation_context.targeting_key or "") if evaluation_context else "",
+                details.value,
+                plan.stage,
+            )
         return details
 
-    @staticmethod
-    def _serve_control(details: FlagResolutionDetails[Any], policy: Policy, reason: str) -> None:
-        # The chain builds a fresh details object per call: update it rather than copy it.
-        details.value = policy.variants.control
-        details.variant = "control"
-        details.reason = reason
-
-    def _policy_broken(self, flag_key: str, default_value: Any) -> FlagResolutionDetails[Any]:
+    def _policy_broken(
+        self, flag_key: str, default_value: Any, evaluation_context: EvaluationContext | None
+    ) -> FlagResolutionDetails[Any]:
         state = self.state(flag_key)
-        return FlagResolutionDetails(
+        details: FlagResolutionDetails[Any] = FlagResolutionDetails(
             value=default_value,
             reason=Reason.DISABLED,
             flag_metadata={
-                "flagwarden.source": "default",
+                SOURCE: "default",
                 STAGE: state.stage,
                 ARM: "none",
                 CAPPED: False,
@@ -262,6 +296,8 @@ class GovernedProvider(SourceProvider):
                 POLICY_ERROR: self.broken[flag_key],
             },
         )
+        self._record(flag_key, details, "default", "none", evaluation_context, state.stage)
+        return details
 
     def _unregistered(
         self,
@@ -270,10 +306,13 @@ class GovernedProvider(SourceProvider):
         default_value: Any,
         evaluation_context: EvaluationContext | None,
     ) -> FlagResolutionDetails[Any]:
-        if self.unregistered == "allow":
-            return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
         # Counted and said under a bounded label: a flood of keys must not grow memory.
         label = flag_labels(flag_key, registered=False)
+        if self.unregistered == "allow":
+            details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+            source = str(details.flag_metadata.get(SOURCE, ""))
+            self._record(flag_key, details, source, "", evaluation_context, None, label)
+            return details
         self.violations.count(label, "unregistered")
         if label not in self.unregistered_seen:
             self.unregistered_seen.add(label)
@@ -286,12 +325,47 @@ class GovernedProvider(SourceProvider):
                 ),
             )
         if self.unregistered == "deny":
-            return FlagResolutionDetails(
+            details = FlagResolutionDetails(
                 value=default_value,
                 reason=Reason.DISABLED,
-                flag_metadata={"flagwarden.source": "default", "flagwarden.unregistered": True},
+                flag_metadata={SOURCE: "default", "flagwarden.unregistered": True},
             )
-        return self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+        else:
+            details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
+        source = str(details.flag_metadata.get(SOURCE, ""))
+        self._record(flag_key, details, source, "", evaluation_context, None, label)
+        return details
+
+    def _record(
+        self,
+        flag_key: str,
+        details: FlagResolutionDetails[Any],
+        source: str,
+        arm: str,
+        evaluation_context: EvaluationContext | None,
+        stage: float | None,
+        label: str | None = None,
+    ) -> None:
+        """Exposure bookkeeping for the answers off the governed path (broken, unregistered)."""
+        if self.exposures is None:
+            return
+        self.exposures.record(
+            flag_key,
+            details.variant or "",
+            details.reason,
+            details.error_code,
+            source,
+            arm,
+            False,
+            (evaluation_context.targeting_key or "") if evaluation_context else "",
+            details.value,
+            stage,
+            label=label,
+        )
+
+
+# Reasons the policy serves control with (bound once: the evaluation path uses them).
+SPLIT, DISABLED, DEFAULT = Reason.SPLIT, Reason.DISABLED, Reason.DEFAULT
 
 
 def _short(problem: ConfigError) -> str:

@@ -12,16 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import structlog
+from typing import TYPE_CHECKING
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.audit.signing import signer_from_settings
 from flagwarden.config import Settings
 from flagwarden.errors import ConfigError
-from flagwarden.events import Event, EventSink
-from flagwarden.governance.cache import StateCache
-from flagwarden.governance.governed import GovernedProvider, ViolationLog
 from flagwarden.governance.policy import Policy, read_policies
 from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import (
@@ -30,13 +25,24 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
     open_state_store,
 )
-from flagwarden.notify import Notifier
-from flagwarden.providers.failover import FailoverProvider
+from flagwarden.logs import get_logger
 from flagwarden.storage import redact_url
+
+# What only workers (govern), signing keys or webhooks need is imported where it is used: the
+# command line opens a project for one transition and should not load the provider chain,
+# OpenFeature, Prometheus or cryptography for it.
+if TYPE_CHECKING:
+    from flagwarden.audit.signing import Signer
+    from flagwarden.events import Event, EventSink
+    from flagwarden.governance.cache import StateCache
+    from flagwarden.governance.governed import GovernedProvider
+    from flagwarden.notify import Notifier
+    from flagwarden.providers.failover import FailoverProvider
+    from flagwarden.telemetry.recorder import ExposureRecorder
 
 __all__ = ["KILL_ENV", "Governance", "env_killed_flags"]
 
-_log = structlog.get_logger("flagwarden.governance")
+_log = get_logger("flagwarden.governance")
 
 KILL_ENV = "FLAGWARDEN_KILL"
 
@@ -84,12 +90,21 @@ class Governance:
             _log.error("flagwarden.state_store_unreachable", error=str(exc), serving="control")
         audit_problem = None
         try:
-            signer = signer_from_settings(settings)  # a key that does not load: not opened
+            signer: Signer | None = None
+            if settings.config.audit.signing_key is not None:  # cryptography only with a key
+                from flagwarden.audit.signing import signer_from_settings
+
+                signer = signer_from_settings(settings)  # a key that does not load: not opened
             audit = AuditLog(settings.config.audit.url, base, signer=signer)
         except (AuditError, ConfigError) as exc:
             audit_problem = str(exc)
             _log.error("flagwarden.audit_unavailable", error=audit_problem)
         notify = settings.config.notify
+        notifier: Notifier | None = None
+        if notify:
+            from flagwarden.notify import Notifier
+
+            notifier = Notifier(notify)
         return cls(
             settings,
             found.policies,
@@ -98,7 +113,7 @@ class Governance:
             found.broken,
             found.listed,
             audit_problem,
-            notifier=Notifier(notify) if notify else None,
+            notifier=notifier,
         )
 
     def rollout(self, cache: StateCache | None = None, store: StateStore | None = None) -> Rollout:
@@ -125,8 +140,13 @@ class Governance:
         failover: FailoverProvider,
         events: EventSink,
         on_state: Callable[[dict[str, FlagState]], None] | None = None,
+        exposures: ExposureRecorder | None = None,
     ) -> GovernedProvider:
-        """Wrap the failover chain in the policy enforcement workers evaluate through."""
+        """Wrap the failover chain in the policy enforcement workers evaluate through;
+        ``exposures`` counts and logs every answer it gives."""
+        from flagwarden.governance.cache import StateCache
+        from flagwarden.governance.governed import GovernedProvider, ViolationLog
+
         for flag, problem in sorted(self.broken.items()):
             _log.error(
                 "flagwarden.policy_invalid",
@@ -149,6 +169,7 @@ class Governance:
             self.policies,
             cache,
             violations,
+            exposures=exposures,
             unregistered=self.settings.config.unregistered,
             env_killed=env_killed_flags(),
             broken=self.broken,

@@ -18,14 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from flagwarden.governance.state import (
     WORKER_TTL,
     ChangeCallback,
     ErrorCallback,
     FlagState,
     OutboxEntry,
+    StateCallback,
     StateStore,
     StateStoreUnavailable,
     keep_listening,
@@ -33,11 +32,12 @@ from flagwarden.governance.state import (
     parse_outbox,
     parse_states,
 )
+from flagwarden.logs import get_logger
 from flagwarden.storage import create_tables, store_failure
 
 __all__ = ["PostgresStateStore", "SQLiteStateStore"]
 
-_log = structlog.get_logger("flagwarden.state")
+_log = get_logger("flagwarden.state")
 T = TypeVar("T")
 
 _TABLES = (
@@ -295,7 +295,12 @@ class SQLiteStateStore(_SQLStateStore):
         except (OSError, sqlite3.Error) as exc:
             raise StateStoreUnavailable(store_failure(self.url, exc)) from None
 
-    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
+    def watch(
+        self,
+        callback: ChangeCallback,
+        on_error: ErrorCallback | None = None,
+        on_state: StateCallback | None = None,
+    ) -> None:
         def poll() -> None:
             conn: sqlite3.Connection | None = None
             seen: Any = None  # data_version: changes with any write (heartbeats, the outbox)
@@ -386,7 +391,12 @@ class PostgresStateStore(_SQLStateStore):
     def _notify(self, conn: Any, flag: str) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, flag))
 
-    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
+    def watch(
+        self,
+        callback: ChangeCallback,
+        on_error: ErrorCallback | None = None,
+        on_state: StateCallback | None = None,
+    ) -> None:
         import psycopg
 
         def listen() -> None:

@@ -30,9 +30,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from flagwarden.errors import FlagwardenError
+from flagwarden.logs import get_logger
 from flagwarden.storage import redact_url, store_failure
 
 __all__ = [
@@ -44,10 +43,11 @@ __all__ = [
     "open_state_store",
 ]
 
-_log = structlog.get_logger("flagwarden.state")
+_log = get_logger("flagwarden.state")
 
 ChangeCallback = Callable[[str | None], None]  # a flag, or None for "reload everything"
 ErrorCallback = Callable[[str], None]
+StateCallback = Callable[["FlagState"], None]  # a state pushed with its change (Redis)
 
 
 class StateStoreUnavailable(FlagwardenError):
@@ -262,9 +262,16 @@ class StateStore(ABC):
         ``announce``: a flag whose watchers are told (a change request's flag)."""
 
     @abstractmethod
-    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
+    def watch(
+        self,
+        callback: ChangeCallback,
+        on_error: ErrorCallback | None = None,
+        on_state: StateCallback | None = None,
+    ) -> None:
         """Call ``callback`` on changes made by anyone, from a background thread;
-        ``on_error`` when the store cannot be reached (the watcher keeps retrying)."""
+        ``on_error`` when the store cannot be reached (the watcher keeps retrying). A store
+        whose notification carries the new state (Redis) also calls ``on_state`` with it,
+        just before ``callback`` for the same change."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -311,7 +318,6 @@ def keep_listening(
 def open_state_store(url: str, base_dir: Path | None = None) -> StateStore:
     """``sqlite:///relative/path``, ``sqlite:////absolute/path``, ``redis://...[?prefix=NAME]``,
     ``postgresql://...``."""
-    from flagwarden.governance.redis_store import RedisStateStore
     from flagwarden.governance.sql_store import PostgresStateStore, SQLiteStateStore
 
     if url.startswith("sqlite:///"):
@@ -320,6 +326,8 @@ def open_state_store(url: str, base_dir: Path | None = None) -> StateStore:
             path = base_dir / path
         return SQLiteStateStore(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
+        from flagwarden.governance.redis_store import RedisStateStore
+
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["flagwarden"])[0]

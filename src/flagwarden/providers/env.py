@@ -99,7 +99,8 @@ class EnvProvider(SourceProvider):
         super().__init__(name=name, kind="env")
         self.prefix = prefix
         self._names: dict[str, str] = {}
-        self._readers: dict[str, Callable[[], str | None]] = {}
+        # Flag key -> a function reading its variable (the failover chain calls it directly).
+        self.readers: dict[str, Callable[[], str | None]] = {}
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         self._set_status(ProviderStatus.READY)
@@ -112,9 +113,9 @@ class EnvProvider(SourceProvider):
 
     def lookup(self, flag_key: str) -> str | None:
         """The raw value for ``flag_key``, or None when the variable is unset."""
-        reader = self._readers.get(flag_key)
+        reader = self.readers.get(flag_key)
         if reader is None:
-            reader = self._readers[flag_key] = _getenv_fn(self.variable_for(flag_key))
+            reader = self.readers[flag_key] = _getenv_fn(self.variable_for(flag_key))
         return reader()
 
     def depends_on_key(self, flag_key: str) -> bool:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "exposure_stream"]
+
+# What flagwarden configured (None: structlog was configured by the application, or not yet):
+# the processor list (to see that nobody replaced it since), the stream, and the level.
+_own: tuple[list[Any], TextIO, int] | None = None
 
 
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
@@ -26,14 +30,30 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        renderer,
+    ]
+    stream = sys.stderr
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+    global _own
+    _own = (processors, stream, level) if not console else None
     return True
+
+
+def exposure_stream() -> TextIO | None:
+    """Where exposure lines may be written directly, as JSON lines in structlog's own format:
+    the stream flagwarden configured structlog with, when it did, as JSON, at info or below,
+    and nobody configured structlog since. None: log each event through structlog."""
+    if _own is None:
+        return None
+    processors, stream, level = _own
+    if level > logging.INFO or structlog.get_config()["processors"] is not processors:
+        return None
+    return stream

@@ -7,7 +7,12 @@ telemetry conventions (spec Appendix D) with dots as underscores.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import weakref
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "BACKGROUND_HEALTHY",
@@ -17,6 +22,7 @@ __all__ = [
     "FLAG_KILLED",
     "FLAG_PAUSED",
     "FLAG_STAGE",
+    "FOLD_ON_COLLECT",
     "GUARD_BREACHES",
     "METRIC_VALUE",
     "NOTIFICATIONS_FAILED",
@@ -25,6 +31,37 @@ __all__ = [
     "SNAPSHOT_LAST_WRITE",
     "VIOLATIONS",
 ]
+
+
+class _Folds(Protocol):
+    def fold(self) -> None: ...
+
+
+class _FoldOnCollect:
+    """Registered before the counters below, so every collection of the default registry (a
+    /metrics scrape, ``get_sample_value``) first folds the evaluations the exposure recorders
+    counted in memory: the endpoint is never behind the evaluations."""
+
+    def __init__(self) -> None:
+        self.recorders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def add(self, recorder: _Folds) -> None:
+        self.recorders.add(recorder)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for recorder in list(self.recorders):
+            try:
+                recorder.fold()
+            except Exception:  # a scrape must not fail; the recorder's thread reports it
+                continue
+        return iter(())
+
+
+FOLD_ON_COLLECT = _FoldOnCollect()
+REGISTRY.register(FOLD_ON_COLLECT)
 
 EVALUATIONS = Counter(
     "feature_flag_evaluations",

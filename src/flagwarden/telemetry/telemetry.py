@@ -1,10 +1,9 @@
-"""A process's telemetry: the exposure hook, summaries, gauges, and metric export."""
+"""A process's telemetry: the exposure recorder, summaries, gauges, and metric export."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from openfeature import api
 
 from flagwarden.audit.log import AuditLog
@@ -12,10 +11,12 @@ from flagwarden.config import TelemetryConfig
 from flagwarden.events import Event, EventSink
 from flagwarden.governance.policy import parse_duration
 from flagwarden.governance.state import FlagState
+from flagwarden.logs import get_logger
 from flagwarden.telemetry.cardinality import flag_labels
+from flagwarden.telemetry.dedup import ExposureDeduper
 from flagwarden.telemetry.export import push_metrics, serve_metrics
-from flagwarden.telemetry.exposure import ExposureDeduper, ExposureHook, ExposureSummary
-from flagwarden.telemetry.logging import configure_logging
+from flagwarden.telemetry.exposure import ExposureHook, ExposureSummary
+from flagwarden.telemetry.logging import configure_logging, exposure_stream
 from flagwarden.telemetry.metrics import (
     FALLBACK_ACTIVE,
     FLAG_KILLED,
@@ -23,10 +24,12 @@ from flagwarden.telemetry.metrics import (
     FLAG_STAGE,
     PROVIDER_STATE,
 )
+from flagwarden.telemetry.recorder import ExposureRecorder
+from flagwarden.telemetry.writer import ExposureWriter
 
 __all__ = ["Telemetry"]
 
-_log = structlog.get_logger("flagwarden.telemetry")
+_log = get_logger("flagwarden.telemetry")
 _STATES = ("NOT_READY", "READY", "STALE", "ERROR", "FATAL")
 
 
@@ -48,12 +51,19 @@ class Telemetry:
             if exposure.enabled
             else None
         )
-        self.hook = ExposureHook(provider_name, deduper, self.summary)
+        stream = exposure_stream()
+        writer = ExposureWriter(lambda: stream) if stream is not None else None
+        self.recorder = ExposureRecorder(provider_name, deduper, self.summary, writer)
+        # Opt-in: the governing provider counts its own answers; the hook is for clients of
+        # other providers (and costs every OpenFeature evaluation in the process ~5 µs).
+        self.hook = ExposureHook(self.recorder) if config.hook else None
         self.metrics_port = 0
 
     def install(self, events: EventSink) -> None:
-        api.add_hooks([self.hook])
+        if self.hook is not None:
+            api.add_hooks([self.hook])
         events.subscribe(self._on_event)
+        self.recorder.start()
         self.summary.start()
         if self.config.prometheus.port is not None:
             self.metrics_port = serve_metrics(
@@ -85,12 +95,15 @@ class Telemetry:
             FLAG_PAUSED.labels(flag).set(1 if state.paused else 0)
 
     def after_fork_in_child(self) -> None:
+        self.recorder.after_fork_in_child()
         self.summary.after_fork_in_child()
 
     def close(self) -> None:
-        hooks = [h for h in api.get_hooks() if h is not self.hook]
-        api.clear_hooks()
-        api.add_hooks(hooks)
+        if self.hook is not None:
+            hooks = [h for h in api.get_hooks() if h is not self.hook]
+            api.clear_hooks()
+            api.add_hooks(hooks)
+        self.recorder.close()  # its last counts go into the summary the next line writes
         self.summary.close()
         if self.config.prometheus.pushgateway:
             push_metrics(self.config.prometheus.pushgateway, self.config.prometheus.job)
