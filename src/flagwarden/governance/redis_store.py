@@ -14,6 +14,7 @@ from flagwarden.governance.state import (
     ErrorCallback,
     FlagState,
     OutboxEntry,
+    StateCallback,
     StateStore,
     StateStoreUnavailable,
     keep_listening,
@@ -28,10 +29,14 @@ __all__ = ["RedisStateStore"]
 
 # -- Redis -------------------------------------------------------------------------------
 
-# KEYS: state hash, flag set, channel, generation, outbox hash.
+# KEYS: state hash, flag set, channel, generation, outbox hash, state channel.
 # ARGV: version, state json, flag, a new generation id (kept only if there is none: a store
 # that lost its data starts a new generation), outbox ref ("" for none), outbox json, the
 # ref the stored change must have ("*": any).
+# Two announcements, in this order (a subscriber gets them in publish order): the new state
+# itself on the state channel (a worker applies it at once, without a read), then the flag's
+# name on the channel every version of flagwarden listens to (a worker reads the flag: the
+# store's answer, authoritative, follows every push).
 _CAS_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) - 1 then return 0 end
@@ -47,6 +52,8 @@ redis.call('SET', KEYS[4], ARGV[4], 'NX')
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5], ARGV[6]) end
+local pushed = {flag = ARGV[3], generation = redis.call('GET', KEYS[4]), data = ARGV[2]}
+redis.call('PUBLISH', KEYS[6], cjson.encode(pushed))
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 """
@@ -79,6 +86,7 @@ class RedisStateStore(StateStore):
         self._cas = self._redis.register_script(_CAS_SCRIPT)
         self._put_document = self._redis.register_script(_PUT_DOCUMENT_SCRIPT)
         self._channel = f"{prefix}:state-changes"
+        self._state_channel = f"{prefix}:state-pushed"
         self._generation = f"{prefix}:generation"
         self._outbox = f"{prefix}:outbox"
         self._workers = f"{prefix}:workers"
@@ -136,6 +144,7 @@ class RedisStateStore(StateStore):
             self._channel,
             self._generation,
             self._outbox,
+            self._state_channel,
         ]
         args: list[str | int] = [
             new.version,
@@ -183,18 +192,31 @@ class RedisStateStore(StateStore):
         args = [key, doc, "0" if expected is None else "1", expected or "", announce]
         return bool(self._call(lambda: self._put_document(keys=keys, args=args)))
 
-    def watch(self, callback: ChangeCallback, on_error: ErrorCallback | None = None) -> None:
+    def watch(
+        self,
+        callback: ChangeCallback,
+        on_error: ErrorCallback | None = None,
+        on_state: StateCallback | None = None,
+    ) -> None:
         import redis
+
+        state_channel = self._state_channel.encode()
 
         def listen() -> None:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._pubsub = pubsub
-            pubsub.subscribe(self._channel)
+            pubsub.subscribe(self._channel, *([self._state_channel] if on_state else []))
             callback(None)  # anything published while we were away
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
-                if message and message["type"] == "message":
+                if not message or message["type"] != "message":
+                    continue
+                if message["channel"] != state_channel:
                     callback(message["data"].decode())
+                elif on_state is not None:
+                    pushed = self._pushed(message["data"])
+                    if pushed is not None:
+                        on_state(pushed)
 
         keep_listening(
             "flagwarden-state-redis",
@@ -204,6 +226,17 @@ class RedisStateStore(StateStore):
             (redis.RedisError, OSError, ValueError),
             on_error,
         )
+
+    @staticmethod
+    def _pushed(raw: bytes) -> FlagState | None:
+        """The state a change announced; None for a message that cannot be read (the read
+        that the flag's name triggers right after it decides alone)."""
+        try:
+            doc = json.loads(raw)
+            states, _ = parse_states([(doc["flag"], doc["data"])], str(doc["generation"] or ""))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return states.get(doc["flag"])
 
     def close(self) -> None:
         self._stop.set()
