@@ -13,9 +13,25 @@ Pipelines evaluate flags through an ordinary OpenFeature client::
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from flagwarden.errors import ConfigError, FlagwardenError
-from flagwarden.governance.assign import assign
-from flagwarden.runtime import Runtime, configure, current, record_metric, shutdown
+
+if TYPE_CHECKING:
+    from flagwarden.governance.assign import assign
+    from flagwarden.runtime import Runtime, configure, current, record_metric, shutdown
+
+# Imported on first use: ``import flagwarden`` (and the command line, which imports it as a
+# package) does not pay for the OpenFeature SDK, the provider chain and the policy engine.
+_LAZY = {
+    "assign": "flagwarden.governance.assign",
+    "Runtime": "flagwarden.runtime",
+    "configure": "flagwarden.runtime",
+    "current": "flagwarden.runtime",
+    "record_metric": "flagwarden.runtime",
+    "shutdown": "flagwarden.runtime",
+}
 
 __all__ = [
     "ConfigError",
@@ -28,3 +44,16 @@ __all__ = [
     "shutdown",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # once: later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

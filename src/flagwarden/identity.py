@@ -24,9 +24,12 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from flagwarden.errors import FlagwardenError
-from flagwarden.governance.state import StateStore
+
+if TYPE_CHECKING:
+    from flagwarden.governance.state import StateStore
 
 __all__ = [
     "TOKEN_ENV",

@@ -34,6 +34,9 @@ REFUSAL = "attempt to write a readonly database"
 GATED_CLI = """
 import os, sys, time
 from flagwarden.cli import main
+# The CLI imports its commands' modules lazily: load what `audit verify` runs on beforehand.
+import flagwarden.cli.audit_keys, flagwarden.audit.verify, flagwarden.governance.project
+import flagwarden.governance.rollout
 
 gate = sys.argv.pop(1)
 print("ready", flush=True)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flagwarden.audit.records import (
     BATCH,
@@ -28,10 +28,11 @@ from flagwarden.audit.records import (
     _successor,
     _utc_text,
 )
-from flagwarden.audit.signing import PublicKey, Signer
-from flagwarden.audit.verify import chain_start, verify_chain
 from flagwarden.errors import FlagwardenError
 from flagwarden.storage import create_tables, redact_text, redact_url, store_failure
+
+if TYPE_CHECKING:  # signing (cryptography) is loaded with a key or a verification, not before
+    from flagwarden.audit.signing import PublicKey, Signer
 
 __all__ = [
     "BATCH",
@@ -433,12 +434,16 @@ class AuditLog:
     def start(self) -> tuple[int, str, AuditRecord | None]:
         """Where the live chain starts: ``(first seq, the hash it must follow, the archive
         record that says so)``; ``(1, GENESIS, None)`` for a log that was never archived."""
+        from flagwarden.audit.verify import chain_start
+
         return chain_start(self)
 
     def verify(self, public_key: PublicKey | None = None) -> Verification:
         """Walk the chain; name the first record that was edited, deleted or moved, and with
         ``public_key`` the first unsigned or badly signed one (see
         :func:`~flagwarden.audit.verify.verify_chain`)."""
+        from flagwarden.audit.verify import verify_chain
+
         return verify_chain(self, public_key)
 
     def close(self) -> None:

@@ -7,26 +7,21 @@ typed: enough for the red button, not for four-eyes (a change request and an app
 proven identity).
 """
 
-from __future__ import annotations
-
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import typer
 
 from flagwarden.cli.app import ActorOption, ConfigOption, app, fail, open_project, say, warn
-from flagwarden.governance.approvals import Approvals, ChangeRequest
-from flagwarden.governance.project import Governance
-from flagwarden.governance.rollout import TransitionRefused, resolve_actor
-from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.humanize import percent
 from flagwarden.identity import TOKEN_ENV, AccessDenied, Identity, InvalidToken, Role, TokenStore
-from flagwarden.notify.delivery import make_opener
+
+if TYPE_CHECKING:
+    from flagwarden.governance.approvals import Approvals, ChangeRequest
+    from flagwarden.governance.project import Governance
 
 __all__ = ["acting_as"]
 
@@ -45,7 +40,7 @@ ServerOption = Annotated[
 ]
 
 
-def token_identity(governance: Governance) -> Identity | None:
+def token_identity(governance: "Governance") -> Identity | None:
     """The identity of ``$FLAGWARDEN_TOKEN`` (None when unset); exit 1 when it is not valid."""
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
@@ -58,9 +53,11 @@ def token_identity(governance: Governance) -> Identity | None:
 
 
 def acting_as(
-    governance: Governance, actor: str | None, role: Role, action: str
+    governance: "Governance", actor: str | None, role: Role, action: str
 ) -> tuple[str, bool]:
     """Who a command acts as, and whether that is proven (a token) rather than typed."""
+    from flagwarden.governance.rollout import resolve_actor
+
     identity = token_identity(governance)
     if identity is None:
         return resolve_actor(actor), False
@@ -76,7 +73,7 @@ def acting_as(
 # -- tokens ------------------------------------------------------------------------------
 
 
-def _admin(governance: Governance, actor: str | None, action: str) -> str:
+def _admin(governance: "Governance", actor: str | None, action: str) -> str:
     """Who manages tokens: an admin's token, or anyone who can write the store while no
     admin token exists yet (how the first one is made)."""
     by, proven = acting_as(governance, actor, Role.ADMIN, action)
@@ -101,6 +98,8 @@ def token_create(
     config: ConfigOption = None,
 ) -> None:
     """Make a token; it is printed once (only a slow hash of it is stored)."""
+    from flagwarden.governance.state import StateStoreUnavailable
+
     try:
         parsed = Role.parse(role)
     except ValueError as exc:
@@ -127,6 +126,8 @@ def token_list(
     config: ConfigOption = None,
 ) -> None:
     """Every token: id, name, role, created, revoked (never the token or its hash)."""
+    from flagwarden.governance.state import StateStoreUnavailable
+
     _, governance = open_project(config)
     try:
         if token_identity(governance) is not None:
@@ -156,6 +157,8 @@ def token_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a token (or all of a name's): the service refuses it from the next request."""
+    from flagwarden.governance.state import StateStoreUnavailable
+
     _, governance = open_project(config)
     try:
         by = _admin(governance, actor, "revoking a token")
@@ -173,7 +176,7 @@ def token_revoke(
         say(f"token {record.id} of {record.name} revoked")
 
 
-def _audit(governance: Governance, kind: str, data: dict[str, Any], actor: str) -> None:
+def _audit(governance: "Governance", kind: str, data: dict[str, Any], actor: str) -> None:
     if governance.audit is None:
         warn(f"not in the audit log (it cannot be opened: {governance.audit_problem})")
         return
@@ -186,7 +189,7 @@ def _audit(governance: Governance, kind: str, data: dict[str, Any], actor: str) 
 # -- approvals ---------------------------------------------------------------------------
 
 
-def describe_request(r: ChangeRequest) -> str:
+def describe_request(r: "ChangeRequest") -> str:
     approved = f"; approved by {', '.join(r.approved_by)}" if r.approvals else ""
     decided = f"; {r.status} by {r.decided_by}: {r.decision_reason}" if r.decided_by else ""
     return (
@@ -198,6 +201,11 @@ def describe_request(r: ChangeRequest) -> str:
 
 def _remote(server: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """Ask a flagwarden service, authenticated by ``$FLAGWARDEN_TOKEN``."""
+    import urllib.error
+    import urllib.request
+
+    from flagwarden.notify.delivery import make_opener
+
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise fail(f"--server needs ${TOKEN_ENV}")
@@ -226,7 +234,9 @@ def _remote(server: str, method: str, path: str, body: dict[str, Any] | None = N
         raise fail(f"{server}: cannot reach it ({exc})") from None
 
 
-def _local(config: Path | None) -> tuple[Governance, Approvals]:
+def _local(config: Path | None) -> tuple["Governance", "Approvals"]:
+    from flagwarden.governance.approvals import Approvals
+
     _, governance = open_project(config)
     return governance, Approvals(governance.rollout())
 
@@ -240,6 +250,9 @@ def approvals_list(
     config: ConfigOption = None,
 ) -> None:
     """Pending change requests (of FLAG)."""
+    from flagwarden.governance.approvals import ChangeRequest
+    from flagwarden.governance.state import StateStoreUnavailable
+
     if server:
         query = "?" + urlencode(
             {"all": "true" if all_ else "false", **({"flag": flag} if flag else {})}
@@ -267,6 +280,10 @@ def approvals_list(
 def _decide(
     decision: str, request_id: str, reason: str, server: str | None, config: Path | None
 ) -> None:
+    from flagwarden.governance.approvals import ChangeRequest
+    from flagwarden.governance.rollout import TransitionRefused
+    from flagwarden.governance.state import StateStoreUnavailable
+
     if server:
         path = f"/api/v1/approvals/{quote(request_id, safe='')}/{decision}"
         doc = _remote(server, "POST", path, {"reason": reason})

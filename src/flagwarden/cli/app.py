@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from flagwarden.audit.log import AuditError
-from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.project import Governance
-from flagwarden.governance.state import StateStoreUnavailable
 from flagwarden.humanize import visible
 from flagwarden.storage import redact_text
+
+if TYPE_CHECKING:
+    from flagwarden.config import Settings
+    from flagwarden.governance.project import Governance
+
+# The commands import what their bodies need when they run: registering every command (at
+# import) stays cheap, and `flagwarden kill` loads no more than a kill needs.
 
 __all__ = [
     "ActorOption",
@@ -101,6 +104,11 @@ def open_project(config: Path | None) -> tuple[Settings, Governance]:
     A broken policy file does not stop the command (a kill must get through): each is said,
     with its problem, on stderr.
     """
+    from flagwarden.audit.log import AuditError
+    from flagwarden.config import load_settings
+    from flagwarden.governance.project import Governance
+    from flagwarden.governance.state import StateStoreUnavailable
+
     try:
         settings = load_settings(config)
         governance = Governance.open(settings, strict=True)

@@ -1,17 +1,12 @@
 """``flagwarden audit ...`` and ``flagwarden report``."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
-from flagwarden.audit.archive import archive, verify_archives
-from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.audit.signing import public_key_from_settings, signer_from_settings
 from flagwarden.cli.app import (
     ActorOption,
     ConfigOption,
@@ -24,11 +19,12 @@ from flagwarden.cli.app import (
     say,
     warn,
 )
-from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.changes import Unrecorded
-from flagwarden.governance.rollout import Rollout
-from flagwarden.governance.state import StateStoreUnavailable, open_state_store
+
+if TYPE_CHECKING:
+    from flagwarden.audit.log import AuditLog
+    from flagwarden.config import Settings
+    from flagwarden.governance.changes import Unrecorded
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -76,6 +72,8 @@ def audit_verify(
     could not be written at the time), then checks that every state version has its record.
     With --export, checks export files offline instead.
     """
+    from flagwarden.audit.archive import verify_archives
+    from flagwarden.audit.log import AuditError
     from flagwarden.cli.audit_keys import signatures_said, verification_key, verify_exports
 
     files = [*(archives or ()), *(more or ())]
@@ -132,8 +130,12 @@ def audit_verify(
         )
 
 
-def _open_log(config: Path | None) -> tuple[Settings, AuditLog]:
+def _open_log(config: Path | None) -> tuple["Settings", "AuditLog"]:
     """The settings and the audit log, or exit 1 saying what is wrong."""
+    from flagwarden.audit.log import AuditError, AuditLog
+    from flagwarden.audit.signing import signer_from_settings
+    from flagwarden.config import load_settings
+
     try:
         settings = load_settings(config)
         signer = signer_from_settings(settings)
@@ -142,9 +144,12 @@ def _open_log(config: Path | None) -> tuple[Settings, AuditLog]:
         raise fail(str(exc)) from None
 
 
-def _cross_check(settings: Settings, log: AuditLog) -> tuple[int, list[Unrecorded]]:
+def _cross_check(settings: "Settings", log: "AuditLog") -> tuple[int, list["Unrecorded"]]:
     """Write what waits in the state store's outbox, then name every state version that has
     no audit record (exit 1 when the state store cannot be read: the check is not done)."""
+    from flagwarden.governance.rollout import Rollout
+    from flagwarden.governance.state import StateStoreUnavailable, open_state_store
+
     try:
         store = open_state_store(settings.config.state, settings.base_dir)
     except StateStoreUnavailable as exc:
@@ -183,6 +188,8 @@ def audit_archive(
     config: ConfigOption = None,
 ) -> None:
     """Move old records to a JSON Lines file; the live chain keeps verifying from the cut."""
+    from flagwarden.audit.archive import archive
+    from flagwarden.audit.log import AuditError
     from flagwarden.governance.rollout import resolve_actor
     from flagwarden.report.period import PeriodError, resolve_moment
 
@@ -245,7 +252,10 @@ def report(
     config: ConfigOption = None,
 ) -> None:
     """The compliance report: verdicts, changes, soak, guards, violations, exposures, outages."""
+    from flagwarden.audit.log import AuditError
+    from flagwarden.audit.signing import public_key_from_settings
     from flagwarden.governance.measurements import open_measurement_store
+    from flagwarden.governance.state import StateStoreUnavailable
     from flagwarden.report import (
         PeriodError,
         build_report,

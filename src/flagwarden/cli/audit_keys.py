@@ -1,41 +1,35 @@
 """``flagwarden audit keygen`` and ``flagwarden audit export``, and the key ``audit verify``
 checks signatures with (registered on the ``audit`` group by :mod:`flagwarden.cli.audit`)."""
 
-from __future__ import annotations
-
 import shutil
 import sys
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
-from flagwarden.audit.archive import ArchiveCheck
-from flagwarden.audit.export import FileCheck, export, verify_file
-from flagwarden.audit.log import AuditError, Verification
-from flagwarden.audit.signing import (
-    KEY_ENV,
-    PublicKey,
-    fingerprint,
-    load_public_key,
-    public_key_from_settings,
-    seed_base64,
-    write_keypair,
-)
 from flagwarden.cli.app import ConfigOption, err, fail, out, say
 from flagwarden.cli.audit import _open_log, _usage, audit_app
-from flagwarden.config import Settings, load_settings
 from flagwarden.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flagwarden.audit.archive import ArchiveCheck
+    from flagwarden.audit.export import FileCheck
+    from flagwarden.audit.log import Verification
+    from flagwarden.audit.signing import PublicKey
+    from flagwarden.config import Settings
 
 __all__ = ["signatures_said", "verification_key", "verify_exports"]
 
 
-def verification_key(option: Path | None, settings: Settings | None) -> PublicKey | None:
+def verification_key(option: Path | None, settings: "Settings | None") -> "PublicKey | None":
     """``--public-key``, else the configured key, else None; exit 1 on a key that does not
     load (the message names the option or field, never a private key)."""
+    from flagwarden.audit.signing import load_public_key, public_key_from_settings
+
     try:
         if option is not None:
             return load_public_key(option, file="--public-key", field=None)
@@ -44,7 +38,7 @@ def verification_key(option: Path | None, settings: Settings | None) -> PublicKe
         raise fail(str(exc)) from None
 
 
-def signatures_said(result: Verification | ArchiveCheck | FileCheck, *, signed: int) -> str:
+def signatures_said(result: "Verification | ArchiveCheck | FileCheck", *, signed: int) -> str:
     """How the signatures stand, for the verify line."""
     if result.key is not None:
         return f"signatures verified (key {result.key})"
@@ -55,6 +49,9 @@ def signatures_said(result: Verification | ArchiveCheck | FileCheck, *, signed: 
 
 def verify_exports(paths: list[Path], public_key: Path | None, config: Path | None) -> None:
     """``audit verify --export FILE...``: each file on its own, without a database."""
+    from flagwarden.audit.export import verify_file
+    from flagwarden.config import load_settings
+
     settings = None
     if public_key is None:
         try:
@@ -94,6 +91,8 @@ def audit_keygen(
     ] = False,
 ) -> None:
     """Make an Ed25519 key pair to sign the audit log with."""
+    from flagwarden.audit.signing import KEY_ENV, fingerprint, seed_base64, write_keypair
+
     try:
         key, key_path, pub_path = write_keypair(output, private=not stdout)
     except FileExistsError as exc:
@@ -162,6 +161,9 @@ def audit_export(
     config: ConfigOption = None,
 ) -> None:
     """Copy the audit log to JSON Lines (every column, signatures too) to verify offline."""
+    from flagwarden.audit.export import export
+    from flagwarden.audit.log import AuditError
+
     start, end = _bound("--since", since, end=False), _bound("--until", until, end=True)
     if start is not None and end is not None and start >= end:
         raise _usage("--since must come before --until")

@@ -1,12 +1,9 @@
 """``flagwarden check``: every problem in every file at once; ``--connect`` reaches the services."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
 
-from flagwarden.checks import check_project
 from flagwarden.cli.app import ConfigOption, app, err, fail, say, warn
 
 
@@ -22,6 +19,8 @@ def check(
     strict: Annotated[bool, typer.Option(help="fail on warnings too")] = False,
 ) -> None:
     """Validate config, profiles, flag files and policies; lint owners, expiry, stale flags."""
+    from flagwarden.checks import check_project
+
     findings = check_project(config, connect=connect)
     for finding in findings:
         if finding.level == "ok":

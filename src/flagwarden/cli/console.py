@@ -1,15 +1,11 @@
 """``flagwarden serve``: the admin API and the web dashboard."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
 
 from flagwarden.cli.app import ConfigOption, app, fail, say
-from flagwarden.config import load_settings
 from flagwarden.errors import ConfigError
-from flagwarden.governance.state import StateStoreUnavailable
 
 
 @app.command()
@@ -20,6 +16,9 @@ def serve(
 ) -> None:
     """Serve the admin API (/api/v1, docs at /api/docs) and the dashboard; needs tokens
     (flagwarden token create)."""
+    from flagwarden.config import load_settings
+    from flagwarden.governance.state import StateStoreUnavailable
+
     try:
         from flagwarden.server import serve as run
     except ImportError as exc:

@@ -1,23 +1,16 @@
 """``flagwarden status``: stage, state, soak, guard health and the provider's state, in words."""
 
-from __future__ import annotations
-
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
-from flagwarden.audit.log import AuditError
 from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out
-from flagwarden.governance.state import StateStoreUnavailable
-from flagwarden.governance.status import (
-    FlagStatus,
-    ProviderStatus,
-    StatusDocument,
-    project_status,
-)
 from flagwarden.humanize import duration, number, percent, when
+
+if TYPE_CHECKING:
+    from flagwarden.governance.status import FlagStatus, ProviderStatus, StatusDocument
 
 _DID = {
     "advance": "advanced",
@@ -38,6 +31,10 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Stage, killed/paused, soak, guard health of each governed flag; the provider's state."""
+    from flagwarden.audit.log import AuditError
+    from flagwarden.governance.state import StateStoreUnavailable
+    from flagwarden.governance.status import project_status
+
     settings, governance = open_project(config)
     try:
         if flag is not None and flag not in governance.policies and flag not in governance.broken:
@@ -83,7 +80,7 @@ def status(
         )
 
 
-def _store_line(doc: StatusDocument) -> str:
+def _store_line(doc: "StatusDocument") -> str:
     workers = len(doc.workers)
     behind = sum(1 for w in doc.workers if w.behind)
     heard = f"{workers} worker{'s' * (workers != 1)} heard from in the last minute" + (
@@ -96,7 +93,7 @@ def _line(text: str, style: str = "") -> None:
     out.print(Text(clean(text), style=style), highlight=False)
 
 
-def _provider_line(provider: ProviderStatus) -> str:
+def _provider_line(provider: "ProviderStatus") -> str:
     age = provider.snapshot_age_seconds
     snapshot = f"snapshot {duration(age)} old" if age is not None else "no snapshot"
     outage = provider.last_outage
@@ -113,7 +110,7 @@ def _provider_line(provider: ProviderStatus) -> str:
     )
 
 
-def _flag(row: FlagStatus) -> None:
+def _flag(row: "FlagStatus") -> None:
     at = row.stage
     position = (
         f"stage {row.stages.index(at) + 1} of {len(row.stages)}"

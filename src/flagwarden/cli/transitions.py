@@ -7,16 +7,12 @@ yet (it waits in the state store's outbox, said as a warning) or a flag that req
 one could not be paused with it (said as an error).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flagwarden.audit.log import AuditError
-from flagwarden.cli.access import acting_as, describe_request
 from flagwarden.cli.app import (
     ActorOption,
     ConfigOption,
@@ -28,17 +24,14 @@ from flagwarden.cli.app import (
     say,
     warn,
 )
-from flagwarden.governance.actions import perform
-from flagwarden.governance.approvals import Requested
-from flagwarden.governance.changes import OutcomeUnknown
-from flagwarden.governance.rollout import Transition, TransitionRefused
-from flagwarden.governance.state import StateStoreUnavailable
-from flagwarden.identity import Role
+
+if TYPE_CHECKING:
+    from flagwarden.governance.rollout import Transition
 
 __all__ = ["describe"]
 
 
-def describe(done: Transition) -> str:
+def describe(done: "Transition") -> str:
     """What a transition did, as a sentence."""
     b, a, flag = done.before, done.after, done.before.flag
     if not done.changed:
@@ -59,6 +52,15 @@ def describe(done: Transition) -> str:
 def _transition(
     config: Path | None, action: str, flag: str, actor: str | None, **kwargs: object
 ) -> None:
+    from flagwarden.audit.log import AuditError
+    from flagwarden.cli.access import acting_as, describe_request
+    from flagwarden.governance.actions import perform
+    from flagwarden.governance.approvals import Requested
+    from flagwarden.governance.changes import OutcomeUnknown
+    from flagwarden.governance.rollout import TransitionRefused
+    from flagwarden.governance.state import StateStoreUnavailable
+    from flagwarden.identity import Role
+
     _, governance = open_project(config)
     try:
         name, proven = acting_as(governance, actor, Role.OPERATOR, action)

@@ -4,8 +4,6 @@
 flag, and 1 when a flag could not be checked.
 """
 
-from __future__ import annotations
-
 import json
 from typing import Annotated
 
@@ -13,7 +11,6 @@ import typer
 from rich.text import Text
 
 from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out
-from flagwarden.governance.state import StateStoreUnavailable
 
 ACTED = 3  # the exit code of a pass that rolled back or paused
 
@@ -31,6 +28,7 @@ def watch(
 
     from flagwarden.governance.guards import GuardEvaluator
     from flagwarden.governance.measurements import open_measurement_store
+    from flagwarden.governance.state import StateStoreUnavailable
     from flagwarden.governance.watch import Watch
 
     settings, governance = open_project(config)

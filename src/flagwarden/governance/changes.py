@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.governance.cache import StateCache
 from flagwarden.governance.state import (
     FlagState,
     OutboxEntry,
@@ -28,10 +25,14 @@ from flagwarden.governance.state import (
     StateStoreUnavailable,
     change_ref,
 )
+from flagwarden.logs import get_logger
+
+if TYPE_CHECKING:  # a worker's cache, passed in already built
+    from flagwarden.governance.cache import StateCache
 
 __all__ = ["KEPT", "ChangeRecorder", "OutcomeUnknown", "Reconciled", "Unrecorded"]
 
-_log = structlog.get_logger("flagwarden.rollout")
+_log = get_logger("flagwarden.rollout")
 
 KEPT = (
     "the change's records are kept in the state store and written by the next transition, "

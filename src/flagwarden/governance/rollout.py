@@ -27,12 +27,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from flagwarden.audit.log import AuditError, AuditLog
-from flagwarden.governance.cache import StateCache
 from flagwarden.governance.changes import ChangeRecorder, Reconciled, Unrecorded
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.sequencing import dependants, short_prerequisites
@@ -52,7 +49,11 @@ from flagwarden.governance.transition import (
     storable,
 )
 from flagwarden.humanize import duration, percent
-from flagwarden.notify import Notifier
+from flagwarden.logs import get_logger
+
+if TYPE_CHECKING:  # a worker's cache and the webhooks come in from outside, already built
+    from flagwarden.governance.cache import StateCache
+    from flagwarden.notify import Notifier
 
 __all__ = [
     "ApprovalRequired",
@@ -66,7 +67,7 @@ __all__ = [
     "storable",
 ]
 
-_log = structlog.get_logger("flagwarden.rollout")
+_log = get_logger("flagwarden.rollout")
 _SWITCH_ATTEMPTS = 50  # with the backoff below: a couple of seconds of contention at most
 
 
