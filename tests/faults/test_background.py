@@ -325,11 +325,12 @@ for i in range(5000):
 for i in range(30):
     client.get_boolean_value("new-scoring-model", False, EvaluationContext(f"unit-{i}"))
 runtime = flagwarden.current()
+# A scrape folds the counts taken in memory into the metrics (and the summary) first.
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").read().decode()
 sizes = {
-    "children": len(runtime.telemetry.hook._children),
+    "children": runtime.telemetry.recorder.series,
     "summary": len(runtime.telemetry.summary._counts),
 }
-text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").read().decode()
 print(json.dumps({"sizes": sizes, "metrics": text}))
 flagwarden.shutdown()
 """
