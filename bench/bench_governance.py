@@ -1,4 +1,4 @@
-"""Governance costs: kill propagation, the governed evaluation, and assign().
+"""Governance costs: kill propagation and assign().
 
 Run from the repository root:  python -m bench.bench_governance [--workers 8] [--trials 3]
 
@@ -6,9 +6,11 @@ Run from the repository root:  python -m bench.bench_governance [--workers 8] [-
    flag in a loop; this process kills it (the same Rollout.kill the CLI calls); each worker
    reports when all its units are back on control. Median and worst over all workers and
    trials, per backend, from the moment the kill is written.
-2. The governed evaluation (policy wrapper + failover chain) against bare OpenFeature with
-   the same flagd-file provider, as a ratio (medians of alternating rounds).
-3. assign() over 100,000 keys against a per-key loop through the client, as a ratio.
+2. assign() over 100,000 keys against a per-key loop through the client, as a ratio.
+
+The governed evaluation against bare OpenFeature, layer by layer and with the exposures
+counted and logged, is bench_telemetry's (it was also measured here, with the exposure hook
+removed, before the exposures moved into the provider).
 """
 
 from __future__ import annotations
@@ -22,20 +24,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import structlog
 import yaml
-from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from tests.governance.worker import spawn
 
 import flagwarden
-from bench.bench_eval import alternate
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
-from flagwarden.providers.file import FileProvider
 
 FLAG = "new-scoring-model"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -144,25 +142,6 @@ def main() -> None:
     gov = Governance.open(load_settings(config))
     gov.rollout().advance(FLAG, actor="bench", reason="bench", to=25, force=True)
     gov.close()
-    contexts = [EvaluationContext(f"order-{i}") for i in range(20_000)]
-
-    def governed_client() -> Any:
-        client = flagwarden.configure(config)
-        api.clear_hooks()  # the exposure hook is bench_telemetry's: here, policy + failover
-        return client
-
-    bare, governed = alternate(
-        lambda: FileProvider(work / "eval" / "flags.json"),
-        governed_client,
-        contexts,
-        args.rounds,
-        flagwarden.shutdown,
-    )
-    print("\nGoverned evaluation (policy + failover) vs bare OpenFeature, flagd file provider:\n")
-    print("| bare OF µs | governed µs | ratio |")
-    print("|-----------:|------------:|------:|")
-    print(f"| {bare / 1000:10.1f} | {governed / 1000:11.1f} | {governed / bare:5.2f} |", flush=True)
-
     client = flagwarden.configure(config)
     keys = [f"order-{i}" for i in range(100_000)]
     loop_t, assign_t = [], []
