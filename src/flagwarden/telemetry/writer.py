@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii
+from json.encoder import encode_basestring_ascii as _escape
 from typing import Any, TextIO
 
 __all__ = ["BUFFER_LINES", "ExposureWriter", "exposure_fields"]
@@ -26,6 +26,7 @@ __all__ = ["BUFFER_LINES", "ExposureWriter", "exposure_fields"]
 BUFFER_LINES = 512  # a write every 512 first exposures at most (~200 KB)
 _TEMPLATES = 4096  # distinct answers remembered; past that the table starts again
 _SCALARS = (bool, int, float, str)
+_time_ns = time.time_ns
 
 
 def exposure_fields(
@@ -56,25 +57,6 @@ def exposure_fields(
     }
 
 
-class _Clock:
-    """structlog's ISO UTC timestamp (``2026-11-27T07:50:41.115778Z``), the date and time
-    rendered once per second."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            stamp = datetime.fromtimestamp(second, UTC).isoformat()
-            self._prefix, self._second = stamp[: -len("+00:00")], second
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-
-
 class ExposureWriter:
     """Renders exposure lines from templates and writes them in batches to ``stream()``.
 
@@ -88,7 +70,10 @@ class ExposureWriter:
         self._limit = buffer_lines
         self._lines: deque[str] = deque()
         self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
-        self._clock = _Clock()
+        # structlog's ISO UTC timestamp (2026-11-27T07:50:41.115778Z): the date and time are
+        # rendered once a second, the microseconds per line.
+        self._second = -1
+        self._stamp = ""
         self._lock = threading.Lock()
         self.written = 0  # lines handed to the stream
 
@@ -111,11 +96,15 @@ class ExposureWriter:
         template = self._templates.get(key)
         if template is None:
             template = self._template(key, value)
-        head, tail = template
-        self._lines.append(
-            f'{head}{encode_basestring_ascii(targeting_key)}{tail}{self._clock()}"}}\n'
+        second, micro = divmod(_time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._stamp = datetime.fromtimestamp(second, UTC).isoformat()[: -len("+00:00")]
+            self._second = second
+        lines = self._lines
+        lines.append(
+            f'{template[0]}{_escape(targeting_key)}{template[1]}{self._stamp}.{micro:06d}Z"}}\n'
         )
-        if len(self._lines) >= self._limit:
+        if len(lines) >= self._limit:
             self.flush()
 
     def _template(self, key: tuple[Any, ...], value: Any) -> tuple[str, str]:
