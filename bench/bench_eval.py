@@ -5,8 +5,8 @@ Run from the repository root:  python -m bench.bench_eval [--evals 20000] [--rou
 For each source (env, file, LaunchDarkly, Split) the bare case registers the underlying
 provider with OpenFeature directly; the flagwarden case registers the failover layer
 (environment override, vendor, snapshot, default, ``flagwarden.source``) around the same
-provider. The policy and the exposure hook that ``configure()`` adds on top are measured by
-bench_governance and bench_telemetry. Rounds alternate so drift on this noisy machine hits
+provider. The policy and the exposure recording that ``configure()`` adds on top are measured
+by bench_telemetry. Rounds alternate so drift on this noisy machine hits
 both; the table shows medians and the ratio flagwarden / bare. The vendors are the real SDKs
 against the local protocol servers the tests use.
 
@@ -112,7 +112,7 @@ def alternate(
 def failover_client(provider: Callable[[], Any]) -> Callable[[], Any]:
     """The failover layer alone (env override, vendor, snapshot, default, source metadata)
     around the same provider: what this bench's claim is about. configure() adds the policy
-    and the exposure hook, measured by bench_governance and bench_telemetry."""
+    and the exposure recording, measured by bench_telemetry."""
 
     def build() -> Any:
         api.set_provider_and_wait(FailoverProvider(provider(), events=EventSink()))

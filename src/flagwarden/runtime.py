@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -161,6 +162,7 @@ def configure(
     with _lock:
         if not _fork_hooks_registered:  # once per process: register_at_fork cannot be undone
             os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+            atexit.register(_flush_at_exit)
             _fork_hooks_registered = True
         if _current is not None:
             shutdown()
@@ -331,4 +333,11 @@ def _after_fork_in_child() -> None:
             _log.exception("flagwarden.after_fork_failed")
 
 
-_fork_hooks_registered = False  # set by the first configure(), under _lock
+def _flush_at_exit() -> None:
+    """A process that ends without shutdown(): its waiting exposure lines and counts go out."""
+    runtime = _current
+    if runtime is not None:
+        runtime.telemetry.recorder.close()
+
+
+_fork_hooks_registered = False  # set by the first configure(), under _lock (atexit too)

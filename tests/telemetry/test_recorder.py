@@ -258,3 +258,80 @@ def test_log_level_warning_silences_exposure_lines(project: Project):
     )
     assert exposure_keys(run(script, {"FLAGWARDEN_LOG_LEVEL": "warning"}).stderr) == []
     assert len(exposure_keys(run(script).stderr)) == 3
+
+
+def test_odd_targeting_keys_never_change_the_answer(project: Project, monkeypatch):
+    """A key a log line cannot hold (a lone surrogate) or a number: the policy still decides."""
+    monkeypatch.setenv("FLAGWARDEN_KILL", FLAG)
+    client = flagwarden.configure(governed_project(project, serve=True))
+    for key in ("\udcff-from-bad-bytes", 42, 7.5):
+        details = client.get_boolean_details(FLAG, True, EvaluationContext(key))  # type: ignore[arg-type]
+        assert (details.value, details.reason, details.error_code) == (False, "DISABLED", None)
+    flagwarden.shutdown()
+    monkeypatch.delenv("FLAGWARDEN_KILL")
+    client = flagwarden.configure(governed_project(project, serve=True))  # stage 0: control
+    details = client.get_boolean_details(FLAG, True, EvaluationContext(42))  # type: ignore[arg-type]
+    assert (details.value, details.reason, details.error_code) == (False, "SPLIT", None)
+
+
+def test_a_broken_stderr_never_changes_an_answer(project: Project):
+    config = governed_project(project, serve=True)
+    script = (
+        "import os, sys, flagwarden\n"
+        "from openfeature.evaluation_context import EvaluationContext as E\n"
+        f"c = flagwarden.configure({str(config)!r})\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 2)  # stderr: a pipe nobody reads\n"
+        f"served = [c.get_boolean_value({FLAG!r}, True, E(f'u{{i}}')) for i in range(2000)]\n"
+        "print(served.count(True), flush=True)\n"
+        "flagwarden.shutdown()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    # Stage 0: control for all, lines or no lines (the exit status is the broken stderr's).
+    assert result.stdout.split() == ["0"], (result.stdout, result.stderr[-2000:])
+
+
+def test_lines_of_pool_workers_and_of_a_script_without_shutdown_are_written(project: Project):
+    config = governed_project(project, serve=True)
+    script = (
+        "import multiprocessing, flagwarden\n"
+        "from openfeature.evaluation_context import EvaluationContext as E\n"
+        f"c = flagwarden.configure({str(config)!r})\n"
+        "def work(i):\n"
+        f"    return flagwarden.current().client.get_boolean_value({FLAG!r}, True, E(f'w{{i}}'))\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    assert pool.map(work, range(40)) == [False] * 40\n"
+        "for i in range(5):\n"
+        f"    c.get_boolean_value({FLAG!r}, True, E(f'main-{{i}}'))\n"
+        "# no shutdown(): the process's exit writes what is waiting\n"
+    )
+    keys = exposure_keys(run(script).stderr)
+    assert sorted(keys) == sorted([*(f"w{i}" for i in range(40)), *(f"main-{i}" for i in range(5))])
+
+
+def test_structlog_configured_after_configure_gets_the_events(project: Project):
+    config = governed_project(project, serve=True)
+    script = (
+        "import structlog, flagwarden\n"
+        "from openfeature.evaluation_context import EvaluationContext as E\n"
+        f"c = flagwarden.configure({str(config)!r})\n"
+        f"c.get_boolean_value({FLAG!r}, True, E('before'))\n"
+        "seen = []\n"
+        "def keep(logger, name, event):\n"
+        "    seen.append(event)\n"
+        "    raise structlog.DropEvent\n"
+        "structlog.configure(processors=[keep])\n"
+        f"c.get_boolean_value({FLAG!r}, True, E('after'))\n"
+        "flagwarden.shutdown()\n"
+        "exposures = [e for e in seen if e['event'] == 'feature_flag.evaluation']\n"
+        "print(sorted(e['feature_flag.context.id'] for e in exposures))\n"
+    )
+    result = run(script)
+    assert result.stdout.strip() == "['after', 'before']"  # the waiting line went through it too
+    assert exposure_keys(result.stderr) == []

@@ -127,15 +127,18 @@ class StateCache:
             if generation or flag is None:
                 self.generation = generation
             self._states = states  # one assignment: readers see the old dict or the new one
-        self._mark(True, None)
-        self._updated()
+        try:
+            self._mark(True, None)  # logs "recovered": a log that fails must not hold the plans
+        finally:
+            self._updated()
 
     def take(self, state: FlagState) -> None:
         """A state the store pushed with its change notification (Redis), taken before the read
         that the same notification triggers: sooner by a round trip. A push is taken only
-        when it cannot be stale news: a kill, a higher version of the cached generation, or
-        another generation. Anything else waits for the read, whose answer wins whatever its
-        version (a store restored from an older copy counts lower again)."""
+        when it cannot be stale news: a higher version of the cached generation, or another
+        generation. Anything else (a push delayed past a later change, or a store restored
+        from an older copy, which counts lower again) waits for the read, whose answer wins
+        whatever its version: a kill still arrives, a round trip later."""
         if state.flag not in self.flags:
             return
         ticket = next(self._tickets)
@@ -145,7 +148,6 @@ class StateCache:
                 cached is not None
                 and state.generation == cached.generation
                 and state.version <= cached.version
-                and not (state.killed and not cached.killed)
             ):
                 return
             self._taken[state.flag] = ticket

@@ -94,6 +94,8 @@ class FlagPlan:
     )
 
     def __init__(self, policy: Policy, state: FlagState, *, killed: bool = False) -> None:
+        """The plan for ``policy`` at ``state``; ``killed`` adds a kill from outside the store
+        (``FLAGWARDEN_KILL``)."""
         self.policy = policy
         self.state = state
         self.flag = policy.flag
@@ -125,12 +127,6 @@ class FlagPlan:
                 KILLED: self.killed,
             }
         return template
-
-    @classmethod
-    def build(cls, policy: Policy, state: FlagState, *, killed: bool = False) -> FlagPlan:
-        """The plan for ``policy`` at ``state``; ``killed`` adds a kill from outside the store
-        (``FLAGWARDEN_KILL``)."""
-        return cls(policy, state, killed=killed)
 
     def is_treatment(self, value: Any) -> bool:
         if self.bool_arms:
@@ -167,10 +163,12 @@ class FlagPlan:
             value, variant, error_code, default
         )
 
-    def unit_of(self, targeting_key: str | None, attributes: Mapping[str, Any]) -> str | None:
-        """The value the policy buckets by, or None when the context lacks it."""
+    def unit_of(self, targeting_key: Any, attributes: Mapping[str, Any]) -> str | None:
+        """The value the policy buckets by (as text), or None when the context lacks it."""
         if self.unit is None:
-            return targeting_key or None
+            if not targeting_key:
+                return None
+            return targeting_key if targeting_key.__class__ is str else str(targeting_key)
         value = attributes.get(self.unit)
         return None if value is None else str(value)
 
@@ -183,6 +181,8 @@ class FlagPlan:
             return True
         if unit is None:
             return False
+        if unit.__class__ is not str:  # a targeting key given as a number: its text
+            unit = str(unit)
         return _uint32((self.prefix + unit).encode()) % BUCKETS < self.limit
 
 

@@ -196,7 +196,7 @@ class GovernedProvider(SourceProvider):
                 state = self.cache.get(flag)
                 plan = plans.get(flag)
                 if plan is None or plan.state is not state:
-                    plans[flag] = FlagPlan.build(policy, state, killed=flag in self.env_killed)
+                    plans[flag] = FlagPlan(policy, state, killed=flag in self.env_killed)
             self._plans = plans  # one assignment: evaluations see the old plans or the new
 
     def plan(self, flag: str) -> FlagPlan | None:
@@ -233,7 +233,7 @@ class GovernedProvider(SourceProvider):
             if evaluation_context is None:
                 unit = None
             elif plan.unit is None:
-                unit = evaluation_context.targeting_key or None
+                unit = evaluation_context.targeting_key or None  # admits() makes a number text
             else:
                 unit = plan.unit_of(None, evaluation_context.attributes)
             if plan.admits(unit):
@@ -266,18 +266,21 @@ class GovernedProvider(SourceProvider):
         details.flag_metadata = metadata
         exposures = self.exposures
         if exposures is not None:
-            exposures.record(
-                flag_key,
-                details.variant or "",
-                details.reason,
-                details.error_code,
-                source,
-                arm,
-                capped,
-                (evaluation_context.targeting_key or "") if evaluation_context else "",
-                details.value,
-                plan.stage,
-            )
+            try:
+                exposures.record(
+                    flag_key,
+                    details.variant or "",
+                    details.reason,
+                    details.error_code,
+                    source,
+                    arm,
+                    capped,
+                    _key_text(evaluation_context),
+                    details.value,
+                    plan.stage,
+                )
+            except Exception as exc:  # bookkeeping never changes what is served
+                exposures.failed(exc)
         return details
 
     def _policy_broken(
@@ -347,21 +350,33 @@ class GovernedProvider(SourceProvider):
         label: str | None = None,
     ) -> None:
         """Exposure bookkeeping for the answers off the governed path (broken, unregistered)."""
-        if self.exposures is None:
+        exposures = self.exposures
+        if exposures is None:
             return
-        self.exposures.record(
-            flag_key,
-            details.variant or "",
-            details.reason,
-            details.error_code,
-            source,
-            arm,
-            False,
-            (evaluation_context.targeting_key or "") if evaluation_context else "",
-            details.value,
-            stage,
-            label=label,
-        )
+        try:
+            exposures.record(
+                flag_key,
+                details.variant or "",
+                details.reason,
+                details.error_code,
+                source,
+                arm,
+                False,
+                _key_text(evaluation_context),
+                details.value,
+                stage,
+                label=label,
+            )
+        except Exception as exc:  # bookkeeping never changes what is served
+            exposures.failed(exc)
+
+
+def _key_text(context: EvaluationContext | None) -> str:
+    """The targeting key as the exposure log shows it ("" without one)."""
+    key = context.targeting_key if context is not None else None
+    if not key:
+        return ""
+    return key if key.__class__ is str else str(key)
 
 
 # Reasons the policy serves control with (bound once: the evaluation path uses them).

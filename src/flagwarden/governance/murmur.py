@@ -199,13 +199,17 @@ class _Kernels:
 _kernels: _Kernels | None = None
 _kernels_failed = False
 _kernels_lock = threading.Lock()
+_lock_pid = os.getpid()
 
 
 def load_kernels() -> _Kernels | None:
     """Import numba and compile the kernels (cached on disk by numba: later processes load
     them); None when numba is not installed."""
+    global _kernels_lock, _lock_pid
     if _kernels is not None or _kernels_failed:
         return _kernels
+    if _lock_pid != os.getpid():  # forked while another thread compiled: its lock stays held
+        _kernels_lock, _lock_pid = threading.Lock(), os.getpid()
     with _kernels_lock:
         if _kernels is None and not _kernels_failed:
             _compile_kernels()

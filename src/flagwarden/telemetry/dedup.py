@@ -1,7 +1,7 @@
 """Exposure deduplication in fixed memory: a set-associative table of 32-bit fingerprints.
 
 :class:`ExposureDeduper` answers "has (flag, targeting key, variant) been logged within the
-window?" for the exposure hook, in a table whose size is fixed when it is built.
+window?" for the exposure recorder, in a table whose size is fixed when it is built.
 """
 
 from __future__ import annotations
@@ -151,6 +151,15 @@ class ExposureDeduper:
         if generation & 1 or generation != self._generation:
             self._stamps[first + way] = 0  # a rebase ran meanwhile: its frame is unknown
         return True
+
+    def after_fork_in_child(self) -> None:
+        """A fork in the middle of another thread's rebase leaves the generation odd for ever
+        (every stamp would be written as expired): make it even. The stamps are then at worst
+        older than they are (a shift done, the offset not yet moved): re-logs, never hiding."""
+        self._rebase_lock = threading.Lock()
+        self._pid = os.getpid()
+        if self._generation & 1:
+            self._generation += 1
 
     def _rebase(self) -> tuple[int, int]:
         """Shift every stamp down so that the current tick fits a byte again; return the

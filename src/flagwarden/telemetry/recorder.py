@@ -22,18 +22,20 @@ a shutdown, and its counts must be on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 from collections import Counter
 from typing import Any, Protocol
 
-from flagwarden.background import run_supervised
+from flagwarden.background import report_failure, run_supervised
 from flagwarden.logs import get_logger
 from flagwarden.telemetry.exposure import ExposureSummary
 from flagwarden.telemetry.metrics import CAPPED, EVALUATIONS, FOLD_ON_COLLECT
 from flagwarden.telemetry.writer import ExposureWriter, exposure_fields
 
-__all__ = ["FOLD_INTERVAL", "THREAD", "Deduper", "ExposureRecorder", "Key"]
+__all__ = ["FOLD_INTERVAL", "THREAD", "Deduper", "ExposureLost", "ExposureRecorder", "Key"]
 
 _log = get_logger("flagwarden.exposure")
 
@@ -62,8 +64,9 @@ class _ThreadCounts:
 
 
 class ExposureRecorder:
-    """Counts every answer and logs first exposures (see the module docstring). Never raises
-    into an evaluation: a failure to write is the telemetry thread's, reported there."""
+    """Counts every answer and logs first exposures (see the module docstring). The provider
+    never lets it raise into an evaluation: a failure is counted (:meth:`failed`) and reported
+    by the telemetry thread, as are exposure lines a failed write lost."""
 
     def __init__(
         self,
@@ -87,6 +90,9 @@ class ExposureRecorder:
         self._capped: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failures = 0  # record() calls that raised (reported by the telemetry thread)
+        self._last_failure = ""
+        self._reported = (0, 0)  # failures and dropped lines reported so far
         FOLD_ON_COLLECT.add(self)
 
     # -- the evaluation path -----------------------------------------------------------
@@ -157,6 +163,12 @@ class ExposureRecorder:
             counts = self._register()
         counts[key] = counts.get(key, 0) + n
 
+    def failed(self, exc: Exception) -> None:
+        """A :meth:`record` that raised (a targeting key a log line cannot hold, a broken
+        stream...): counted here, reported by the telemetry thread; the answer stands."""
+        self._failures += 1
+        self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
+
     def _register(self) -> dict[Key, int]:
         entry = _ThreadCounts(threading.current_thread())
         with self._register_lock:
@@ -171,10 +183,25 @@ class ExposureRecorder:
             self._thread = run_supervised(THREAD, self.flush, FOLD_INTERVAL, self._stop)
 
     def flush(self) -> None:
-        """Fold the counts into the metrics and summaries, and write the waiting lines."""
+        """Fold the counts into the metrics and summaries, and write the waiting lines; raise
+        (for the thread's health) when exposures could not be recorded since the last pass."""
         self.fold()
-        if self.writer is not None:
-            self.writer.flush()
+        writer = self.writer
+        dropped = 0
+        if writer is not None:
+            writer.flush()
+            dropped = writer.dropped
+            if writer.rerouted:  # structlog configured by the application since: use it
+                self.writer = None
+        failures = self._failures
+        if (failures, dropped) != self._reported:
+            new_failures, new_dropped = failures - self._reported[0], dropped - self._reported[1]
+            self._reported = (failures, dropped)
+            raise ExposureLost(
+                f"{new_failures} exposures not recorded"
+                + (f" (last: {self._last_failure})" if new_failures else "")
+                + f", {new_dropped} exposure lines lost to a failed write"
+            )
 
     def fold(self) -> None:
         """Hand what every thread counted since the last fold to Prometheus and the summary."""
@@ -182,8 +209,9 @@ class ExposureRecorder:
             deltas: Counter[Key] = Counter()
             with self._register_lock:
                 entries = list(self._threads)
+            running = sys._current_frames().keys()  # threads threading does not end too
             for entry in entries:
-                alive = entry.thread.is_alive()
+                alive = entry.thread.is_alive() and entry.thread.ident in running
                 totals = entry.counts.copy()  # one C-level copy: a consistent view
                 folded = entry.folded
                 for key, total in totals.items():
@@ -220,7 +248,8 @@ class ExposureRecorder:
         return len(self._children)
 
     def after_fork_in_child(self) -> None:
-        """The parent's counts and waiting lines stay the parent's; the thread starts again."""
+        """The parent's counts and waiting lines stay the parent's; the thread starts again;
+        exposure lines are written at once (a prefork worker may end without a shutdown)."""
         self._local = threading.local()
         self._threads = []
         self._register_lock = threading.Lock()
@@ -228,14 +257,27 @@ class ExposureRecorder:
         self._stop = threading.Event()
         if self.writer is not None:
             self.writer.after_fork_in_child()
+        fork_hook = getattr(self.deduper, "after_fork_in_child", None)
+        if fork_hook is not None:
+            fork_hook()
         if self._thread is not None:
             self._thread = None
             self.start()
 
     def close(self) -> None:
-        """Stop the thread; fold and write what is left (the summary's own close follows)."""
+        """Stop the thread; fold and write what is left (the summary's own close follows).
+        Never raises: shutdown goes on, what could not be written is reported."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self.flush()
+        try:
+            self.flush()
+        except Exception as exc:
+            report_failure(THREAD, exc)
+            with contextlib.suppress(Exception):
+                _log.error("flagwarden.exposures_lost", error=str(exc))
+
+
+class ExposureLost(Exception):
+    """Exposures that could not be counted or logged (reported; the answers stood)."""

@@ -51,8 +51,8 @@ class Telemetry:
             if exposure.enabled
             else None
         )
-        stream = exposure_stream()
-        writer = ExposureWriter(lambda: stream) if stream is not None else None
+        # Asked again at every flush: structlog configured by the application later wins.
+        writer = ExposureWriter(exposure_stream) if exposure_stream() is not None else None
         self.recorder = ExposureRecorder(provider_name, deduper, self.summary, writer)
         # Opt-in: the governing provider counts its own answers; the hook is for clients of
         # other providers (and costs every OpenFeature evaluation in the process ~5 µs).

@@ -6,8 +6,10 @@ into a template and a line is the template, the key (JSON-escaped) and a timesta
 the same JSON, byte for byte, as structlog's JSON renderer writes for the event (the keys in
 the same order, ``event``, ``level`` and ``timestamp`` last) apart from the timestamp's value,
 and they go out in batches: when :data:`BUFFER_LINES` are waiting, on the telemetry thread's
-timer, at shutdown. Used only when flagwarden configured structlog itself (JSON at info); an
-application's own structlog configuration gets each event through structlog instead.
+timer, at shutdown and at the process's exit (a forked child writes each line at once). Used
+only while flagwarden's own structlog configuration is in place (JSON at info); an
+application's structlog configuration gets each event through structlog instead, also one
+made after ``configure()`` (the waiting lines are handed to it).
 """
 
 from __future__ import annotations
@@ -65,17 +67,21 @@ class ExposureWriter:
     waiting when the process forks stay the parent's.
     """
 
-    def __init__(self, stream: Callable[[], TextIO], buffer_lines: int = BUFFER_LINES) -> None:
+    def __init__(
+        self, stream: Callable[[], TextIO | None], buffer_lines: int = BUFFER_LINES
+    ) -> None:
         self._stream = stream
         self._limit = buffer_lines
         self._lines: deque[str] = deque()
         self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
         # structlog's ISO UTC timestamp (2026-11-27T07:50:41.115778Z): the date and time are
-        # rendered once a second, the microseconds per line.
-        self._second = -1
-        self._stamp = ""
+        # rendered once a second (one tuple: threads read a consistent pair), the microseconds
+        # per line.
+        self._clock: tuple[int, str] = (-1, "")
         self._lock = threading.Lock()
         self.written = 0  # lines handed to the stream
+        self.dropped = 0  # lines a failed write lost (said in the telemetry thread's health)
+        self.rerouted = False  # structlog was configured by someone else: lines go through it
 
     def write(
         self,
@@ -91,24 +97,37 @@ class ExposureWriter:
         stage: Any,
     ) -> None:
         shown = value if isinstance(value, _SCALARS) else None
-        # The value's type is part of the key: True == 1 == 1.0 in Python, not in JSON.
-        key = (flag, variant, reason, error, source, arm, provider, type(shown), shown, stage)
+        # Types are part of the key: True == 1 == 1.0 (and stage 5 == 5.0) in Python, not JSON.
+        key = (
+            flag,
+            variant,
+            reason,
+            error,
+            source,
+            arm,
+            provider,
+            shown.__class__,
+            shown,
+            stage.__class__,
+            stage,
+        )
         template = self._templates.get(key)
         if template is None:
             template = self._template(key, value)
         second, micro = divmod(_time_ns() // 1000, 1_000_000)
-        if second != self._second:
-            self._stamp = datetime.fromtimestamp(second, UTC).isoformat()[: -len("+00:00")]
-            self._second = second
+        clock = self._clock
+        if clock[0] != second:
+            clock = (second, datetime.fromtimestamp(second, UTC).isoformat()[: -len("+00:00")])
+            self._clock = clock
+        # isoformat() leaves out a zero fraction; so does this.
+        stamp = f"{clock[1]}.{micro:06d}Z" if micro else f"{clock[1]}Z"
         lines = self._lines
-        lines.append(
-            f'{template[0]}{_escape(targeting_key)}{template[1]}{self._stamp}.{micro:06d}Z"}}\n'
-        )
+        lines.append(f'{template[0]}{_escape(targeting_key)}{template[1]}{stamp}"}}\n')
         if len(lines) >= self._limit:
             self.flush()
 
     def _template(self, key: tuple[Any, ...], value: Any) -> tuple[str, str]:
-        flag, variant, reason, error, source, arm, provider, _, _, stage = key
+        flag, variant, reason, error, source, arm, provider, _, _, _, stage = key
         fields = exposure_fields(
             flag, variant, reason, error, source, arm, provider, "\x00", value, stage
         )
@@ -128,7 +147,12 @@ class ExposureWriter:
         return len(self._lines)
 
     def flush(self) -> None:
-        """Write every waiting line now (the timer, the size bound and shutdown call this)."""
+        """Write every waiting line now (the timer, the size bound and shutdown call this).
+
+        Never raises: lines a failed write loses are counted in ``dropped`` (a broken stderr
+        must not break the evaluation that filled the buffer). When structlog was configured
+        by someone else since (``stream()`` gives None), the lines go through structlog, one
+        event each, so the application's processors see them."""
         lines = self._lines
         with self._lock:
             batch = []
@@ -139,11 +163,37 @@ class ExposureWriter:
                 pass
             if not batch:
                 return
-            stream = self._stream()
-            stream.write("".join(batch))
-            stream.flush()
-            self.written += len(batch)
+            try:
+                stream = self._stream()
+                if stream is None:
+                    self.rerouted = True
+                    _through_structlog(batch)
+                else:
+                    stream.write("".join(batch))
+                    stream.flush()
+            except Exception:
+                self.dropped += len(batch)
+            else:
+                self.written += len(batch)
+
+    def write_through(self) -> None:
+        """Write each line at once from now on (a forked child: a prefork worker can end with
+        ``os._exit`` or a signal, never flushing a buffer)."""
+        self._limit = 1
 
     def after_fork_in_child(self) -> None:
         self._lines = deque()
         self._lock = threading.Lock()
+        self.write_through()
+
+
+def _through_structlog(lines: list[str]) -> None:
+    """Rendered lines as structlog events (their own timestamp dropped: structlog stamps)."""
+    from flagwarden.logs import get_logger
+
+    log = get_logger("flagwarden.exposure")
+    for line in lines:
+        event = json.loads(line)
+        for key in ("event", "level", "timestamp"):
+            event.pop(key, None)
+        log.info("feature_flag.evaluation", **event)
