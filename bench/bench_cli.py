@@ -31,7 +31,6 @@ largest cumulative import time (a module's own time plus its imports').
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -42,43 +41,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from bench.bench_governance import project as governed_project
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAG = "new-scoring-model"
-POLICY = {
-    "flag": FLAG,
-    "owner": "data-platform@example.com",
-    "description": "Score orders with model v2",
-    "expires": "2099-03-01",
-    "variants": {"control": False, "treatment": True},
-    "stages": [1, 5, 25, 50, 100],
-    "soak": "30m",
-}
 
 
 def project(root: Path) -> Path:
     """One governed flag served from a flagd file; SQLite state and audit (the defaults)."""
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "providers").mkdir(exist_ok=True)
-    (root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flags = {
-        "flags": {
-            FLAG: {
-                "state": "ENABLED",
-                "variants": {"on": True, "off": False},
-                "defaultVariant": "on",
-            }
-        }
-    }
-    (root / "flags.json").write_text(json.dumps(flags))
-    (root / "providers" / "file.yaml").write_text("type: file\npath: ../flags.json\n")
-    config = {"provider": "file", "fallback": {"snapshot": None}}
-    (root / "flagwarden.yaml").write_text(yaml.safe_dump(config))
-    return root / "flagwarden.yaml"
+    return governed_project(root, f"sqlite:///{root}/.flagwarden/state.db")
 
 
 def flagwarden_command() -> list[str]:

@@ -38,6 +38,8 @@ from openfeature.evaluation_context import EvaluationContext
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
 import flagwarden
+from bench.bench_eval import bare_launchdarkly, per_eval_ns
+from bench.bench_governance import POLICY
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
 from flagwarden.providers.file import FileProvider
@@ -47,15 +49,6 @@ STAGE = 25
 EXPOSURE = '"event": "feature_flag.evaluation"'
 for _name in ("ldclient", "launchdarkly-openfeature-server"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
-
-POLICY = {
-    "flag": FLAG,
-    "owner": "bench@example.com",
-    "expires": "2099-01-01",
-    "variants": {"control": False, "treatment": True},
-    "stages": [1, 5, 25, 50, 100],
-    "soak": "0s",
-}
 
 
 def write_project(root: Path, provider: str, profile: dict[str, Any], **extra: Any) -> Path:
@@ -84,28 +77,6 @@ def flag_file(path: Path) -> Path:
     flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"}
     path.write_text(json.dumps({"flags": {FLAG: flag}}))
     return path
-
-
-def bare_launchdarkly(url: str) -> Callable[[], Any]:
-    """The published LaunchDarkly OpenFeature provider against a local server: the baseline."""
-    from ld_openfeature import LaunchDarklyProvider
-    from ldclient.config import Config
-
-    def build() -> Any:
-        config = Config(
-            "sdk-bench", base_uri=url, stream_uri=url, events_uri=url, send_events=False
-        )
-        return LaunchDarklyProvider(config, start_wait=5)
-
-    return build
-
-
-def per_eval_ns(client: Any, contexts: list[EvaluationContext]) -> float:
-    get = client.get_boolean_value
-    start = time.perf_counter_ns()
-    for ctx in contexts:
-        get(FLAG, False, ctx)
-    return (time.perf_counter_ns() - start) / len(contexts)
 
 
 @contextmanager

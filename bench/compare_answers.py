@@ -32,16 +32,10 @@ import yaml
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 from tests.servers.split import SplitServer, split_definition
 
+from bench.bench_governance import POLICY
+
 FLAG = "new-scoring-model"
 ROOT = Path(__file__).resolve().parents[1]
-POLICY = {
-    "flag": FLAG,
-    "owner": "bench@example.com",
-    "expires": "2099-01-01",
-    "variants": {"control": False, "treatment": True},
-    "stages": [1, 5, 25, 50, 100],
-    "soak": "0s",
-}
 STATES = ["stage 0", "stage 1", "stage 25", "stage 100", "paused 25", "killed", "revived 50"]
 
 # What each side runs: prints one JSON line {"digest", "answers", "states"}.
