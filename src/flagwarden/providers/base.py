@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from openfeature.evaluation_context import EvaluationContext
@@ -18,7 +18,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, FlagValueType, Reason
 from openfeature.provider import AbstractProvider, Metadata, ProviderStatus
 
-__all__ = ["SourceProvider", "error_details", "too_deep", "type_matches"]
+__all__ = ["KeyMap", "SourceProvider", "error_details", "too_deep", "type_matches"]
 
 _EVENT_FOR_STATUS = {
     ProviderStatus.READY: ProviderEvent.PROVIDER_READY,
@@ -68,6 +68,27 @@ def too_deep(document: Any, limit: int) -> str | None:
         items = node.items() if isinstance(node, Mapping) else enumerate(node)
         pending.extend((item, depth + 1, (*path, str(key))) for key, item in items)
     return None
+
+
+class KeyMap:
+    """Flag key -> the key a provider spells it with, memoized for the first ``limit`` keys
+    (unregistered flag keys are unbounded: memory must not grow with them)."""
+
+    def __init__(self, translate: Callable[[str], str] | None, limit: int = 4096) -> None:
+        self._translate = translate
+        self.identity = translate is None  # every key as it is: the caller may skip the call
+        self._cache: dict[str, str] = {}
+        self._limit = limit
+
+    def __call__(self, flag_key: str) -> str:
+        if self._translate is None:
+            return flag_key
+        found = self._cache.get(flag_key)
+        if found is None:
+            found = self._translate(flag_key)
+            if len(self._cache) < self._limit:
+                self._cache[flag_key] = found
+        return found
 
 
 class SourceProvider(AbstractProvider):

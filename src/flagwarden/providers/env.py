@@ -18,9 +18,12 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import ProviderStatus
 
+from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider, error_details
 
 __all__ = ["EnvProvider", "env_var_name", "parse_env_value"]
+
+_log = get_logger("flagwarden.failover")  # an override is the failover chain's
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -101,6 +104,7 @@ class EnvProvider(SourceProvider):
         self._names: dict[str, str] = {}
         # Flag key -> a function reading its variable (the failover chain calls it directly).
         self.readers: dict[str, Callable[[], str | None]] = {}
+        self._bad_warned: set[str] = set()  # flags whose bad value was warned about
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         self._set_status(ProviderStatus.READY)
@@ -110,6 +114,26 @@ class EnvProvider(SourceProvider):
         if name is None:
             name = self._names[flag_key] = env_var_name(self.prefix, flag_key)
         return name
+
+    def override(
+        self, flag_type: FlagType, flag_key: str, raw: str
+    ) -> FlagResolutionDetails[Any] | None:
+        """The answer of the value ``raw`` set for ``flag_key`` (the failover chain's override),
+        or None when it is not a valid value of the flag's type (warned about once a flag)."""
+        try:
+            value = parse_env_value(flag_type, raw)
+        except EnvValueError as exc:
+            if flag_key not in self._bad_warned:
+                self._bad_warned.add(flag_key)
+                _log.warning(
+                    "flagwarden.env_override_ignored",
+                    flag=flag_key,
+                    variable=self.variable_for(flag_key),
+                    problem=str(exc),
+                )
+            return None
+        variant = str(value).lower() if isinstance(value, bool) else None
+        return FlagResolutionDetails(value=value, reason=Reason.STATIC, variant=variant)
 
     def lookup(self, flag_key: str) -> str | None:
         """The raw value for ``flag_key``, or None when the variable is unset."""

@@ -9,7 +9,8 @@ snapshot and the defaults are there precisely to keep answering.
 Each outage (from the vendor losing its connection, or never getting one, until it is READY
 again) is tracked as an :class:`~flagwarden.events.OutageWindow` with the evaluations that
 were answered from the vendor's cache, the snapshot, the environment and the defaults, and
-emitted through the event sink when it ends.
+emitted through the event sink when it ends. The snapshot's loading, replay and writing are
+:class:`~flagwarden.providers.lastgood.LastKnownGood`'s.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from typing import Any
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.exception import ErrorCode, ProviderNotReadyError
-from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import FeatureProvider, Metadata, ProviderStatus
 
 from flagwarden.background import report_failure, report_ok
 from flagwarden.events import EventSink, OutageWindow
 from flagwarden.logs import get_logger
-from flagwarden.providers.base import SourceProvider, error_details
-from flagwarden.providers.env import EnvProvider, EnvValueError, parse_env_value
+from flagwarden.providers.base import KeyMap, SourceProvider, error_details
+from flagwarden.providers.env import EnvProvider
+from flagwarden.providers.lastgood import LastKnownGood
 from flagwarden.providers.shadow import ShadowComparator
-from flagwarden.providers.snapshot import Snapshot, SnapshotError, SnapshotStore, SnapshotWriter
+from flagwarden.providers.snapshot import Snapshot, SnapshotStore, SnapshotWriter
 
 __all__ = ["FailoverProvider", "aggregate_status"]
 
@@ -59,27 +61,6 @@ def aggregate_status(statuses: list[ProviderStatus]) -> ProviderStatus:
     return max(statuses, key=_SEVERITY.__getitem__, default=ProviderStatus.READY)
 
 
-class _KeyMap:
-    """Flag key -> the key a provider spells it with, memoized for the first ``limit`` keys
-    (unregistered flag keys are unbounded: memory must not grow with them)."""
-
-    def __init__(self, translate: Callable[[str], str] | None, limit: int = 4096) -> None:
-        self._translate = translate
-        self.identity = translate is None  # every key as it is: the caller may skip the call
-        self._cache: dict[str, str] = {}
-        self._limit = limit
-
-    def __call__(self, flag_key: str) -> str:
-        if self._translate is None:
-            return flag_key
-        found = self._cache.get(flag_key)
-        if found is None:
-            found = self._translate(flag_key)
-            if len(self._cache) < self._limit:
-                self._cache[flag_key] = found
-        return found
-
-
 class FailoverProvider(SourceProvider):
     """One OpenFeature provider in front of the vendor, its snapshot and the environment."""
 
@@ -100,24 +81,23 @@ class FailoverProvider(SourceProvider):
         self.events = events
         self._vendor = vendor
         self._env = EnvProvider(env_prefix) if env_prefix else None
-        self._snapshot_store = snapshot_store if restore is not None else None
-        self._restore = restore
-        self._snapshot_debounce = snapshot_debounce
+        # The snapshot's replay answering now, set by ``_lastgood``: answer() reads it on
+        # every evaluation, as a plain attribute.
         self._snapshot: SourceProvider | None = None
-        self._writer: SnapshotWriter | None = None
-        self._vendor_key = _KeyMap(vendor_key)
+        self._lastgood: LastKnownGood | None = None  # no offline replay, no snapshot
+        if restore is not None:
+            self._lastgood = LastKnownGood(
+                vendor, restore, snapshot_store, events, self._serve_snapshot, snapshot_debounce
+            )
+        self._vendor_key = KeyMap(vendor_key)
         self._shadow = shadow
-        self._shadow_key = _KeyMap(shadow_key)
+        self._shadow_key = KeyMap(shadow_key)
         self._outage: OutageWindow | None = None
         self._outages: list[OutageWindow] = []
         self._lock = threading.Lock()
         self._initialized = False
         self._closed = False
-        self._bad_env_warned: set[str] = set()
-        self._snapshot_problem: str | None = None  # the last one reported
         self._metadata: Metadata | None = None
-        if self._snapshot_store is not None:
-            self._writer = SnapshotWriter(self._snapshot_store, self._export, snapshot_debounce)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -137,7 +117,7 @@ class FailoverProvider(SourceProvider):
 
     @property
     def snapshot_writer(self) -> SnapshotWriter | None:
-        return self._writer
+        return self._lastgood.writer if self._lastgood is not None else None
 
     def get_metadata(self) -> Metadata:
         # OpenFeature asks on every evaluation; the vendor's kind and name never change.
@@ -171,72 +151,14 @@ class FailoverProvider(SourceProvider):
                 f"serving from {'the snapshot' if self._snapshot else 'defaults'}"
             )
 
-    def _load_snapshot(self) -> None:
-        """Start the last-known-good snapshot's replay; a snapshot that cannot be read or
-        replayed is reported (location and reason) and the chain goes on without it: the
-        writer replaces it at the vendor's next good answer."""
-        store = self._snapshot_store
-        if store is None or self._restore is None or self._snapshot is not None:
-            return
-        try:
-            snapshot = store.load()
-        except SnapshotError as exc:
-            self._snapshot_unusable(str(exc))
-            return
-        except Exception as exc:  # whatever a store does wrong costs the snapshot, not the chain
-            self._snapshot_unusable(f"{store.location}: {type(exc).__name__}: {exc}")
-            return
-        if snapshot is None:
-            self.events.emit(
-                "flagwarden.snapshot_missing", level="warning", location=store.location
-            )
-            return
-        if snapshot.vendor != self._vendor.kind:
-            self.events.emit(
-                "flagwarden.snapshot_mismatch",
-                level="warning",
-                snapshot_vendor=snapshot.vendor,
-                vendor=self._vendor.kind,
-            )
-            return
-        try:
-            restored = self._restore(snapshot.data)
-        except Exception as exc:  # a replay the vendor's offline mode refuses outright
-            problem = f"{type(exc).__name__}: {exc}"
-            self._snapshot_unusable(f"{store.location}: cannot replay ({problem})")
-            return
-        if restored.start():
-            self._snapshot = restored
-            self.events.emit(
-                "flagwarden.snapshot_loaded",
-                provider=self._vendor.name,
-                written_at=snapshot.written_at.isoformat(),
-                location=store.location,
-            )
-        else:
-            restored.shutdown()
-            self._snapshot_unusable(f"{store.location}: cannot replay ({restored.status_message})")
-
-    def _snapshot_unusable(self, error: str) -> None:
-        assert self._snapshot_store is not None
-        if error == self._snapshot_problem:
-            return  # the start and the outage it opens both look: one report
-        self._snapshot_problem = error
-        self.events.emit(
-            "flagwarden.snapshot_unreadable",
-            level="error",
-            location=self._snapshot_store.location,
-            error=error,
-        )
-
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._shadow is not None:
             self._shadow.close()
-        if self._writer is not None:
-            self._writer.close(flush=self._vendor.status is ProviderStatus.READY)
+        if self._lastgood is not None:
+            self._lastgood.close()
         self._vendor.shutdown()
         if self._snapshot is not None:
             self._snapshot.shutdown()
@@ -248,24 +170,20 @@ class FailoverProvider(SourceProvider):
 
     # -- snapshots ---------------------------------------------------------------------
 
-    def _export(self) -> Snapshot | None:
-        vendor = self._vendor
-        if vendor.status is not ProviderStatus.READY:
-            return None  # never overwrite a good snapshot with stale or missing data
-        data = vendor.export_snapshot()
-        if data is None:
-            return None
-        return Snapshot(
-            vendor=vendor.kind, profile=vendor.name, written_at=datetime.now(UTC), data=data
-        )
+    def _load_snapshot(self) -> None:
+        if self._snapshot is None and self._lastgood is not None:
+            self._lastgood.load()
+
+    def _serve_snapshot(self, replay: SourceProvider) -> None:
+        self._snapshot = replay
 
     def _request_snapshot(self) -> None:
-        if self._writer is not None:
-            self._writer.request()
+        if self._lastgood is not None:
+            self._lastgood.request_write()
 
     def write_snapshot(self) -> Snapshot | None:
         """Write the last-known-good snapshot now; None when the vendor has no fresh data."""
-        return self._writer.write_now() if self._writer is not None else None
+        return self._lastgood.write_now() if self._lastgood is not None else None
 
     # -- vendor events -----------------------------------------------------------------
 
@@ -384,7 +302,7 @@ class FailoverProvider(SourceProvider):
                 read = env.readers.get(flag_key)  # one call instead of lookup's two
                 raw = read() if read is not None else env.lookup(flag_key)
                 if raw is not None:
-                    details = self._override(flag_type, flag_key, raw)
+                    details = env.override(flag_type, flag_key, raw)
             if details is not None:
                 source = "env"
             elif (vendor := self._vendor).has_data:
@@ -426,19 +344,6 @@ class FailoverProvider(SourceProvider):
             served[source] = served.get(source, 0) + 1
         return details, source
 
-    def _override(
-        self, flag_type: FlagType, flag_key: str, raw: str
-    ) -> FlagResolutionDetails[Any] | None:
-        """The environment's answer ``raw`` for ``flag_key``, or None when it is not a valid
-        value of the flag's type (warned about once)."""
-        try:
-            value = parse_env_value(flag_type, raw)
-        except EnvValueError as exc:
-            self._warn_bad_override(flag_key, str(exc))
-            return None
-        variant = str(value).lower() if isinstance(value, bool) else None
-        return FlagResolutionDetails(value=value, reason=Reason.STATIC, variant=variant)
-
     def count_served(self, source: str, n: int) -> None:
         """Count ``n`` answers given outside ``resolve`` (``assign``) in the open outage window."""
         outage = self._outage
@@ -459,7 +364,8 @@ class FailoverProvider(SourceProvider):
 
     def before_fork(self) -> None:
         """In the parent, just before a fork: keep the vendor's data for the child."""
-        self._fork_data = self._vendor.export_snapshot() if self._restore is not None else None
+        if self._lastgood is not None:
+            self._lastgood.before_fork()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: the vendor SDK's threads did not survive, so build a new client.
@@ -470,25 +376,17 @@ class FailoverProvider(SourceProvider):
         self._lock = threading.Lock()
         self._status_lock = threading.Lock()
         self.events.after_fork_in_child()
-        old, data = self._vendor, getattr(self, "_fork_data", None)
-        self._fork_data = None
-        vendor = old.recreate()
+        vendor = self._vendor.recreate()
         self._vendor = vendor
         vendor.attach(self._on_vendor_event)
         had_snapshot, self._snapshot = self._snapshot is not None, None
-        if data is not None and self._restore is not None:
-            restored = self._restore(data)
-            if restored.start():
-                self._snapshot = restored
-        elif had_snapshot:
-            self._load_snapshot()
-        if self._writer is not None:
-            self._writer = SnapshotWriter(self._writer.store, self._export, self._snapshot_debounce)
+        if self._lastgood is not None:
+            self._lastgood.after_fork_in_child(vendor, reload=had_snapshot)
         if self._shadow is not None:
             self._shadow = self._shadow.recreate()
             self._shadow.start()
-        if self._restore is None:
-            vendor.start()  # file and env sources start in milliseconds
+        if self._lastgood is None:
+            vendor.start()  # file and env sources (no offline replay) start in milliseconds
         else:
             threading.Thread(
                 target=self._restart_vendor, args=(vendor,), name=REFORK_THREAD, daemon=True
@@ -503,13 +401,3 @@ class FailoverProvider(SourceProvider):
             report_failure(REFORK_THREAD, exc)
         else:
             report_ok(REFORK_THREAD)
-
-    def _warn_bad_override(self, flag_key: str, problem: str) -> None:
-        if flag_key not in self._bad_env_warned and self._env is not None:
-            self._bad_env_warned.add(flag_key)
-            _log.warning(
-                "flagwarden.env_override_ignored",
-                flag=flag_key,
-                variable=self._env.variable_for(flag_key),
-                problem=problem,
-            )
