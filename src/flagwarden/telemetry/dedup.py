@@ -14,7 +14,11 @@ import time
 
 import mmh3
 
-__all__ = ["ExposureDeduper"]
+from flagwarden.telemetry.recorder import Deduper
+
+__all__ = ["NO_SPEEDUPS_ENV", "ExposureDeduper", "compiled", "new_deduper"]
+
+NO_SPEEDUPS_ENV = "FLAGWARDEN_NO_SPEEDUPS"  # 1: the pure-Python table even when compiled
 
 WAYS = 16  # fingerprints per set: 64 bytes, scanned by one bytearray.find
 TICKS = 128  # stamp ticks per window: an entry expires up to window/128 early, never late
@@ -190,3 +194,26 @@ class ExposureDeduper:
                 self._limit += shift
                 self._generation += 1
             return self._offset, self._generation
+
+
+def compiled() -> type | None:
+    """The compiled table (``flagwarden._dedup.Table``, built with the package when a C
+    compiler is there), or None: not built, or turned off with ``FLAGWARDEN_NO_SPEEDUPS=1``."""
+    if os.environ.get(NO_SPEEDUPS_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        from flagwarden._dedup import Table
+    except ImportError:
+        return None
+    return Table
+
+
+def new_deduper(window_seconds: float, slots: int = 1 << 20) -> Deduper:
+    """The dedup table for the exposure recorder: the compiled one when it is there (one C
+    call per evaluation, about a fifth of the Python table's cost), else :class:`ExposureDeduper`.
+    Both keep the same table (sets, ways, stamps, replacement) and the same guarantees; they
+    hash the triple differently (the compiled one with Python's own string hashes)."""
+    table = compiled()
+    if table is None:
+        return ExposureDeduper(window_seconds, slots)
+    return table(window_seconds, slots)

@@ -13,7 +13,7 @@ from flagwarden.governance.policy import parse_duration
 from flagwarden.governance.state import FlagState
 from flagwarden.logs import get_logger
 from flagwarden.telemetry.cardinality import flag_labels
-from flagwarden.telemetry.dedup import ExposureDeduper
+from flagwarden.telemetry.dedup import new_deduper
 from flagwarden.telemetry.export import push_metrics, serve_metrics
 from flagwarden.telemetry.exposure import ExposureHook, ExposureSummary
 from flagwarden.telemetry.logging import configure_logging, exposure_stream
@@ -45,9 +45,7 @@ class Telemetry:
             parse_duration(exposure.summary_interval).total_seconds(), self._audit_summary
         )
         deduper = (
-            ExposureDeduper(
-                parse_duration(exposure.dedup_window).total_seconds(), exposure.dedup_slots
-            )
+            new_deduper(parse_duration(exposure.dedup_window).total_seconds(), exposure.dedup_slots)
             if exposure.enabled
             else None
         )
