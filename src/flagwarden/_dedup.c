@@ -60,8 +60,11 @@ static long
 current_tick(Table *self)
 {
     double x = (monotonic_seconds() + self->shift - self->base) * self->inv;
-    if (x < 0) {
+    if (!(x > 0)) {
         x = 0;
+    }
+    if (x > 1e15) { /* a window of nanoseconds, years on: far past a byte, safe to convert */
+        x = 1e15;
     }
     return (long)x + 1;
 }
@@ -135,6 +138,10 @@ Table_first_in_window(Table *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "first_in_window(flag, key, variant)");
+        return NULL;
+    }
+    if (self->fingerprints == NULL || self->stamps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the table was not initialized");
         return NULL;
     }
     if (!(self->window > 0)) {
