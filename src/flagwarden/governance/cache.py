@@ -34,24 +34,22 @@ class StateCache:
 
     The store is authoritative: each read (a flag, or everything) takes a ticket before it
     asks the store, and replaces the cached state unless a read that started later (or this
-    process's own write) got there first. Versions are not compared: a store recreated empty
-    or restored from an older copy counts lower again, and its answer (a kill above all)
-    must still win. A full reload also resets flags the store no longer has to stage 0.
+    process's own write) got there first. A read's version is not compared: a store recreated
+    empty or restored from an older copy counts lower again, and its answer (a kill above
+    all) must still win (a state pushed with a notification is another matter: :meth:`take`).
+    A full reload also resets flags the store no longer has to stage 0.
     """
 
     def __init__(
         self,
         store: StateStore | None,
         flags: Iterable[str],
-        on_update: Callable[[dict[str, FlagState]], None] | None = None,
         *,
         reload_interval: float = 10.0,
     ) -> None:
         self.store = store
         self.flags = frozenset(flags)
-        self._listeners: list[Callable[[dict[str, FlagState]], None]] = (
-            [on_update] if on_update is not None else []
-        )
+        self._listeners: list[Callable[[dict[str, FlagState]], None]] = []
         self.reload_interval = reload_interval
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
         self._tickets = itertools.count(1)

@@ -265,7 +265,7 @@ class GovernedProvider(SourceProvider):
             metadata[VIOLATION] = violation
         details.flag_metadata = metadata
         exposures = self.exposures
-        if exposures is not None:
+        if exposures is not None:  # _record's work, inline: one call fewer on every evaluation
             try:
                 exposures.record(
                     flag_key,

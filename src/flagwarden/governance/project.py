@@ -158,7 +158,9 @@ class Governance:
                 serving="the caller's default",
             )
         # Broken flags are cached too: their kill and stage still show in metadata and metrics.
-        cache = StateCache(self.store, [*self.policies, *self.broken], on_state)
+        cache = StateCache(self.store, [*self.policies, *self.broken])
+        if on_state is not None:
+            cache.subscribe(on_state)
         violations = ViolationLog(self.audit)
         if self.audit is not None:
             events.subscribe(self._audit_event)

@@ -338,14 +338,12 @@ class FailoverProvider(SourceProvider):
                 default_value, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}"
             )
             source = "default"
-        outage = self._outage
-        if outage is not None:
-            served = outage.served
-            served[source] = served.get(source, 0) + 1
+        if self._outage is not None:
+            self.count_served(source, 1)
         return details, source
 
     def count_served(self, source: str, n: int) -> None:
-        """Count ``n`` answers given outside ``resolve`` (``assign``) in the open outage window."""
+        """Count ``n`` answers in the open outage window (``answer``'s, and ``assign``'s batch)."""
         outage = self._outage
         if outage is not None and n > 0:
             outage.served[source] = outage.served.get(source, 0) + n

@@ -55,8 +55,8 @@ class Service:
         self._cache = StateCache(
             open_state_store(settings.config.state, settings.base_dir),
             [*governance.policies, *governance.broken],
-            self._changed,
         )
+        self._cache.subscribe(self._changed)
 
     @classmethod
     def open(cls, settings: Settings) -> Service:

@@ -119,7 +119,7 @@ class ExposureRecorder:
         key = (label or flag, variant, reason, error, source, arm, capped, provider)
         if self.direct:
             self._apply(key, 1)
-        else:
+        else:  # count()'s increment, inline: one call fewer on every evaluation
             try:
                 counts = self._local.counts
             except AttributeError:

@@ -11,7 +11,6 @@ from flagwarden.config import TelemetryConfig
 from flagwarden.events import Event, EventSink
 from flagwarden.governance.policy import parse_duration
 from flagwarden.governance.state import FlagState
-from flagwarden.logs import get_logger
 from flagwarden.telemetry.cardinality import flag_labels
 from flagwarden.telemetry.dedup import new_deduper
 from flagwarden.telemetry.export import push_metrics, serve_metrics
@@ -29,7 +28,6 @@ from flagwarden.telemetry.writer import ExposureWriter
 
 __all__ = ["Telemetry"]
 
-_log = get_logger("flagwarden.telemetry")
 _STATES = ("NOT_READY", "READY", "STALE", "ERROR", "FATAL")
 
 
