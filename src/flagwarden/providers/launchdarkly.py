@@ -160,7 +160,9 @@ class LaunchDarklyVendor(SourceProvider):
 
     @property
     def has_data(self) -> bool:
-        return self._store.has_data
+        # The store fills while the wrapper's constructor still blocks: until that returns,
+        # there is no client to answer with, and the chain must go on serving its snapshot.
+        return self._provider is not None and self._store.has_data
 
     def _on_status(self, status: DataSourceStatus) -> None:
         state = status.state

@@ -262,7 +262,7 @@ class SplitVendor(SourceProvider):
     @property
     def has_data(self) -> bool:
         factory = self._factory
-        return factory is not None and factory.ready
+        return factory is not None and self._client is not None and factory.ready
 
     def shutdown(self) -> None:
         self._stop.set()
