@@ -103,6 +103,26 @@ def test_stage_cap_holds_while_vendor_serves_treatment_to_everyone(project):
     assert not violations.totals
 
 
+def test_each_unit_is_served_by_its_bucket_whatever_the_key(project):
+    """The evaluation path's inline decision (a boolean treatment bucketed by the targeting
+    key) and the plan's own (``admits``, taken for number keys) give every unit exactly the
+    product formula's arm."""
+    client = configure(project, serve=True)
+    set_stage(25)
+    plan = flagwarden.current().governed.plan(FLAG)
+    assert plan is not None
+    keys: list[object] = [f"unit-{i}" for i in range(3000)]
+    keys += ["é" * 200, "𝄞" * 7, "a", " ", str(2**70)]
+    keys += [i * 7919 for i in range(1, 500)]  # targeting keys given as numbers
+    for key in keys:
+        details = client.get_boolean_details(FLAG, False, EvaluationContext(key))  # type: ignore[arg-type]
+        inside = bucket(FLAG, str(key)) < 25_000
+        assert plan.admits(str(key)) is inside
+        assert details.value is inside, key
+        assert details.flag_metadata["flagwarden.capped"] is not inside
+        assert details.flag_metadata["flagwarden.arm"] == ("treatment" if inside else "control")
+
+
 def test_capping_is_counted_not_a_violation(project):
     from prometheus_client import REGISTRY
 

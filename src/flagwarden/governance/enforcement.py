@@ -37,6 +37,7 @@ __all__ = [
     "Ruling",
     "callers_default",
     "same_value",
+    "unit_hash",
 ]
 
 # flag_metadata keys every governed evaluation carries, and the one an answer that is itself a
@@ -78,6 +79,7 @@ class FlagPlan:
 
     __slots__ = (
         "bool_arms",
+        "bucketed",
         "control",
         "flag",
         "killed",
@@ -111,6 +113,11 @@ class FlagPlan:
         self.treatment = policy.variants.treatment
         # Booleans are singletons: ``is`` is the whole comparison (and keeps 1 != True).
         self.bool_arms = isinstance(self.control, bool) and isinstance(self.treatment, bool)
+        # The answer that is certainly ``Ruling.BUCKET`` by identity alone, for the evaluation
+        # path's shortcut: the treatment when it is a bool (a singleton) and the flag is live
+        # below 100; otherwise an object no answer ever is.
+        live_below_100 = not self.killed and not self.passes
+        self.bucketed: Any = self.treatment if self.bool_arms and live_below_100 else _NEVER
         # (source, arm, capped) -> the metadata flagwarden adds to an answer (a cache).
         self.templates: dict[tuple[str, str, bool], dict[str, Any]] = {}
 
@@ -183,10 +190,13 @@ class FlagPlan:
             return False
         if unit.__class__ is not str:  # a targeting key given as a number: its text
             unit = str(unit)
-        return _uint32((self.prefix + unit).encode()) % BUCKETS < self.limit
+        return unit_hash((self.prefix + unit).encode()) % BUCKETS < self.limit
 
+
+_NEVER = object()  # no answer is this object
 
 # murmur3_x86_32, seed 0, unsigned (mmh3 >= 5's positional form: a third faster than
-# ``hash(data, 0, signed=False)``). Always given bytes: mmh3 crashes on a ``str`` holding a
-# lone surrogate, where ``encode()`` raises.
-_uint32 = mmh3.mmh3_32_uintdigest
+# ``hash(data, 0, signed=False)``): a unit's bucket is ``unit_hash(f"{salt}:{unit}".encode())
+# % BUCKETS``. Always given bytes: mmh3 crashes on a ``str`` holding a lone surrogate, where
+# ``encode()`` raises.
+unit_hash = mmh3.mmh3_32_uintdigest

@@ -38,6 +38,7 @@ from openfeature.provider import FeatureProvider, Metadata
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import ConfigError
+from flagwarden.governance.bucketing import BUCKETS
 from flagwarden.governance.cache import StateCache
 from flagwarden.governance.enforcement import (
     ARM,
@@ -47,6 +48,7 @@ from flagwarden.governance.enforcement import (
     VIOLATION,
     FlagPlan,
     Ruling,
+    unit_hash,
 )
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState
@@ -226,37 +228,25 @@ class GovernedProvider(SourceProvider):
                 return self._policy_broken(flag_key, default_value, evaluation_context)
             return self._unregistered(flag_type, flag_key, default_value, evaluation_context)
         details, source = self.inner.answer(flag_type, flag_key, default_value, evaluation_context)
-        value = details.value
-        ruling = plan.ruling(value, details.variant, details.error_code, default_value)
-        capped, violation = False, None
-        if ruling is Ruling.BUCKET:
-            if evaluation_context is None:
-                unit = None
-            elif plan.unit is None:
-                unit = evaluation_context.targeting_key or None  # admits() makes a number text
+        if (
+            details.value is plan.bucketed
+            and plan.unit is None
+            and evaluation_context is not None
+            and (unit := evaluation_context.targeting_key).__class__ is str
+            and unit
+        ):
+            # The commonest answer, decided here without a call: a boolean treatment bucketed
+            # by the targeting key (what _decide() says for it, through ruling() and admits()).
+            violation = None
+            if unit_hash((plan.prefix + unit).encode()) % BUCKETS < plan.limit:
+                arm, capped = "treatment", False
             else:
-                unit = plan.unit_of(None, evaluation_context.attributes)
-            if plan.admits(unit):
-                arm = "treatment"
-            else:
-                arm = "control"
+                arm, capped = "control", True
                 details.value, details.variant, details.reason = plan.control, "control", SPLIT
-                if unit is None:
-                    violation = "missing_unit"
-                else:
-                    capped = True
-        elif ruling is Ruling.KILLED:
-            arm = "control"
-            details.value, details.variant, details.reason = plan.control, "control", DISABLED
-        elif ruling is Ruling.UNKNOWN:
-            arm, violation = "control", "unknown_variant"
-            details.value, details.variant, details.reason = plan.control, "control", DEFAULT
-        else:  # PASS or VENDOR: the answer as it came
-            arm = plan.arm_of(value)
-            if ruling is Ruling.PASS and plan.outside(
-                value, details.variant, details.error_code, default_value
-            ):
-                violation = "unknown_variant"
+            key_text = unit
+        else:
+            arm, capped, violation = _decide(plan, details, default_value, evaluation_context)
+            key_text = _key_text(evaluation_context)
         template = plan.templates.get((source, arm, capped)) or plan.metadata(source, arm, capped)
         vendor = details.flag_metadata
         metadata = {**vendor, **template} if vendor else template.copy()
@@ -275,7 +265,7 @@ class GovernedProvider(SourceProvider):
                     source,
                     arm,
                     capped,
-                    _key_text(evaluation_context),
+                    key_text,
                     details.value,
                     plan.stage,
                 )
@@ -369,6 +359,40 @@ class GovernedProvider(SourceProvider):
             )
         except Exception as exc:  # bookkeeping never changes what is served
             exposures.failed(exc)
+
+
+def _decide(
+    plan: FlagPlan,
+    details: FlagResolutionDetails[Any],
+    default_value: Any,
+    evaluation_context: EvaluationContext | None,
+) -> tuple[str, bool, str | None]:
+    """The policy applied to the chain's answer: ``details`` updated in place when control is
+    served; the arm, whether the stage capped it, and the violation (or None)."""
+    value = details.value
+    ruling = plan.ruling(value, details.variant, details.error_code, default_value)
+    if ruling is Ruling.BUCKET:
+        if evaluation_context is None:
+            unit = None
+        elif plan.unit is None:
+            unit = evaluation_context.targeting_key or None  # admits() makes a number text
+        else:
+            unit = plan.unit_of(None, evaluation_context.attributes)
+        if plan.admits(unit):
+            return "treatment", False, None
+        details.value, details.variant, details.reason = plan.control, "control", SPLIT
+        return ("control", False, "missing_unit") if unit is None else ("control", True, None)
+    if ruling is Ruling.KILLED:
+        details.value, details.variant, details.reason = plan.control, "control", DISABLED
+        return "control", False, None
+    if ruling is Ruling.UNKNOWN:
+        details.value, details.variant, details.reason = plan.control, "control", DEFAULT
+        return "control", False, "unknown_variant"
+    # PASS or VENDOR: the answer as it came
+    outside = ruling is Ruling.PASS and plan.outside(
+        value, details.variant, details.error_code, default_value
+    )
+    return plan.arm_of(value), False, "unknown_variant" if outside else None
 
 
 def _key_text(context: EvaluationContext | None) -> str:

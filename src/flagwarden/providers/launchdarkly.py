@@ -233,8 +233,12 @@ class LaunchDarklyVendor(SourceProvider):
         )
         raw = details.reason
         if raw in ("FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED"):
-            details.reason = self._reason(flag_key, raw, details.flag_metadata)
-            details.flag_metadata = {**details.flag_metadata, "launchdarkly.reason": raw}
+            metadata = details.flag_metadata
+            details.reason = self._reason(flag_key, raw, metadata)
+            if metadata.__class__ is dict:  # the wrapper's, new for every answer: add to it
+                metadata["launchdarkly.reason"] = raw
+            else:
+                details.flag_metadata = {**metadata, "launchdarkly.reason": raw}
         return details
 
     def _reason(self, flag_key: str, raw: str, metadata: Mapping[str, Any]) -> str:
