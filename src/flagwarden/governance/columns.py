@@ -10,9 +10,10 @@ Two engines give the same answers, bit for bit:
 * Python (always there): one fused loop over the keys calling mmh3.
 * Compiled (the optional ``[fast]`` extra, numba): murmur3_x86_32 over Arrow's offsets and data
   buffers, or over int64 values written out in decimal as ``str(int)`` does, with no Python
-  object per key. Columns Arrow already holds (pandas ``str``/``string[pyarrow]``, polars,
-  pyarrow) are read in place; others are converted in chunks of :data:`CHUNK` keys, so the
-  memory over the input stays small. ``FLAGWARDEN_NO_NUMBA=1`` turns it off.
+  object per key. Columns Arrow already holds (pandas ``string[pyarrow]``, polars, pyarrow)
+  are read in place; chunks of Python str (lists, pandas object columns) go to the C extension
+  ``flagwarden._murmur`` when it was built; others are converted in chunks of :data:`CHUNK`
+  keys, so the memory over the input stays small. ``FLAGWARDEN_NO_NUMBA=1`` turns it off.
 
 This module is the interface and the shape building: what the input is, and the served values
 in the caller's shape with the dtype the column library infers for them. The column reading

@@ -1,10 +1,11 @@
 """Reading a column in pieces and computing its inside mask (bucket < limit), with either engine.
 
 A column is read in order, in pieces of at most :data:`CHUNK` keys (:func:`column_pieces`,
-:func:`list_pieces`). Columns Arrow already holds (pandas ``str``/``string[pyarrow]``, polars,
-pyarrow) are read in place and numpy ints as they are; others are converted a chunk at a time,
-so the memory over the input stays small; what Arrow cannot hold as the same keys stays Python
-values. :func:`inside_mask` fills one numpy bool mask over the pieces with the compiled kernels
+:func:`list_pieces`). Columns Arrow already holds (pandas ``string[pyarrow]``, polars, pyarrow)
+are read in place and numpy ints as they are; a chunk of Python str (a list, a pandas object
+column) is bucketed from the str objects by the compiled ``flagwarden._murmur`` when it was
+built; others are converted to Arrow a chunk at a time, so the memory over the input stays
+small; what Arrow cannot hold as the same keys stays Python values. :func:`inside_mask` fills one numpy bool mask over the pieces with the compiled kernels
 (:mod:`flagwarden.governance.murmur`) or the Python engine (:func:`inside`: one fused loop
 calling mmh3); both give the same answers, bit for bit.
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import mmh3
 
+from flagwarden import speedups
 from flagwarden.governance.bucketing import BUCKETS
 from flagwarden.governance.murmur import prefix_state
 
@@ -35,6 +37,13 @@ _INT64_MAX = (1 << 63) - 1
 # Never hand mmh3 a str: mmh3 5.3 crashes on a str with a lone surrogate; encode() raises.
 _uint32: Callable[[bytes], int] = getattr(
     mmh3, "mmh3_32_uintdigest", lambda data: mmh3.hash(data, 0, False)
+)
+
+
+_murmur = speedups.load("_murmur")
+# (keys, h0, carry, fill, prefix length, limit, out) -> (treated, missing), or None
+_strings: Callable[..., tuple[int, int] | None] | None = (
+    None if _murmur is None else _murmur.strings
 )
 
 
@@ -86,7 +95,8 @@ def inside(values: list[Any], prefix: str, lim: int) -> tuple[list[bool], int]:
 
 
 # A piece of a column: ("arrow", pyarrow.Array) read by the kernels; ("ints", int64 ndarray);
-# ("values", list of Python values, ndarray of pandas' isna or None).
+# ("values", list of Python values, ndarray of pandas' isna or None); ("strs", a list or an
+# object ndarray that may hold only str, a function giving the piece to read it as otherwise).
 Piece = tuple[str, Any, Any]
 
 
@@ -157,13 +167,16 @@ def _pandas_pieces(series: Any) -> Iterator[Piece]:
         return
     if isinstance(dtype, np.dtype) and dtype.kind == "O" and pa is not None:
         values = series.to_numpy()
-        for at in range(0, n, CHUNK):
-            part = values[at : at + CHUNK]
+
+        def read(at: int, part: Any) -> Piece:
             arrow = _object_to_arrow(pa, part)
             if arrow is not None:
-                yield ("arrow", arrow, None)
-            else:
-                yield ("values", part.tolist(), series.iloc[at : at + CHUNK].isna().to_numpy())
+                return ("arrow", arrow, None)
+            return ("values", part.tolist(), series.iloc[at : at + CHUNK].isna().to_numpy())
+
+        for at in range(0, n, CHUNK):
+            part = values[at : at + CHUNK]
+            yield ("strs", part, lambda at=at, part=part: read(at, part))
         return
     if not isinstance(dtype, np.dtype) and pa is not None:
         array = series.array
@@ -189,10 +202,14 @@ def list_pieces(values: list[Any]) -> Iterator[Piece]:
     """A list through Arrow a chunk at a time when it holds only str or only ints (with None);
     other chunks (mixed types, floats, big ints) as Python values."""
     pa = pyarrow()
+
+    def read(part: list[Any]) -> Piece:
+        arrow = _list_to_arrow(pa, part)
+        return ("arrow", arrow, None) if arrow is not None else ("values", part, None)
+
     for at in range(0, len(values), CHUNK):
         part = values[at : at + CHUNK]
-        arrow = _list_to_arrow(pa, part)
-        yield ("arrow", arrow, None) if arrow is not None else ("values", part, None)
+        yield ("strs", part, lambda part=part: read(part))
 
 
 def _list_to_arrow(pa: Any, part: list[Any]) -> Any:
@@ -246,6 +263,11 @@ class _Context:
         kind, data, na = piece
         length = len(data)
         out = mask[at : at + length]
+        if kind == "strs":
+            counts = self.strs(data, out)
+            if counts is not None:
+                return counts[0], counts[1], length
+            kind, data, na = na()  # not all str: read the way its content needs
         if kind == "arrow":
             treated, missing = self.arrow(data, out)
         elif kind == "ints":
@@ -253,6 +275,16 @@ class _Context:
         else:
             treated, missing = self.values(data, na, out)
         return treated, missing, length
+
+    def strs(self, values: Any, out: Any) -> tuple[int, int] | None:
+        """Keys that may all be str, bucketed from the str objects themselves by the compiled
+        module (no Arrow conversion); None when it is not there, the Python engine was asked
+        for, or a key is not a str (or cannot be encoded)."""
+        if self.kernels is None or _strings is None:
+            return None
+        h0, carry, nfill, plen = self.state
+        counts: tuple[int, int] | None = _strings(values, h0, carry, nfill, plen, self.lim, out)
+        return counts
 
     def values(self, values: list[Any], na: Any, out: Any) -> tuple[int, int]:
         if na is not None and na.any():

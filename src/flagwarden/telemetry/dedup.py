@@ -14,11 +14,12 @@ import time
 
 import mmh3
 
+from flagwarden import speedups
+from flagwarden.speedups import NO_SPEEDUPS_ENV
 from flagwarden.telemetry.recorder import Deduper
 
 __all__ = ["NO_SPEEDUPS_ENV", "ExposureDeduper", "compiled", "new_deduper"]
 
-NO_SPEEDUPS_ENV = "FLAGWARDEN_NO_SPEEDUPS"  # 1: the pure-Python table even when compiled
 
 WAYS = 16  # fingerprints per set: 64 bytes, scanned by one bytearray.find
 TICKS = 128  # stamp ticks per window: an entry expires up to window/128 early, never late
@@ -199,13 +200,8 @@ class ExposureDeduper:
 def compiled() -> type | None:
     """The compiled table (``flagwarden._dedup.Table``, built with the package when a C
     compiler is there), or None: not built, or turned off with ``FLAGWARDEN_NO_SPEEDUPS=1``."""
-    if os.environ.get(NO_SPEEDUPS_ENV, "").strip() not in ("", "0"):
-        return None
-    try:
-        from flagwarden._dedup import Table
-    except ImportError:
-        return None
-    return Table
+    module = speedups.load("_dedup")
+    return None if module is None else module.Table
 
 
 def new_deduper(window_seconds: float, slots: int = 1 << 20) -> Deduper:
