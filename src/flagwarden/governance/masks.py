@@ -5,9 +5,10 @@ A column is read in order, in pieces of at most :data:`CHUNK` keys (:func:`colum
 are read in place and numpy ints as they are; a chunk of Python str (a list, a pandas object
 column) is bucketed from the str objects by the compiled ``flagwarden._murmur`` when it was
 built; others are converted to Arrow a chunk at a time, so the memory over the input stays
-small; what Arrow cannot hold as the same keys stays Python values. :func:`inside_mask` fills one numpy bool mask over the pieces with the compiled kernels
-(:mod:`flagwarden.governance.murmur`) or the Python engine (:func:`inside`: one fused loop
-calling mmh3); both give the same answers, bit for bit.
+small; what Arrow cannot hold as the same keys stays Python values. :func:`inside_mask` fills
+one numpy bool mask over the pieces with the compiled kernels (:mod:`flagwarden.governance.
+murmur`) or the Python engine (:func:`inside`: one fused loop calling mmh3); both give the same
+answers, bit for bit.
 
 A key is no unit when it is empty (``""``) or missing (``None``, ``pandas.NA``, a column's null,
 pandas' NaN/NaT in a pandas column): it is outside the stage and counted as missing.
