@@ -123,3 +123,91 @@ def test_events_go_to_the_profile_events_uri(project, ld_server):
     client.get_boolean_value("new-scoring-model", False, EvaluationContext("k"))
     flagwarden.shutdown()  # closing the SDK flushes its analytics events
     assert ld_server.events_received >= 1
+
+
+def test_answers_are_the_published_providers_with_openfeature_reasons(project, ld_server):
+    """Each evaluation calls the client itself and converts the result once; for every flag
+    shape, type and context the answer is the published provider's (value, error code,
+    variant, metadata), its raw LaunchDarkly reason names made OpenFeature reasons."""
+    from openfeature.flag_evaluation import FlagType
+
+    rollout_rule = {
+        "id": "rule-r",
+        "rollout": {
+            "variations": [{"variation": 1, "weight": 40_000}, {"variation": 0, "weight": 60_000}]
+        },
+        "clauses": [{"attribute": "tier", "op": "in", "values": ["silver"], "negate": False}],
+        "trackEvents": False,
+    }
+    fixed_rule = {
+        "id": "rule-f",
+        "variation": 1,
+        "clauses": [{"attribute": "tier", "op": "in", "values": ["gold"], "negate": False}],
+        "trackEvents": False,
+    }
+    ld_server.set_flag(boolean_flag("rollout", rollout_percent=50))
+    ld_server.set_flag(boolean_flag("fixed", serve=True))
+    ld_server.set_flag(boolean_flag("off", on=False))
+    ld_server.set_flag(boolean_flag("targeted", serve=False, targets={True: ["vip"]}))
+    ld_server.set_flag(boolean_flag("ruled", serve=False, rules=[rollout_rule, fixed_rule]))
+    gated = boolean_flag("gated", serve=True)
+    gated["prerequisites"] = [{"key": "off", "variation": 1}]
+    ld_server.set_flag(gated)
+    ld_server.set_flag(value_flag("source", ["geo-v1", "geo-v2"], 1))
+    ld_server.set_flag(value_flag("batch", [500, 5000.7], 1))
+    ld_server.set_flag(value_flag("ratio", [0.5, 3], 1))
+    ld_server.set_flag(value_flag("model", [{"name": "v1"}, ["v", 2]], 1))
+    ld_server.set_flag(value_flag("nothing", [None, None], 1))
+    configure_ld(project, ld_server)
+    vendor = flagwarden.current().provider.vendor
+    wrapper = vendor._provider
+    raw_reasons = {"FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED"}
+    defaults = {
+        FlagType.BOOLEAN: ("resolve_boolean_details", False),
+        FlagType.STRING: ("resolve_string_details", "d"),
+        FlagType.INTEGER: ("resolve_integer_details", 7),
+        FlagType.FLOAT: ("resolve_float_details", 0.5),
+        FlagType.OBJECT: ("resolve_object_details", {"d": 1}),
+    }
+    contexts = [
+        EvaluationContext(f"order-{i}", {"tier": tier})
+        for i in range(40)
+        for tier in ("silver", "gold", "none")
+    ]
+    contexts += [EvaluationContext("vip"), EvaluationContext(None), EvaluationContext("")]
+    flags = ["rollout", "fixed", "off", "targeted", "ruled", "gated", "source", "batch"]
+    flags += ["ratio", "model", "nothing", "missing"]
+    seen: set[tuple[object, ...]] = set()
+    for flag in flags:
+        for flag_type, (method, default) in defaults.items():
+            for ctx in contexts:
+                ours = vendor.resolve(flag_type, flag, default, ctx)
+                theirs = getattr(wrapper, method)(flag, default, ctx)
+                assert ours.value == theirs.value and type(ours.value) is type(theirs.value)
+                assert (ours.error_code, ours.error_message) == (
+                    theirs.error_code,
+                    theirs.error_message,
+                )
+                assert ours.variant == theirs.variant
+                metadata = dict(ours.flag_metadata)
+                if theirs.reason in raw_reasons:
+                    assert metadata.pop("launchdarkly.reason") == theirs.reason
+                    assert ours.reason in (
+                        Reason.SPLIT,
+                        Reason.DEFAULT,
+                        Reason.TARGETING_MATCH,
+                        Reason.DISABLED,
+                    )
+                else:
+                    assert ours.reason == theirs.reason
+                assert metadata == theirs.flag_metadata
+                seen.add((theirs.reason, theirs.error_code))
+    # the matrix reached every reason and the errors it can produce
+    for kind in ("FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED", Reason.DISABLED):
+        assert any(reason == kind for reason, _ in seen), kind
+    assert {code for _, code in seen} >= {
+        None,
+        "TYPE_MISMATCH",
+        "FLAG_NOT_FOUND",
+        "TARGETING_KEY_MISSING",
+    }

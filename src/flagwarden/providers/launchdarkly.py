@@ -1,9 +1,14 @@
 """LaunchDarkly, through ``launchdarkly-openfeature-server``.
 
-The published provider gets context conversion, type checks, events and tracking right, so we
-wrap it and fix what it leaves raw: LaunchDarkly's FALLTHROUGH / RULE_MATCH /
-PREREQUISITE_FAILED reasons become OpenFeature reasons (SPLIT when the rule that matched is a
-percentage rollout). We give the SDK our own in-memory feature store, which lets us export its
+The published provider builds the SDK's client, converts contexts and reports status, so we
+wrap it. Its answers leave LaunchDarkly's FALLTHROUGH / RULE_MATCH / PREREQUISITE_FAILED reasons
+raw, so each evaluation calls the client as the provider does (the provider's own context
+conversion, ``variation_detail``, the same type check and cast) and converts the result once,
+with OpenFeature reasons (SPLIT when the rule that matched is a percentage rollout): converting
+it the provider's way and then fixing it cost about 2 µs more per evaluation. The conversion
+keeps the provider's error codes, variant and metadata keys (tested against it).
+
+We give the SDK our own in-memory feature store, which lets us export its
 flags and segments for a last-known-good snapshot and notice every configuration change; the
 snapshot is replayed through the SDK's own file data source, so a cold start during an outage
 evaluates percentages and targeting exactly as LaunchDarkly would.
@@ -18,6 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from ld_openfeature import LaunchDarklyProvider
+from ld_openfeature.impl.context_converter import EvaluationContextConverter
+from ldclient import LDClient
 from ldclient.config import Config
 from ldclient.feature_store import InMemoryFeatureStore
 from ldclient.integrations import Files
@@ -34,13 +41,17 @@ from flagwarden.providers.snapshot import write_private_json
 
 __all__ = ["LaunchDarklyVendor"]
 
-_METHODS = {
-    FlagType.BOOLEAN: "resolve_boolean_details",
-    FlagType.STRING: "resolve_string_details",
-    FlagType.INTEGER: "resolve_integer_details",
-    FlagType.FLOAT: "resolve_float_details",
-    FlagType.OBJECT: "resolve_object_details",
+# LaunchDarkly's error kinds as the published provider maps them (GENERAL otherwise).
+_ERROR_CODES = {
+    "CLIENT_NOT_READY": ErrorCode.PROVIDER_NOT_READY,
+    "FLAG_NOT_FOUND": ErrorCode.FLAG_NOT_FOUND,
+    "MALFORMED_FLAG": ErrorCode.PARSE_ERROR,
+    "USER_NOT_SPECIFIED": ErrorCode.TARGETING_KEY_MISSING,
+    "WRONG_TYPE": ErrorCode.TYPE_MISMATCH,
 }
+# Reason kinds the provider maps itself; FALLTHROUGH, RULE_MATCH, PREREQUISITE_FAILED are ours.
+_REASONS = {"OFF": Reason.DISABLED, "TARGET_MATCH": Reason.TARGETING_MATCH, "ERROR": Reason.ERROR}
+_OURS = frozenset({"FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED"})
 
 
 def _as_dict(item: Any) -> dict[str, Any]:
@@ -108,6 +119,8 @@ class LaunchDarklyVendor(SourceProvider):
         self.profile = profile
         self._snapshot = snapshot
         self._provider: LaunchDarklyProvider | None = None
+        self._client: LDClient | None = None  # the provider's, once it is built
+        self._to_ld_context = EvaluationContextConverter().to_ld_context
         self._shapes: dict[str, _FlagShape] = {}
         self._store = _ObservedStore(self._store_changed)
         self._initialized = False
@@ -147,8 +160,9 @@ class LaunchDarklyVendor(SourceProvider):
                 return
             start_wait = 5.0 if self._snapshot is not None else self.profile.start_wait
             # The wrapper builds its LDClient and blocks up to start_wait for the first data.
-            self._provider = LaunchDarklyProvider(self._config(), start_wait=start_wait)
-            status_provider = self._provider.client.data_source_status_provider
+            provider = LaunchDarklyProvider(self._config(), start_wait=start_wait)
+            self._client, self._provider = provider.client, provider
+            status_provider = provider.client.data_source_status_provider
             status_provider.add_listener(self._on_status)
         if self._provider.client.is_initialized():
             self._set_status(ProviderStatus.READY)
@@ -162,7 +176,7 @@ class LaunchDarklyVendor(SourceProvider):
     def has_data(self) -> bool:
         # The store fills while the wrapper's constructor still blocks: until that returns,
         # there is no client to answer with, and the chain must go on serving its snapshot.
-        return self._provider is not None and self._store.has_data
+        return self._client is not None and self._store.has_data
 
     def _on_status(self, status: DataSourceStatus) -> None:
         state = status.state
@@ -193,7 +207,7 @@ class LaunchDarklyVendor(SourceProvider):
 
     def shutdown(self) -> None:
         with self._lock:
-            provider, self._provider = self._provider, None
+            provider, self._provider, self._client = self._provider, None, None
         if provider is not None:
             provider.client.data_source_status_provider.remove_listener(self._on_status)
             provider.client.close()
@@ -225,23 +239,53 @@ class LaunchDarklyVendor(SourceProvider):
         default_value: Any,
         evaluation_context: EvaluationContext | None,
     ) -> FlagResolutionDetails[Any]:
-        provider = self._provider
-        if provider is None:
+        client = self._client
+        if client is None:
             return error_details(default_value, ErrorCode.PROVIDER_NOT_READY, "not initialized")
-        details: FlagResolutionDetails[Any] = getattr(provider, _METHODS[flag_type])(
-            flag_key, default_value, evaluation_context
+        if evaluation_context is None:
+            return FlagResolutionDetails(
+                value=default_value, reason=Reason.ERROR, error_code=ErrorCode.TARGETING_KEY_MISSING
+            )
+        result = client.variation_detail(
+            flag_key, self._to_ld_context(evaluation_context), default_value
         )
-        raw = details.reason
-        if raw in ("FALLTHROUGH", "RULE_MATCH", "PREREQUISITE_FAILED"):
-            metadata = details.flag_metadata
-            details.reason = self._reason(flag_key, raw, metadata)
-            if metadata.__class__ is dict:  # the wrapper's, new for every answer: add to it
-                metadata["launchdarkly.reason"] = raw
-            else:
-                details.flag_metadata = {**metadata, "launchdarkly.reason": raw}
-        return details
+        value = _cast(flag_type, result.value)
+        if value is None:
+            return FlagResolutionDetails(
+                value=default_value, reason=Reason.ERROR, error_code=ErrorCode.TYPE_MISMATCH
+            )
+        index = result.variation_index
+        reason = result.reason
+        metadata: dict[str, Any] = {} if index is None else {"variationIndex": index}
+        if reason.get("inExperiment") is True:
+            metadata["inExperiment"] = True
+        rule_index = reason.get("ruleIndex")
+        if isinstance(rule_index, int):
+            metadata["ruleIndex"] = rule_index
+        for key in ("ruleId", "prerequisiteKey", "bigSegmentsStatus"):
+            text = reason.get(key)
+            if isinstance(text, str):
+                metadata[key] = text
+        kind = reason.get("kind")
+        error_code = None
+        if kind in _OURS:
+            of_reason: str = self._reason(flag_key, kind, rule_index)
+            metadata["launchdarkly.reason"] = kind
+        elif kind.__class__ is str:
+            of_reason = _REASONS.get(kind, kind)
+            if kind == "ERROR":
+                error_code = _ERROR_CODES.get(str(reason.get("errorKind")), ErrorCode.GENERAL)
+        else:
+            of_reason = ""
+        return FlagResolutionDetails(
+            value=value,
+            error_code=error_code,
+            reason=of_reason,
+            variant=None if index is None else str(index),
+            flag_metadata=metadata,
+        )
 
-    def _reason(self, flag_key: str, raw: str, metadata: Mapping[str, Any]) -> str:
+    def _reason(self, flag_key: str, raw: str, rule_index: Any) -> str:
         if raw == "PREREQUISITE_FAILED":
             # A failed prerequisite serves the flag's off variation: for this context it is off.
             return Reason.DISABLED
@@ -249,6 +293,19 @@ class LaunchDarklyVendor(SourceProvider):
         fallthrough_rollout, rule_rollouts = (shape[0], shape[1]) if shape else (False, frozenset())
         if raw == "FALLTHROUGH":
             return Reason.SPLIT if fallthrough_rollout else Reason.DEFAULT
-        return (
-            Reason.SPLIT if metadata.get("ruleIndex") in rule_rollouts else Reason.TARGETING_MATCH
-        )
+        return Reason.SPLIT if rule_index in rule_rollouts else Reason.TARGETING_MATCH
+
+
+def _cast(flag_type: FlagType, value: Any) -> Any:
+    """The published provider's type check and cast: the value, or None for the wrong type."""
+    if flag_type is FlagType.BOOLEAN:
+        return value if isinstance(value, bool) else None
+    if flag_type is FlagType.STRING:
+        return value if isinstance(value, str) else None
+    if isinstance(value, bool):
+        return None
+    if flag_type is FlagType.INTEGER:
+        return int(value) if isinstance(value, int | float) else None  # decimals truncated
+    if flag_type is FlagType.FLOAT:
+        return float(value) if isinstance(value, int | float) else None
+    return value if isinstance(value, dict | list) else None
