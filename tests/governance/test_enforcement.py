@@ -257,6 +257,18 @@ def test_paused_at_100_still_admits_everyone_but_enforces_the_arms(project):
     assert details.flag_metadata["flagwarden.arm"] == "treatment"
 
 
+def test_paused_at_100_admits_every_key_unhashed_with_boolean_arms(project):
+    """Paused at 100 everyone is admitted without hashing the unit: even a targeting key
+    that cannot be encoded (a lone surrogate) gets the treatment, as every other key does."""
+    client = configure(project, serve=True)
+    set_stage(100)
+    flagwarden.current().rollout.pause(FLAG, actor="test", reason="hold at 100")
+    for key in ("order-1", "user-\ud800", ""):
+        details = client.get_boolean_details(FLAG, False, EvaluationContext(key))
+        assert (details.value, details.error_code) == (True, None), key
+        assert details.flag_metadata["flagwarden.arm"] == "treatment"
+
+
 def test_unit_attribute_buckets_whole_tenants(project):
     client = configure(project, serve=True, policy={"unit": "tenant"})
     set_stage(50)

@@ -10,8 +10,9 @@ exposures).
 The rules, in order: a killed flag serves control to everyone. At stage 100, not paused, the
 answer passes through untouched (value, variant and reason). Below it, a treatment answer is
 served only to units whose bucket is inside the stage (the others get control: *capped*, the
-mechanism, not a violation); a control answer, or the caller's own default after an error,
-passes through; any other answer is outside the policy: control, and a violation.
+mechanism, not a violation), whatever gave it: the vendor, a snapshot, or the caller's own
+default after an error; a control answer, or the caller's own default when it is not the
+treatment, passes through; any other answer is outside the policy: control, and a violation.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class FlagPlan:
         # Booleans are singletons: ``is`` is the whole comparison (and keeps 1 != True).
         self.bool_arms = isinstance(self.control, bool) and isinstance(self.treatment, bool)
         # The answer that is certainly ``Ruling.BUCKET`` by identity alone, for the evaluation
-        # path's shortcut: the treatment when it is a bool (a singleton) and the flag is live
-        # below 100; otherwise an object no answer ever is.
-        live_below_100 = not self.killed and not self.passes
+        # path's shortcut (which hashes the unit): the treatment when it is a bool (a singleton)
+        # and the flag is not killed and below 100 (paused at 100 admits everyone unhashed);
+        # otherwise an object no answer ever is.
+        live_below_100 = not self.killed and self.stage < 100
         self.bucketed: Any = self.treatment if self.bool_arms and live_below_100 else _NEVER
         # (source, arm, capped) -> the metadata flagwarden adds to an answer (a cache).
         self.templates: dict[tuple[str, str, bool], dict[str, Any]] = {}
