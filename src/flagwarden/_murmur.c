@@ -6,8 +6,10 @@
  * the hash state after the prefix (flagwarden.governance.murmur.prefix_state), exactly as the
  * numba kernels and mmh3 compute it. An ASCII str is hashed from its own buffer; any other str
  * is encoded to UTF-8 once, into a temporary that is freed at once (nothing is cached on the
- * key). A chunk holding anything but str, or a str that cannot be encoded (a lone surrogate),
- * gives None: the caller reads it the slower way, which decides what such keys mean.
+ * key). An empty str or None is missing (outside the stage), as everywhere in assign. A chunk
+ * holding anything else (checked before any key is hashed), or a str that cannot be encoded
+ * (a lone surrogate), gives None: the caller reads it the slower way, which decides what such
+ * keys mean.
  *
  * Built when a compiler is there (an optional extension); without it the chunk goes through
  * Arrow and the numba kernels, with the same answers.
@@ -87,8 +89,9 @@ hash_rest(uint32_t h, uint32_t carry, int fill, Py_ssize_t plen, const unsigned 
 PyDoc_STRVAR(strings_doc,
 "strings(keys, h0, carry, fill, prefix_len, limit, out) -> (treated, missing) | None\n\n"
 "Fill ``out`` (a writable buffer of one byte per key, numpy bool) with whether each key's\n"
-"bucket is below ``limit``; an empty key is missing (outside). ``keys``: a list or any\n"
-"sequence. None when a key is not a str or cannot be encoded: ``out`` is then undefined.");
+"bucket is below ``limit``; an empty key or None is missing (outside). ``keys``: a list or\n"
+"any sequence. None when a key is neither str nor None, or cannot be encoded: ``out`` is\n"
+"then undefined.");
 
 static PyObject *
 strings(PyObject *module, PyObject *args)
@@ -112,21 +115,29 @@ strings(PyObject *module, PyObject *args)
         return NULL;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (out.len < n) {
+    if (out.itemsize != 1 || out.len < n) {
         Py_DECREF(seq);
         PyBuffer_Release(&out);
-        PyErr_SetString(PyExc_ValueError, "out is shorter than keys");
+        PyErr_SetString(PyExc_ValueError, "out must hold one byte per key, as many as keys");
         return NULL;
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t j = 0; j < n; j++) {  /* all str or None, or nothing is hashed */
+        if (!PyUnicode_CheckExact(items[j]) && items[j] != Py_None) {
+            Py_DECREF(seq);
+            PyBuffer_Release(&out);
+            Py_RETURN_NONE;
+        }
+    }
     unsigned char *mask = (unsigned char *)out.buf;
     long long treated = 0, missing = 0;
     int fallback = 0;
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject *key = items[j];
-        if (!PyUnicode_CheckExact(key)) {
-            fallback = 1;
-            break;
+        if (key == Py_None) {
+            mask[j] = 0;
+            missing++;
+            continue;
         }
         if (PyUnicode_READY(key) < 0) {
             PyErr_Clear();

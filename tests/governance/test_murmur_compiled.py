@@ -43,12 +43,39 @@ def test_every_prefix_and_key_length_is_mmh3s_bucket():
             assert counts == (sum(mask), keys.count(""))
 
 
-def test_a_key_that_is_not_a_str_or_cannot_be_encoded_steps_aside():
-    for keys in (["a", None], ["a", 7], ["a", b"b"], ["a", "\ud800"]):
-        assert strings(keys, SALT, 50_000)[1] is None
+def test_none_is_missing_anything_else_steps_aside():
+    keys = ["a", None, "", "b"]
+    mask, counts = strings(keys, SALT, 50_000)
+    assert mask == expected(keys, SALT, 50_000) and counts == (sum(mask), 2)
+    for other in (7, b"b", "\ud800", np.str_("x"), float("nan"), True):
+        assert strings(["a", other], SALT, 50_000)[1] is None, other
     # an object ndarray is read as the list it holds
     mask, counts = strings(np.array(["a", "b", ""], dtype=object), SALT, 50_000)
     assert mask == expected(["a", "b", ""], SALT, 50_000) and counts is not None
+    assert _murmur is not None
+    with pytest.raises(ValueError, match="one byte per key"):
+        _murmur.strings(["a"], 0, 0, 0, 0, 5, np.zeros(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="one byte per key"):
+        _murmur.strings(["a", "b"], 0, 0, 0, 0, 5, np.zeros(1, dtype=bool))
+
+
+@pytest.mark.parametrize("engine", NUMBA)
+def test_lists_and_object_columns_of_str_go_through_it(engine, monkeypatch):
+    calls: list[int] = []
+    real = masks._strings
+    assert real is not None
+
+    def spy(keys, *state):  # the real function, counted
+        calls.append(len(keys))
+        return real(keys, *state)
+
+    monkeypatch.setattr(masks, "_strings", spy)
+    keys = [f"unit-{i}" for i in range(5000)] + [None, ""] * 10
+    for column in (keys, pd.Series(keys, dtype=object)):
+        calls.clear()
+        served, treated, missing = route(column, SALT, LIMIT, True, False, engine=engine)
+        assert list(served) == expected(keys) and (treated, missing) == (sum(served), 20)
+        assert calls == [len(keys)]
 
 
 @pytest.mark.parametrize("engine", NUMBA)
@@ -56,7 +83,7 @@ def test_columns_whose_later_chunk_is_not_all_str_keep_their_answers(engine):
     """The first chunk is all str (the compiled module), the second holds None, NaN or an
     int (read as before: pandas' NaN is missing, a list's int is its text)."""
     head = [f"unit-{i}" for i in range(CHUNK)]
-    for tail in ([None, "a", ""], [float("nan"), "b"], [5, "c"]):
+    for tail in ([None, "a", ""], ["a", float("nan")], [5, "c"], ["a", np.str_("d")]):
         keys = head + tail * 1000
         served, treated, missing = route(keys, SALT, LIMIT, True, False, engine=engine)
         texts = [None if k is None else str(k) for k in keys]

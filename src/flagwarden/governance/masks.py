@@ -97,7 +97,8 @@ def inside(values: list[Any], prefix: str, lim: int) -> tuple[list[bool], int]:
 
 # A piece of a column: ("arrow", pyarrow.Array) read by the kernels; ("ints", int64 ndarray);
 # ("values", list of Python values, ndarray of pandas' isna or None); ("strs", a list or an
-# object ndarray that may hold only str, a function giving the piece to read it as otherwise).
+# object ndarray that may hold only str and None, a function giving the piece to read it as
+# otherwise).
 Piece = tuple[str, Any, Any]
 
 
@@ -278,9 +279,9 @@ class _Context:
         return treated, missing, length
 
     def strs(self, values: Any, out: Any) -> tuple[int, int] | None:
-        """Keys that may all be str, bucketed from the str objects themselves by the compiled
-        module (no Arrow conversion); None when it is not there, the Python engine was asked
-        for, or a key is not a str (or cannot be encoded)."""
+        """Keys that may all be str (or None: missing), bucketed from the str objects by the
+        compiled module (no Arrow conversion); None when it is not there, the Python engine
+        was asked for, or a key is anything else (or cannot be encoded)."""
         if self.kernels is None or _strings is None:
             return None
         h0, carry, nfill, plen = self.state
