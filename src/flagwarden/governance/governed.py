@@ -8,7 +8,8 @@ reason SPLIT); an answer outside the policy -> control plus a violation. Wheneve
 answer is served its variant name and reason are kept. Every answer carries
 ``flagwarden.source``, ``flagwarden.stage``, ``flagwarden.arm``, ``flagwarden.capped`` and
 ``flagwarden.killed``. Violations are counted in memory and written to the audit log in
-aggregate, never once per evaluation; capping is counted with the exposures, never as a
+aggregate (:class:`~flagwarden.governance.violations.ViolationLog`), never once per
+evaluation; capping is counted with the exposures, never as a
 violation.
 
 Each governed flag's :class:`~flagwarden.governance.enforcement.FlagPlan` is rebuilt when the
@@ -25,9 +26,7 @@ default rather than control, since the broken file's ``variants`` cannot be trus
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +35,6 @@ from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import FeatureProvider, Metadata
 
-from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.errors import ConfigError
 from flagwarden.governance.bucketing import BUCKETS
 from flagwarden.governance.cache import StateCache
@@ -52,15 +50,14 @@ from flagwarden.governance.enforcement import (
 )
 from flagwarden.governance.policy import Policy
 from flagwarden.governance.state import FlagState
+from flagwarden.governance.violations import ViolationLog
 from flagwarden.logs import get_logger
-from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers.base import SourceProvider
 from flagwarden.providers.failover import SOURCE, FailoverProvider
 from flagwarden.telemetry.cardinality import OVERFLOW, flag_labels
-from flagwarden.telemetry.metrics import VIOLATIONS
 from flagwarden.telemetry.recorder import ExposureRecorder
 
-__all__ = ["POLICY_ERROR", "GovernedProvider", "ViolationLog"]
+__all__ = ["POLICY_ERROR", "GovernedProvider"]
 
 _log = get_logger("flagwarden.governance")
 
@@ -69,59 +66,6 @@ POLICY_ERROR = "flagwarden.policy_error"
 _POLICY_ERROR_CHARS = 200
 
 Unregistered = Literal["allow", "warn", "deny"]
-
-
-class ViolationLog(PeriodicCounter[tuple[str, str]]):
-    """Counts policy violations per flag and kind; every ``flush_interval`` seconds logs them,
-    counts them in Prometheus and appends them, in aggregate, to the audit log. An append that
-    fails is kept (merged per flag and kind, so memory stays bounded) and tried again at the
-    next flush; it is never counted twice."""
-
-    def __init__(self, audit: AuditLog | None, flush_interval: float = 10.0) -> None:
-        super().__init__(flush_interval, "flagwarden-violations")
-        self.audit = audit
-        self.totals: Counter[tuple[str, str]] = Counter()
-        # (flag, kind) -> [count, since, until] not yet in the audit log
-        self._unaudited: dict[tuple[str, str], list[Any]] = {}
-
-    def count(self, flag: str, kind: str, n: int = 1) -> None:
-        self.add((flag, kind), n)
-
-    def flush(self) -> None:
-        super().flush()
-        if self._unaudited:
-            self._append_unaudited()
-
-    def _write(self, counts: Counter[tuple[str, str]], since: datetime, until: datetime) -> None:
-        _log.warning(
-            "flagwarden.policy_violations",
-            since=since.isoformat(),
-            until=until.isoformat(),
-            counts=[{"flag": f, "kind": k, "count": n} for (f, k), n in sorted(counts.items())],
-        )
-        self.totals.update(counts)
-        for (flag, kind), n in counts.items():
-            VIOLATIONS.labels(flag, kind).inc(n)
-        if self.audit is None:
-            return
-        for key, n in counts.items():
-            pending = self._unaudited.get(key)
-            if pending is None:
-                self._unaudited[key] = [n, since, until]
-            else:
-                pending[0] += n
-                pending[2] = until
-
-    def _append_unaudited(self) -> None:
-        assert self.audit is not None
-        for (flag, kind), (n, since, until) in sorted(self._unaudited.items()):
-            window = {"since": since.isoformat(), "until": until.isoformat()}
-            try:
-                self.audit.append("violation", {"kind": kind, "count": n, **window}, flag=flag)
-            except AuditError as exc:
-                _log.error("flagwarden.violation_flush_failed", error=str(exc))
-                return  # the rest waits for the next flush, with this one
-            del self._unaudited[(flag, kind)]
 
 
 class GovernedProvider(SourceProvider):

@@ -145,7 +145,8 @@ class Governance:
         """Wrap the failover chain in the policy enforcement workers evaluate through;
         ``exposures`` counts and logs every answer it gives."""
         from flagwarden.governance.cache import StateCache
-        from flagwarden.governance.governed import GovernedProvider, ViolationLog
+        from flagwarden.governance.governed import GovernedProvider
+        from flagwarden.governance.violations import ViolationLog
 
         for flag, problem in sorted(self.broken.items()):
             _log.error(
