@@ -168,12 +168,15 @@ def test_import_loads_no_sdk_and_registers_no_fork_hooks(module: str):
     assert "flagwarden.runtime" not in found["fork_hooks"] and found["registered"] is False
     # The public names still resolve (lazily) and are listed by dir().
     assert found["public"] == {
+        "Assignment": "type",
         "ConfigError": "type",
         "FlagwardenError": "type",
         "Runtime": "type",
         "assign": "function",
         "configure": "function",
         "current": "function",
+        "plan": "function",
+        "record_exposures": "function",
         "record_metric": "function",
         "shutdown": "function",
     }

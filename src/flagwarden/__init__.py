@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any
 from flagwarden.errors import ConfigError, FlagwardenError
 
 if TYPE_CHECKING:
-    from flagwarden.governance.assign import assign
+    from flagwarden.governance.assign import assign, plan, record_exposures
+    from flagwarden.governance.assignment import Assignment
     from flagwarden.runtime import Runtime, configure, current, record_metric, shutdown
 
 # Imported on first use: ``import flagwarden`` (and the command line, which imports it as a
 # package) does not pay for the OpenFeature SDK, the provider chain and the policy engine.
 _LAZY = {
+    "Assignment": "flagwarden.governance.assignment",
     "assign": "flagwarden.governance.assign",
+    "plan": "flagwarden.governance.assign",
+    "record_exposures": "flagwarden.governance.assign",
     "Runtime": "flagwarden.runtime",
     "configure": "flagwarden.runtime",
     "current": "flagwarden.runtime",
@@ -34,12 +38,15 @@ _LAZY = {
 }
 
 __all__ = [
+    "Assignment",
     "ConfigError",
     "FlagwardenError",
     "Runtime",
     "assign",
     "configure",
     "current",
+    "plan",
+    "record_exposures",
     "record_metric",
     "shutdown",
 ]

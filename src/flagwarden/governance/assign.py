@@ -14,17 +14,22 @@ FlagPlan` (one enforcement core); the per-record half, bucketing and building th
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagType
 
 from flagwarden.errors import FlagwardenError
 from flagwarden.governance import columns
+from flagwarden.governance.assignment import Assignment, Exposure
 from flagwarden.governance.enforcement import Ruling
 from flagwarden.logs import get_logger
 
-__all__ = ["assign"]
+if TYPE_CHECKING:
+    from flagwarden.runtime import Runtime
+
+__all__ = ["assign", "getter", "plan", "record_exposures"]
 
 _log = get_logger("flagwarden.assign")
 _per_key_noted: set[str] = set()
@@ -52,6 +57,39 @@ def _flag_type(default: Any) -> FlagType:
     raise TypeError(f"unsupported default {default!r}: use a bool, str, int, float, dict or list")
 
 
+def getter(client: Any, default: Any) -> Any:
+    """The client's typed ``get_*_value`` for ``default``'s type (TypeError for other types)."""
+    return getattr(client, _GETTERS[_flag_type(default)])
+
+
+def _runtime(what: str) -> Runtime:
+    from flagwarden.runtime import current
+
+    runtime = current()
+    if runtime is None:
+        raise FlagwardenError(f"flagwarden.{what} needs flagwarden.configure() first")
+    return runtime
+
+
+def plan(
+    flag_key: str,
+    default: Any,
+    *,
+    context: EvaluationContext | None = None,
+    run_id: str | None = None,
+) -> Assignment:
+    """The decision for a batch of ``flag_key`` under ``context``, taken once: the vendor asked
+    once (or, when its rule depends on the record key, a note that it must be asked per key),
+    the flag's stage, kill, pause, salt, unit and arm values. ``Assignment.apply(keys)`` then
+    gives each key's value anywhere, exactly as :func:`assign` would here.
+
+    Counts nothing: record what the applied batches served with ``record_exposures``.
+    """
+    runtime = _runtime("plan")
+    probe = context.targeting_key if context is not None and context.targeting_key else None
+    return _plan(runtime, flag_key, default, context, probe or _PROBE, run_id)
+
+
 def assign(
     flag_key: str,
     keys: Any,
@@ -63,89 +101,143 @@ def assign(
     with ``context`` plus ``targeting_key=key``, but without asking the vendor per record.
 
     ``keys`` is a list (or iterable) or a pandas/polars/pyarrow column; the result has the
-    same shape (a list, or a column of the same kind and index).
+    same shape (a list, or a column of the same kind and index). ``plan(...).apply(keys)`` on
+    this process, counted here.
     """
-    from flagwarden.runtime import current
-
-    runtime = current()
-    if runtime is None:
-        raise FlagwardenError("flagwarden.assign needs flagwarden.configure() first")
+    runtime = _runtime("assign")
     if isinstance(keys, Iterator):
         keys = list(keys)  # the batch is read more than once
     n = columns.size(keys)  # TypeError for what is not a list, an iterable or a column
+    _flag_type(default)  # TypeError for an unsupported default, whatever the batch
+    if n == 0:
+        return columns.constant(keys, default)
+    # The vendor is asked with the batch's first key, as one evaluation of it would be.
+    assignment = _plan(runtime, flag_key, default, context, columns.first_key(keys), None)
+    if assignment.mode == "per_key":
+        if flag_key not in _per_key_noted:
+            _per_key_noted.add(flag_key)
+            _log.info("flagwarden.assign_per_key", flag=flag_key, why=assignment.why)
+        return assignment.apply(keys)  # through the client: counted there, key by key
+    values, treated, missing = assignment.route(keys)
+    runtime.governed.inner.count_served(assignment.source, n - 1)  # the plan counted one
+    _record(runtime, assignment, assignment.exposures(n, treated=treated, missing=missing))
+    return values
+
+
+def record_exposures(assignment: Assignment, n: int, *, treated: int = 0, missing: int = 0) -> None:
+    """Count ``n`` answers an :class:`Assignment` gave elsewhere (a Spark, Dask or Ray job's
+    workers), once, in this process: ``treated`` of them inside the stage and ``missing`` no
+    unit (what ``Assignment.route`` returns, summed over the batches). Counted as the same
+    answers of one evaluation each would be: Prometheus, the exposure summaries, violations
+    and the open outage window (no exposure lines: those are per unit)."""
+    runtime = _runtime("record_exposures")
+    exposures = assignment.exposures(n, treated=treated, missing=missing)
+    if exposures:
+        runtime.governed.inner.count_served(assignment.source, n)
+    _record(runtime, assignment, exposures)
+
+
+def _record(runtime: Runtime, assignment: Assignment, exposures: list[Exposure]) -> None:
+    recorder = runtime.telemetry.recorder
+    violations = runtime.governed.violations
+    flag = assignment.flag
+    error = ErrorCode(assignment.error) if assignment.error else None
+    for e in exposures:
+        recorder.count(
+            flag, e.variant, e.reason, error, assignment.source, e.arm, e.capped, e.count
+        )
+        if e.violation is not None:
+            violations.count(flag, e.violation, e.count)
+
+
+# The targeting key a plan asks the vendor with when neither the batch nor the context has one
+# (its rule does not depend on the key: the plan checked).
+_PROBE = "flagwarden-plan"
+
+
+def _plan(
+    runtime: Runtime,
+    flag_key: str,
+    default: Any,
+    context: EvaluationContext | None,
+    probe: str,
+    run_id: str | None,
+) -> Assignment:
     flag_type = _flag_type(default)
     base = context or EvaluationContext()
     governed = runtime.governed
-    if n == 0:
-        return columns.constant(keys, default)
-    plan = governed.plan(flag_key)
     failover = governed.inner
-    reason = None
-    if plan is None:
-        reason = "it has no policy"
+    flag_plan = governed.plan(flag_key)
+    state = governed.state(flag_key)
+    common: dict[str, Any] = {
+        "flag": flag_key,
+        "default": default,
+        "stage": flag_plan.stage if flag_plan is not None else None,
+        "killed": state.killed if flag_plan is not None else False,
+        "state_version": state.version,
+        "run_id": run_id,
+    }
+    why = None
+    if flag_plan is None:
+        why = "it has no policy"
     elif failover.depends_on_key(flag_key):
-        reason = f"the {failover.vendor.kind} rule depends on the record key"
-    if reason is not None:
-        if flag_key not in _per_key_noted:
-            _per_key_noted.add(flag_key)
-            _log.info("flagwarden.assign_per_key", flag=flag_key, why=reason)
-        get = getattr(runtime.client, _GETTERS[flag_type])
-        return columns.wrap(
-            keys,
-            [
-                get(flag_key, default, base.merge(EvaluationContext(targeting_key=k)))
-                for k in columns.as_strings(keys)
-            ],
+        why = f"the {failover.vendor.kind} rule depends on the record key"
+    if why is not None:
+        return Assignment(
+            mode="per_key",
+            source="",
+            error=None,
+            why=why,
+            context=dict(base.attributes),
+            **common,
         )
-
-    assert plan is not None
-    first = base.merge(EvaluationContext(targeting_key=columns.first_key(keys)))
-    # The vendor, once per batch; its source as the provider would report it.
+    assert flag_plan is not None
+    first = base.merge(EvaluationContext(targeting_key=probe))
     answer, source = failover.answer(flag_type, flag_key, default, first)
     error = answer.error_code
-    failover.count_served(source, n - 1)  # answer() counted the first one
-    recorder = runtime.telemetry.recorder
+    common.update(source=source, error=str(error.value) if error is not None else None)
+    vendor_variant, vendor_reason = answer.variant or "", str(answer.reason or "")
 
-    def served(variant: str, reason: Any, arm: str, count: int, capped: bool = False) -> None:
-        recorder.count(flag_key, variant, reason, error, source, arm, capped, count)
+    def constant(value: Any, variant: str, reason: str, arm: str, **kw: Any) -> Assignment:
+        outcome = Exposure(
+            variant, reason, arm, kw.pop("capped", False), 0, kw.pop("violation", None)
+        )
+        return Assignment(mode="constant", value=value, outcome=outcome, **common)
 
-    vendor_variant, vendor_reason = answer.variant or "", answer.reason
-    ruling = plan.ruling(answer.value, answer.variant, error, default)
-    control, treatment = plan.control, plan.treatment
+    ruling = flag_plan.ruling(answer.value, answer.variant, error, default)
+    control, treatment = flag_plan.control, flag_plan.treatment
     if ruling is Ruling.KILLED:
-        served("control", "DISABLED", "control", n)
-        return columns.constant(keys, control)
+        return constant(control, "control", "DISABLED", "control")
     if ruling is Ruling.PASS or ruling is Ruling.VENDOR:
-        if ruling is Ruling.PASS and plan.outside(answer.value, answer.variant, error, default):
-            governed.violations.count(flag_key, "unknown_variant", n)
-        served(vendor_variant, vendor_reason, plan.arm_of(answer.value), n)
-        return columns.constant(keys, answer.value)
+        outside = ruling is Ruling.PASS and flag_plan.outside(
+            answer.value, answer.variant, error, default
+        )
+        return constant(
+            answer.value,
+            vendor_variant,
+            vendor_reason,
+            flag_plan.arm_of(answer.value),
+            violation="unknown_variant" if outside else None,
+        )
     if ruling is Ruling.UNKNOWN:
-        governed.violations.count(flag_key, "unknown_variant", n)
-        served("control", "DEFAULT", "control", n)
-        return columns.constant(keys, control)
+        return constant(control, "control", "DEFAULT", "control", violation="unknown_variant")
     # The vendor serves the treatment: the stage decides, record by record.
-    if plan.stage >= 100:  # paused at 100: everyone is inside the stage
-        served(vendor_variant, vendor_reason, "treatment", n)
-        return columns.constant(keys, treatment)
-    if plan.unit is not None:  # one unit (an attribute of the shared context) for the batch
-        unit = plan.unit_of(None, base.attributes)
+    if flag_plan.stage >= 100:  # paused at 100: everyone is inside the stage
+        return constant(treatment, vendor_variant, vendor_reason, "treatment")
+    if flag_plan.unit is not None:  # one unit (an attribute of the shared context) for the batch
+        unit = flag_plan.unit_of(None, base.attributes)
         if unit is None:
-            governed.violations.count(flag_key, "missing_unit", n)
-            served("control", "SPLIT", "control", n)
-            return columns.constant(keys, control)
-        if plan.admits(unit):
-            served(vendor_variant, vendor_reason, "treatment", n)
-            return columns.constant(keys, treatment)
-        served("control", "SPLIT", "control", n, capped=True)
-        return columns.constant(keys, control)
-    out, treated, missing = columns.route(
-        keys, plan.policy.bucket_salt, plan.limit, treatment, control
+            return constant(control, "control", "SPLIT", "control", violation="missing_unit")
+        if flag_plan.admits(unit):
+            return constant(treatment, vendor_variant, vendor_reason, "treatment")
+        return constant(control, "control", "SPLIT", "control", capped=True)
+    return Assignment(
+        mode="bucket",
+        salt=flag_plan.policy.bucket_salt,
+        limit=flag_plan.limit,
+        treatment=treatment,
+        control=control,
+        vendor_variant=vendor_variant,
+        vendor_reason=vendor_reason,
+        **common,
     )
-    if missing:
-        # An empty or missing key is no unit (as for one evaluation): control, and a violation.
-        governed.violations.count(flag_key, "missing_unit", missing)
-        served("control", "SPLIT", "control", missing)
-    served(vendor_variant, vendor_reason, "treatment", treated)
-    served("control", "SPLIT", "control", n - treated - missing, capped=True)
-    return out
