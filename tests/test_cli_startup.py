@@ -178,6 +178,7 @@ def test_import_loads_no_sdk_and_registers_no_fork_hooks(module: str):
         "plan": "function",
         "record_exposures": "function",
         "record_metric": "function",
+        "run": "function",
         "shutdown": "function",
     }
     assert found["listed"] == []

@@ -21,6 +21,7 @@ from flagwarden.errors import ConfigError, FlagwardenError
 if TYPE_CHECKING:
     from flagwarden.governance.assign import assign, plan, record_exposures
     from flagwarden.governance.assignment import Assignment
+    from flagwarden.governance.runs import run
     from flagwarden.runtime import Runtime, configure, current, record_metric, shutdown
 
 # Imported on first use: ``import flagwarden`` (and the command line, which imports it as a
@@ -34,6 +35,7 @@ _LAZY = {
     "configure": "flagwarden.runtime",
     "current": "flagwarden.runtime",
     "record_metric": "flagwarden.runtime",
+    "run": "flagwarden.governance.runs",
     "shutdown": "flagwarden.runtime",
 }
 
@@ -48,6 +50,7 @@ __all__ = [
     "plan",
     "record_exposures",
     "record_metric",
+    "run",
     "shutdown",
 ]
 __version__ = "0.1.0"

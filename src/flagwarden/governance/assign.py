@@ -24,6 +24,7 @@ from flagwarden.errors import FlagwardenError
 from flagwarden.governance import columns
 from flagwarden.governance.assignment import Assignment, Exposure
 from flagwarden.governance.enforcement import Ruling
+from flagwarden.governance.runs import current_run, pinned
 from flagwarden.logs import get_logger
 
 if TYPE_CHECKING:
@@ -83,11 +84,14 @@ def plan(
     the flag's stage, kill, pause, salt, unit and arm values. ``Assignment.apply(keys)`` then
     gives each key's value anywhere, exactly as :func:`assign` would here.
 
+    With ``run_id`` (or inside ``flagwarden.run(run_id)``) the decision is the run's pinned one:
+    a retried run gets back what its first attempt planned, unless the flag is killed.
+
     Counts nothing: record what the applied batches served with ``record_exposures``.
     """
     runtime = _runtime("plan")
     probe = context.targeting_key if context is not None and context.targeting_key else None
-    return _plan(runtime, flag_key, default, context, probe or _PROBE, run_id)
+    return _decided(runtime, flag_key, default, context, probe or _PROBE, run_id)
 
 
 def assign(
@@ -112,7 +116,7 @@ def assign(
     if n == 0:
         return columns.constant(keys, default)
     # The vendor is asked with the batch's first key, as one evaluation of it would be.
-    assignment = _plan(runtime, flag_key, default, context, columns.first_key(keys), None)
+    assignment = _decided(runtime, flag_key, default, context, columns.first_key(keys), None)
     if assignment.mode == "per_key":
         if flag_key not in _per_key_noted:
             _per_key_noted.add(flag_key)
@@ -153,6 +157,26 @@ def _record(runtime: Runtime, assignment: Assignment, exposures: list[Exposure])
 # The targeting key a plan asks the vendor with when neither the batch nor the context has one
 # (its rule does not depend on the key: the plan checked).
 _PROBE = "flagwarden-plan"
+
+
+def _decided(
+    runtime: Runtime,
+    flag_key: str,
+    default: Any,
+    context: EvaluationContext | None,
+    probe: str,
+    run_id: str | None,
+) -> Assignment:
+    """The plan, or the run's pinned one inside ``flagwarden.run`` (or with ``run_id``)."""
+    run_id = run_id if run_id is not None else current_run()
+
+    def decide() -> Assignment:
+        return _plan(runtime, flag_key, default, context, probe, run_id)
+
+    if run_id is None:
+        return decide()
+    attributes = dict(context.attributes) if context is not None else {}
+    return pinned(runtime, run_id, flag_key, default, attributes, decide)
 
 
 def _plan(

@@ -77,6 +77,7 @@ class Assignment:
     why: str = ""
     context: dict[str, Any] = field(default_factory=dict)  # the batch's shared attributes
     run_id: str | None = None
+    pinned: bool = False  # the run's pinned decision (flagwarden.run): a retry gets it back
     format: int = FORMAT
 
     # -- applying ---------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Run-pinned decisions: a retried run routes every record as its first attempt did, across
+processes and after an advance; a kill still wins; a pin that cannot be used never stops the
+run; the audit log records each run's pin once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import flagwarden
+from tests.conftest import POLICY, Project, governed_project
+from tests.governance.test_assign import KEYS, stage
+
+FLAG = POLICY["flag"]
+ROOT = Path(__file__).resolve().parents[2]
+RUN = "orders-2026-11-26"
+
+
+def pins(kind: str = f"run:{RUN}") -> dict[str, str]:
+    store = flagwarden.current().governed.cache.store
+    assert store is not None
+    return store.documents(kind)
+
+
+def test_a_retried_run_routes_every_record_as_its_first_attempt(project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    with flagwarden.run(RUN):
+        first = flagwarden.assign(FLAG, KEYS, False)
+        assert flagwarden.plan(FLAG, False).pinned
+    stage(50)  # the rollout advances between the attempts
+    with flagwarden.run(RUN):
+        retried = flagwarden.assign(FLAG, KEYS, False)
+        assignment = flagwarden.plan(FLAG, False)
+    assert retried == first
+    assert (assignment.stage, assignment.run_id, assignment.pinned) == (25, RUN, True)
+    assert sum(flagwarden.assign(FLAG, KEYS, False)) > sum(first)  # outside the run: 50%
+    # another run pins the stage of its own first attempt
+    assert flagwarden.plan(FLAG, False, run_id="orders-2026-11-27").stage == 50
+    assert set(pins()) == {FLAG}
+
+
+def test_a_kill_wins_over_the_pin_and_a_revive_gives_it_back(project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    first = flagwarden.plan(FLAG, False, run_id=RUN).apply(KEYS)
+    rollout = flagwarden.current().rollout
+    rollout.kill(FLAG, actor="t", reason="bad data")
+    killed = flagwarden.plan(FLAG, False, run_id=RUN)
+    assert killed.killed and not killed.pinned and killed.apply(KEYS) == [False] * len(KEYS)
+    rollout.revive(FLAG, actor="t", reason="fixed")
+    assert flagwarden.plan(FLAG, False, run_id=RUN).apply(KEYS) == first
+
+
+PLAN_IN_ANOTHER_PROCESS = """
+import json, sys
+import flagwarden
+flagwarden.configure(sys.argv[1])
+assignment = flagwarden.plan("new-scoring-model", False, run_id=sys.argv[2])
+print(json.dumps({"stage": assignment.stage, "pinned": assignment.pinned,
+                  "served": assignment.apply(json.loads(sys.argv[3]))}))
+flagwarden.shutdown()
+"""
+
+
+def test_another_process_of_the_run_gets_the_same_pin(project: Project):
+    config = governed_project(project, serve=True)
+    flagwarden.configure(config)
+    stage(25)
+    keys = KEYS[:2000]
+    first = flagwarden.plan(FLAG, False, run_id=RUN).apply(keys)
+    stage(50)
+    done = subprocess.run(
+        [sys.executable, "-c", PLAN_IN_ANOTHER_PROCESS, str(config), RUN, json.dumps(keys)],
+        cwd=project.root,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert (found["stage"], found["pinned"]) == (25, True)
+    assert found["served"] == first
+
+
+def test_each_pin_is_audited_once(project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    for _ in range(3):
+        with flagwarden.run(RUN):
+            flagwarden.assign(FLAG, KEYS[:10], False)
+    audit = flagwarden.current().governance.audit
+    assert audit is not None
+    records = list(audit.records(flag=FLAG, kind="run_pinned"))
+    assert len(records) == 1
+    data = records[0].data
+    assert (data["run"], data["stage"], data["mode"], data["killed"]) == (RUN, 25, "bucket", False)
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ('{"format": 1, "mode": "?"}', "TypeError"),
+        ("not json", "JSONDecodeError"),
+        ('{"format": 99}', "ValueError"),
+    ],
+)
+def test_a_damaged_pin_is_reported_and_the_run_plans_afresh(project: Project, doc, error):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    store = flagwarden.current().governed.cache.store
+    assert store is not None
+    assert store.put_document(f"run:{RUN}", FLAG, doc, expected=None)
+    with capture_logs() as logs:
+        assignment = flagwarden.plan(FLAG, False, run_id=RUN)
+    assert not assignment.pinned and assignment.stage == 25
+    assert assignment.apply(KEYS) == flagwarden.assign(FLAG, KEYS, False)
+    (failed,) = [e for e in logs if e["event"] == "flagwarden.run_pin_failed"]
+    assert failed["run"] == RUN and failed["error"].startswith(error)
+
+
+def test_an_unreachable_store_never_stops_the_run(project: Project):
+    flagwarden.configure(governed_project(project, serve=True, state="redis://127.0.0.1:1/0"))
+    with capture_logs() as logs, flagwarden.run(RUN):
+        assert flagwarden.assign(FLAG, KEYS[:100], True) == [False] * 100  # stage 0: control
+    assert [e["run"] for e in logs if e["event"] == "flagwarden.run_pin_failed"] == [RUN]
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "a\nb", "x" * 201, 7])
+def test_a_run_id_is_printable_text(bad):
+    with pytest.raises(ValueError, match="run id"), flagwarden.run(bad):  # type: ignore[arg-type]
+        pass
+
+
+def test_the_run_is_the_blocks_only(project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    with flagwarden.run(RUN):
+        assert flagwarden.governance.runs.current_run() == RUN
+        with flagwarden.run("inner"):
+            assert flagwarden.plan(FLAG, False).run_id == "inner"
+        assert flagwarden.plan(FLAG, False).run_id == RUN
+    assert flagwarden.plan(FLAG, False).run_id is None
