@@ -170,6 +170,9 @@ class ShadowConfig(_Model):
     queue_size: int = Field(default=10_000, ge=1)
 
 
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
 class PrometheusConfig(_Model):
     """Getting metrics out: an HTTP endpoint, Pushgateway pushes, and where guards query."""
 
@@ -177,7 +180,27 @@ class PrometheusConfig(_Model):
     addr: str = "0.0.0.0"
     pushgateway: str | None = None  # push at shutdown (batch runs)
     job: str = "flagwarden"
+    # The Pushgateway group beside job: labels the user chooses (never a host or a pid).
+    grouping: dict[str, str] = Field(default_factory=dict)
+    delete_at_start: bool = False  # the pushing process deletes its group at configure()
     query_url: str | None = None  # a Prometheus server's HTTP API, for promql guards
+
+    @field_validator("grouping")
+    @classmethod
+    def _grouping(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, label_value in value.items():
+            if not _LABEL_NAME.fullmatch(label):
+                raise ValueError(
+                    f"{label!r} is not a Prometheus label name (letters, digits and _, "
+                    "not starting with a digit)"
+                )
+            if label.startswith("__"):
+                raise ValueError(f"{label!r}: label names starting with __ are reserved")
+            if label == "job":
+                raise ValueError("'job' is telemetry.prometheus.job, not a grouping label")
+            if not label_value.strip():
+                raise ValueError(f"the value of {label!r} must be a non-empty string")
+        return value
 
 
 class ExposureLogConfig(_Model):

@@ -1,7 +1,15 @@
-"""A process's telemetry: the exposure recorder, summaries, gauges, and metric export."""
+"""A process's telemetry: the exposure recorder, summaries, gauges, and metric export.
+
+Pushes to a Pushgateway: exactly one process pushes per run, the one that started telemetry
+(``flagwarden.configure()``) first. A process forked from it never pushes, even when it calls
+``configure()`` again: with ``PROMETHEUS_MULTIPROC_DIR`` its counts reach the one push through
+the multiprocess folder; without, they stay its own. The group is ``job`` plus the configured
+``grouping``, never a host or a process id, so each run replaces the last run's push.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from openfeature import api
@@ -13,7 +21,7 @@ from flagwarden.governance.policy import parse_duration
 from flagwarden.governance.state import FlagState
 from flagwarden.telemetry.cardinality import flag_labels
 from flagwarden.telemetry.dedup import new_deduper
-from flagwarden.telemetry.export import push_metrics, serve_metrics
+from flagwarden.telemetry.export import delete_pushed, push_metrics, serve_metrics
 from flagwarden.telemetry.exposure import ExposureHook, ExposureSummary
 from flagwarden.telemetry.logging import configure_logging, exposure_stream
 from flagwarden.telemetry.metrics import (
@@ -26,9 +34,21 @@ from flagwarden.telemetry.metrics import (
 from flagwarden.telemetry.recorder import ExposureRecorder
 from flagwarden.telemetry.writer import ExposureWriter
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "pushing_process"]
 
 _STATES = ("NOT_READY", "READY", "STALE", "ERROR", "FATAL")
+
+# The process that started telemetry first: the only one that pushes. Inherited by a fork,
+# so a forked child (whose pid differs) never becomes it.
+_pusher_pid: int | None = None
+# Groups this process deleted at start (delete_at_start): once per process and group, so a
+# second configure() in the same run does not delete what the run has pushed.
+_deleted_at_start: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
+
+
+def pushing_process() -> bool:
+    """Whether this process is the one that pushes to the Pushgateway (see the module doc)."""
+    return _pusher_pid is not None and _pusher_pid == os.getpid()
 
 
 class Telemetry:
@@ -56,6 +76,9 @@ class Telemetry:
         self.metrics_port = 0
 
     def install(self, events: EventSink) -> None:
+        global _pusher_pid
+        if _pusher_pid is None:
+            _pusher_pid = os.getpid()
         if self.hook is not None:
             api.add_hooks([self.hook])
         events.subscribe(self._on_event)
@@ -65,6 +88,19 @@ class Telemetry:
             self.metrics_port = serve_metrics(
                 self.config.prometheus.port, self.config.prometheus.addr
             )
+        self._delete_at_start()
+
+    def _delete_at_start(self) -> None:
+        """``delete_at_start``: an earlier run's group (a run that crashed before its push
+        replaced the one before) is not read as this run's totals."""
+        prom = self.config.prometheus
+        if not (prom.pushgateway and prom.delete_at_start and pushing_process()):
+            return
+        group = (prom.pushgateway, prom.job, tuple(sorted(prom.grouping.items())))
+        if group not in _deleted_at_start and delete_pushed(
+            prom.pushgateway, prom.job, prom.grouping
+        ):
+            _deleted_at_start.add(group)
 
     def _audit_summary(self, summary: dict[str, Any]) -> None:
         if self.audit is not None:
@@ -101,5 +137,6 @@ class Telemetry:
             api.add_hooks(hooks)
         self.recorder.close()  # its last counts go into the summary the next line writes
         self.summary.close()
-        if self.config.prometheus.pushgateway:
-            push_metrics(self.config.prometheus.pushgateway, self.config.prometheus.job)
+        prom = self.config.prometheus
+        if prom.pushgateway and pushing_process():
+            push_metrics(prom.pushgateway, prom.job, prom.grouping)
