@@ -5,9 +5,10 @@ audit records, :mod:`flagwarden.report.series` the measurements behind the guard
 :mod:`flagwarden.report.verdict` judges each flag; the renderers only render the result.
 
 The audit log is read in bounded memory: the period's records are streamed once and folded
-(exposure summaries into tallies, outages into rows); only each covered flag's transitions,
-guard decisions and violations are kept, because the document lists them. What came before
-the period is read backwards per flag, by index, only as far as the last stage change.
+(exposure summaries into tallies, outages and pipeline runs into rows); only each covered
+flag's transitions, guard decisions and violations are kept, because the document lists them.
+What came before the period is read backwards per flag, by index, only as far as the last
+stage change.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from flagwarden.report.document import (
     Unregistered,
     Verdict,
 )
+from flagwarden.report.runs import RUN_PINNED, PipelineRun, pipeline_run
 from flagwarden.report.series import guard_charts
 from flagwarden.report.verdict import glossary, verdict
 
@@ -48,6 +50,7 @@ __all__ = ["build_report"]
 # The kinds of a flag's own records that its section lists (the rest is folded or global).
 _HISTORY_KINDS = ("transition", "guard", "violation")
 _GLOBAL_KINDS = ("outage", "exposure_summary")
+_FLAG_KINDS = (*_HISTORY_KINDS, RUN_PINNED)  # read per flag with --flag
 _MOST_NAMED = 10  # unreadable records named in the audit problem
 
 
@@ -120,19 +123,34 @@ def _flag(
 class _Reading:
     """The period's records, folded as they stream past."""
 
-    def __init__(self, selected: Sequence[str], *, count_unregistered: bool) -> None:
+    def __init__(self, selected: Sequence[str], *, every_flag: bool) -> None:
         self.selected = frozenset(selected)
-        self.count_unregistered = count_unregistered
+        self.every_flag = every_flag  # no --flag: unregistered flags and their runs too
         self.history: dict[str, list[AuditRecord]] = defaultdict(list)
         self.exposures: dict[str, read.ExposureTally] = {f: read.ExposureTally() for f in selected}
         self.outages: list[Outage] = []
+        self.runs: dict[int, PipelineRun] = {}  # by seq
         self.unregistered: Counter[str] = Counter()
-        self.unreadable: dict[int, AuditRecord] = {}
+        self.unreadable: dict[int, UnreadableRecord] = {}
 
     def readable(self, r: AuditRecord) -> bool:
         if not r.readable:
-            self.unreadable[r.seq] = r
+            problem = getattr(r.data, "problem", "unreadable")
+            self.unreadable[r.seq] = UnreadableRecord(r.seq, r.kind, r.flag, problem)
         return r.readable
+
+    def add_run(self, r: AuditRecord) -> None:
+        """A ``run_pinned`` record of a covered flag; one whose data is malformed is left out
+        and named, like a record whose data is not JSON."""
+        if r.kind != RUN_PINNED or not (self.every_flag or r.flag in self.selected):
+            return
+        if not self.readable(r):
+            return
+        try:
+            self.runs[r.seq] = pipeline_run(r)
+        except ValueError as exc:
+            problem = f"its {RUN_PINNED} data is malformed: {exc}"
+            self.unreadable[r.seq] = UnreadableRecord(r.seq, r.kind, r.flag, problem)
 
     def add_history(self, r: AuditRecord) -> None:
         if r.flag in self.selected and r.kind in _HISTORY_KINDS and self.readable(r):
@@ -156,7 +174,7 @@ class _Reading:
                 )
             )
         elif r.kind == "violation":
-            if self.count_unregistered and r.flag and read.violation(d).kind == "unregistered":
+            if self.every_flag and r.flag and read.violation(d).kind == "unregistered":
                 self.unregistered[r.flag] += int(d.get("count", 1) or 1)
         else:  # exposure_summary
             at = read.parse_time(d.get("to")) or r.at
@@ -183,13 +201,11 @@ def _before(
     return start, None
 
 
-def _audit_status(checked: Verification, unreadable: Mapping[int, AuditRecord]) -> AuditStatus:
+def _audit_status(checked: Verification, unreadable: Mapping[int, UnreadableRecord]) -> AuditStatus:
     """The chain's verification, and the records the report could not read: a record whose
-    data is not JSON was not written by flagwarden, so the log does not verify either."""
-    named = [
-        UnreadableRecord(r.seq, r.kind, r.flag, getattr(r.data, "problem", "unreadable"))
-        for r in (unreadable[seq] for seq in sorted(unreadable))
-    ]
+    data is not JSON (or not of its kind's shape) was not written by flagwarden, so the log
+    does not verify either."""
+    named = [unreadable[seq] for seq in sorted(unreadable)]
     status = AuditStatus(
         checked.ok,
         checked.checked,
@@ -239,15 +255,17 @@ def build_report(
         else Verification(ok=False, checked=0, problem="not checked (verify=False)")
     )
     selected = sorted(policies) if flags is None else sorted(set(flags) & set(policies))
-    reading = _Reading(selected, count_unregistered=flags is None)
+    reading = _Reading(selected, every_flag=flags is None)
     if flags is None:
         for r in audit.records(period.since, until=period.until):
             reading.add_history(r)
             reading.add_global(r)
+            reading.add_run(r)
     else:
         for flag in selected:
-            for r in audit.records(period.since, flag, until=period.until, kind=_HISTORY_KINDS):
+            for r in audit.records(period.since, flag, until=period.until, kind=_FLAG_KINDS):
                 reading.add_history(r)
+                reading.add_run(r)
         for r in audit.records(period.since, until=period.until, kind=_GLOBAL_KINDS):
             reading.add_global(r)
     before = {flag: _before(audit, flag, period.since, reading) for flag in selected}
@@ -291,6 +309,7 @@ def build_report(
         audit=status,
         glossary=[],
         flags=flag_reports,
+        runs=[reading.runs[seq] for seq in sorted(reading.runs)],
         outages=reading.outages,
         unregistered_flags=[]
         if flags is not None

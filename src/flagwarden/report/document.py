@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
+from flagwarden.report.runs import PipelineRun
 from flagwarden.report.text import iso
 
 __all__ = [
@@ -356,6 +357,7 @@ class Report:
     audit: AuditStatus
     glossary: list[GlossaryEntry]
     flags: list[FlagReport]
+    runs: list[PipelineRun]  # run_pinned records: each run's pinned decision per flag
     outages: list[Outage]
     unregistered_flags: list[Unregistered]
     to_remove: list[Removal]

@@ -15,6 +15,7 @@ from markupsafe import Markup
 from flagwarden.humanize import visible
 from flagwarden.report import charts
 from flagwarden.report.document import Report
+from flagwarden.report.runs import RUNS_NOTE
 from flagwarden.report.series import limit_words
 from flagwarden.report.text import count, duration, num, plural, share, stage, when
 from flagwarden.report.verdict import CAPPING, VERDICT_TITLES, split_verdict
@@ -47,6 +48,7 @@ _env.globals.update(
     split_verdict=split_verdict,
     verdict_titles=VERDICT_TITLES,
     capping=CAPPING,
+    runs_note=RUNS_NOTE,
 )
 
 

@@ -8,6 +8,7 @@ a link or raw HTML.
 from __future__ import annotations
 
 from flagwarden.report.document import FlagReport, GuardChart, Report
+from flagwarden.report.runs import RUNS_NOTE
 from flagwarden.report.series import limit_words
 from flagwarden.report.text import count, duration, num, plural, share, stage, when
 from flagwarden.report.text import markdown_escape as e
@@ -274,10 +275,33 @@ def _soak_status(status: str, forced: bool, met: bool, left_to: float | None, at
     return "compliant"
 
 
+def _runs(r: Report) -> list[str]:
+    if not r.runs:
+        return []
+    lines = ["## Pipeline runs", "", e(RUNS_NOTE), ""]
+    return lines + _table(
+        ["run", "flag", "stage", "killed", "mode", "source", "when", "who"],
+        [
+            _row(
+                e(x.run),
+                e(x.flag),
+                "no policy" if x.stage is None else stage(x.stage),
+                "**killed**" if x.killed else "no",
+                e(x.mode),
+                e(x.source or "-"),
+                when(x.at),
+                e(x.actor or "-"),
+            )
+            for x in r.runs
+        ],
+    )
+
+
 def render_markdown(r: Report) -> str:
     lines = _header(r)
     for f in r.flags:
         lines += _flag(f)
+    lines += _runs(r)
     lines += ["## Vendor outages", ""]
     if r.outages:
         lines += _table(
