@@ -128,14 +128,17 @@ def assign(
     return values
 
 
-def record_exposures(assignment: Assignment, n: int, *, treated: int = 0, missing: int = 0) -> None:
+def record_exposures(
+    assignment: Assignment, n: int, *, treated: int = 0, missing: int = 0, killed: int = 0
+) -> None:
     """Count ``n`` answers an :class:`Assignment` gave elsewhere (a Spark, Dask or Ray job's
-    workers), once, in this process: ``treated`` of them inside the stage and ``missing`` no
-    unit (what ``Assignment.route`` returns, summed over the batches). Counted as the same
-    answers of one evaluation each would be: Prometheus, the exposure summaries, violations
-    and the open outage window (no exposure lines: those are per unit)."""
+    workers), once, in this process: ``treated`` of them inside the stage, ``missing`` no
+    unit (what ``Assignment.route`` returns, summed over the batches) and ``killed`` served
+    control after a kill reached the job. Counted as the same answers of one evaluation each
+    would be: Prometheus, the exposure summaries, violations and the open outage window (no
+    exposure lines: those are per unit)."""
     runtime = _runtime("record_exposures")
-    exposures = assignment.exposures(n, treated=treated, missing=missing)
+    exposures = assignment.exposures(n, treated=treated, missing=missing, killed=killed)
     if exposures:
         runtime.governed.inner.count_served(assignment.source, n)
     _record(runtime, assignment, exposures)
@@ -199,6 +202,7 @@ def _plan(
         "stage": flag_plan.stage if flag_plan is not None else None,
         "killed": state.killed if flag_plan is not None else False,
         "state_version": state.version,
+        "control": flag_plan.control if flag_plan is not None else None,
         "run_id": run_id,
     }
     why = None
@@ -260,7 +264,6 @@ def _plan(
         salt=flag_plan.policy.bucket_salt,
         limit=flag_plan.limit,
         treatment=treatment,
-        control=control,
         vendor_variant=vendor_variant,
         vendor_reason=vendor_reason,
         **common,

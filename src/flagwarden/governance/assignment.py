@@ -65,12 +65,13 @@ class Assignment:
     # constant: the value every key gets, and what it counts as
     value: Any = None
     outcome: Exposure | None = None
+    # the policy's control value (every mode: what a kill serves; None without a policy)
+    control: Any = None
     # bucket: a key inside the stage gets ``treatment`` (counted as the vendor's answer),
     # any other key ``control`` (capped); an empty or missing key is no unit
     salt: str = ""
     limit: float = 0.0
     treatment: Any = None
-    control: Any = None
     vendor_variant: str = ""
     vendor_reason: str = ""
     # per_key: why the vendor must be asked per key
@@ -126,18 +127,26 @@ class Assignment:
 
     # -- counting ---------------------------------------------------------------------
 
-    def exposures(self, n: int, *, treated: int = 0, missing: int = 0) -> list[Exposure]:
-        """What ``n`` applied keys count as, ``treated`` of them inside the stage and ``missing``
-        of them no unit (a ``bucket`` assignment's :meth:`route` gives both). Empty for a
-        ``per_key`` assignment: its answers were counted where the client gave them."""
-        if n < 0 or treated < 0 or missing < 0 or treated + missing > n:
-            raise ValueError(f"counts out of range: n={n}, treated={treated}, missing={missing}")
+    def exposures(
+        self, n: int, *, treated: int = 0, missing: int = 0, killed: int = 0
+    ) -> list[Exposure]:
+        """What ``n`` applied keys count as: ``killed`` of them served control because the flag
+        was killed while the job ran (see :mod:`flagwarden.governance.killcheck`), and of the
+        others ``treated`` inside the stage and ``missing`` no unit (a ``bucket`` assignment's
+        :meth:`route` gives both). The answers of a ``per_key`` assignment were counted where
+        the client gave them (only its killed ones are here)."""
+        counts = (n, treated, missing, killed)
+        if min(counts) < 0 or treated + missing + killed > n:
+            raise ValueError(
+                f"counts out of range: n={n}, treated={treated}, missing={missing}, killed={killed}"
+            )
+        out = [Exposure("control", "DISABLED", "control", False, killed)] if killed else []
+        n -= killed
         if n == 0 or self.mode == "per_key":
-            return []
+            return out
         if self.mode == "constant":
             assert self.outcome is not None
-            return [_times(self.outcome, n)]
-        out = []
+            return [*out, _times(self.outcome, n)]
         if treated:
             out.append(
                 Exposure(self.vendor_variant, self.vendor_reason, "treatment", False, treated)
