@@ -164,11 +164,17 @@ def _routing_udf(
     schema = T.StructType(
         [T.StructField("value", value_type), T.StructField("outcome", T.ByteType())]
     )
-    from pyspark.sql.pandas.functions import ArrowUDFType
+    import pyarrow as pa
 
     route = _Router(assignment, config, on_kill, interval)
-    # The type is given: a callable object has no annotations for Spark to infer it from.
-    return F.arrow_udf(route, schema, ArrowUDFType.SCALAR)
+
+    def routed(keys: Any) -> Any:
+        return route(keys)
+
+    # Spark reads the UDF's kind (scalar: Arrow array in, Arrow array out) from its hints.
+    routed.__annotations__ = {"keys": pa.Array, "return": pa.Array}
+    routed.__name__ = routed.__qualname__ = f"flagwarden_{assignment.flag}"
+    return F.arrow_udf(routed, schema)  # type: ignore[call-overload]
 
 
 class _Router:
@@ -179,7 +185,6 @@ class _Router:
         self.config = config
         self.on_kill = on_kill
         self.interval = interval
-        self.__name__ = f"flagwarden_{assignment.flag}"
 
     def __call__(self, keys: Any) -> Any:
         import pyarrow as pa
