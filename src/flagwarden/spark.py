@@ -27,11 +27,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from flagwarden.governance.assign import plan, record_exposures
+from flagwarden.governance.assign import plan
 from flagwarden.governance.assignment import Assignment
-from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled, kill_check
+from flagwarden.governance.batches import (
+    CONSTANT,
+    TREATED,
+    BatchRouter,
+    OnKill,
+    record_outcomes,
+)
+from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
 if TYPE_CHECKING:
     from openfeature.evaluation_context import EvaluationContext
@@ -39,10 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FlagKilled", "assign_column"]
 
-OnKill = Literal["control", "abort"]
-
-# What each row's answer counts as (the UDF's second field, aggregated on the driver).
-TREATED, CAPPED, MISSING, KILLED, CONSTANT = 0, 1, 2, 3, 4
 _INTERNAL = "__flagwarden_routed"
 
 
@@ -108,15 +111,7 @@ def assign_column(
 
 def _record(assignment: Assignment, result: DataFrame) -> None:
     rows = result.groupBy(f"{_INTERNAL}.outcome").count().collect()
-    by_outcome = {int(row[0]): int(row[1]) for row in rows}
-    total = sum(by_outcome.values())
-    record_exposures(
-        assignment,
-        total,
-        treated=by_outcome.get(TREATED, 0),
-        missing=by_outcome.get(MISSING, 0),
-        killed=by_outcome.get(KILLED, 0),
-    )
+    record_outcomes(assignment, {int(row[0]): int(row[1]) for row in rows})
 
 
 def _constant_arm(assignment: Assignment) -> str:
@@ -166,10 +161,10 @@ def _routing_udf(
     )
     import pyarrow as pa
 
-    route = _Router(assignment, config, on_kill, interval)
+    router = BatchRouter(assignment, config, on_kill, interval)
 
     def routed(keys: Any) -> Any:
-        return route(keys)
+        return _struct(*router.route(keys))
 
     # Spark reads the UDF's kind (scalar: Arrow array in, Arrow array out) from its hints.
     routed.__annotations__ = {"keys": pa.Array, "return": pa.Array}
@@ -177,68 +172,7 @@ def _routing_udf(
     return F.arrow_udf(routed, schema)  # type: ignore[call-overload]
 
 
-class _Router:
-    """The UDF's body: picklable, applied on the executors to each Arrow batch of keys."""
-
-    def __init__(self, assignment: Assignment, config: str, on_kill: OnKill, interval: float):
-        self.assignment = assignment
-        self.config = config
-        self.on_kill = on_kill
-        self.interval = interval
-
-    def __call__(self, keys: Any) -> Any:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        a = self.assignment
-        n = len(keys)
-        _load_kernels()
-        if a.stage is not None and kill_check(self.config, a.flag, self.interval).killed():
-            if self.on_kill == "abort":
-                raise FlagKilled(
-                    f"{a.flag} was killed while this job ran (on_kill='abort'): the task stops "
-                    "so that a transactional sink writes nothing"
-                )
-            return _struct(pa.array([a.control] * n), pa.array([KILLED] * n, pa.int8()))
-        if a.mode == "per_key":
-            _configure_worker(self.config)
-            values = a.apply(keys)
-            return _struct(values, pa.array([CONSTANT] * n, pa.int8()))
-        values, _, _ = a.route(keys)
-        if a.mode == "constant":
-            return _struct(values, pa.array([CONSTANT] * n, pa.int8()))
-        missing = pc.is_null(keys)
-        if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
-            missing = pc.or_(missing, pc.equal(keys, ""))
-        missing = pc.fill_null(missing, True)
-        treated = pc.and_(pc.equal(values, pa.scalar(a.treatment, values.type)), pc.invert(missing))
-        outcome = pc.if_else(
-            missing,
-            pa.scalar(MISSING, pa.int8()),
-            pc.if_else(treated, pa.scalar(TREATED, pa.int8()), pa.scalar(CAPPED, pa.int8())),
-        )
-        return _struct(values, outcome)
-
-
-def _load_kernels() -> None:
-    """The compiled bucketing kernels, once per Python worker (about 0.25 s from numba's
-    cache): Spark's Arrow batches (10,000 rows by default) are below the size for which
-    ``assign`` loads them by itself, and they route six times faster."""
-    from flagwarden.governance import murmur
-
-    murmur.load_kernels()
-
-
 def _struct(values: Any, outcome: Any) -> Any:
     import pyarrow as pa
 
     return pa.StructArray.from_arrays([values, outcome], names=["value", "outcome"])
-
-
-def _configure_worker(config: str) -> None:
-    """One ``configure()`` per Python worker, for flags the vendor decides per key."""
-    import flagwarden
-
-    runtime = flagwarden.current()
-    if runtime is None or str(runtime.settings.source) != config:
-        flagwarden.configure(config)
