@@ -343,6 +343,11 @@ class SQLiteStateStore(_SQLStateStore):
 # -- PostgreSQL --------------------------------------------------------------------------
 
 
+# PostgreSQL URLs whose tables this process has created (or found): the DDL runs once per
+# process, not on every connection (a fleet reconnecting after a restart would queue on it).
+_SCHEMA_READY: set[str] = set()
+
+
 class PostgresStateStore(_SQLStateStore):
     """Many machines; changes announced with LISTEN/NOTIFY."""
 
@@ -360,27 +365,34 @@ class PostgresStateStore(_SQLStateStore):
         import psycopg
 
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
-        create_tables(conn, *_TABLES)
-        with conn.transaction():
-            self._ensure_generation(conn)
+        if self.url not in _SCHEMA_READY:  # once per process, and again after any error
+            create_tables(conn, *_TABLES)
+            with conn.transaction():
+                self._ensure_generation(conn)
+            _SCHEMA_READY.add(self.url)
         return conn
 
     def _call(self, fn: Callable[[Any], T], *, transaction: bool) -> T:
         import psycopg
 
         with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                if not transaction:
-                    return fn(self._conn)
-                with self._conn.transaction():
-                    return fn(self._conn)
-            except psycopg.Error as exc:
-                if self._conn is not None and not self._conn.closed:
-                    self._conn.close()
-                self._conn = None
-                raise StateStoreUnavailable(store_failure(self.url, exc)) from None
+            for again in (True, False):
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect()
+                    if not transaction:
+                        return fn(self._conn)
+                    with self._conn.transaction():
+                        return fn(self._conn)
+                except psycopg.Error as exc:
+                    _SCHEMA_READY.discard(self.url)  # the next connect creates what is missing
+                    if self._conn is not None and not self._conn.closed:
+                        self._conn.close()
+                    self._conn = None
+                    if again and isinstance(exc, psycopg.errors.UndefinedTable):
+                        continue  # the tables were dropped under us: create them, once more
+                    raise StateStoreUnavailable(store_failure(self.url, exc)) from None
+            raise AssertionError("unreachable")
 
     def _read(self, fn: Callable[[Any], T]) -> T:
         return self._call(fn, transaction=False)
