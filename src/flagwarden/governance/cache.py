@@ -1,7 +1,8 @@
 """The in-process cache of every governed flag's state: the evaluation path reads only this.
 
 The store is authoritative (see :class:`StateCache`); changes arrive by the store's change
-notification, and a full reload with a heartbeat every ``reload_interval`` backs it up.
+notification, and a full reload every ``reload_interval`` (3 s) backs it up (pub/sub can drop
+messages); the worker's heartbeat for ``status`` goes every ``heartbeat_interval`` (10 s).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -45,12 +47,14 @@ class StateCache:
         store: StateStore | None,
         flags: Iterable[str],
         *,
-        reload_interval: float = 10.0,
+        reload_interval: float = 3.0,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.store = store
         self.flags = frozenset(flags)
         self._listeners: list[Callable[[dict[str, FlagState]], None]] = []
         self.reload_interval = reload_interval
+        self.heartbeat_interval = heartbeat_interval
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
         self._tickets = itertools.count(1)
         self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
@@ -80,12 +84,15 @@ class StateCache:
             self._start_backstop()
 
     def _start_backstop(self) -> None:
-        """A full reload and a heartbeat every ``reload_interval``: notifications can be
-        dropped (pub/sub), and a store file replaced under us sends none."""
+        """A full reload every ``reload_interval`` (notifications can be dropped by pub/sub, and
+        a store file replaced under us sends none), a heartbeat every ``heartbeat_interval``."""
+        reported = [time.monotonic()]  # start() has just reported
 
         def step() -> None:
             self.refresh(None)
-            self.report()
+            if time.monotonic() - reported[0] >= self.heartbeat_interval:
+                reported[0] = time.monotonic()
+                self.report()
             if not self._healthy:  # kept serving the last state: the thread's health says so
                 raise StateStoreUnavailable(self._error or "the state store cannot be read")
 

@@ -9,7 +9,7 @@ pass or ``audit verify``) clears them.
 Workers never read the store on the evaluation path: a :class:`StateCache` keeps every
 governed flag's state in memory and refreshes it when the store says something changed
 (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or SQLite's ``data_version`` polled every
-``poll_interval``), and reloads everything every ``reload_interval`` as a backstop. The
+``poll_interval``), and reloads everything every ``reload_interval`` (3 s) as a backstop. The
 store is authoritative: the latest read replaces the cache whatever its version, so a store
 that lost its data (a new *generation*) or was restored from an older copy is followed, and
 a kill written there arrives.
