@@ -14,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import flagwarden
+from flagwarden.governance import runs
 from tests.conftest import POLICY, Project, governed_project
 from tests.governance.test_assign import KEYS, stage
 
@@ -43,7 +44,7 @@ def test_a_retried_run_routes_every_record_as_its_first_attempt(project: Project
     assert sum(flagwarden.assign(FLAG, KEYS, False)) > sum(first)  # outside the run: 50%
     # another run pins the stage of its own first attempt
     assert flagwarden.plan(FLAG, False, run_id="orders-2026-11-27").stage == 50
-    assert set(pins()) == {FLAG}
+    assert [key.split("#")[0] for key in pins()] == [FLAG]
 
 
 def test_a_kill_wins_over_the_pin_and_a_revive_gives_it_back(project: Project):
@@ -107,9 +108,13 @@ def test_each_pin_is_audited_once(project: Project):
 @pytest.mark.parametrize(
     ("doc", "error"),
     [
-        ('{"format": 1, "mode": "?"}', "TypeError"),
+        ('{"format": 1, "mode": "?"}', "ValueError"),
         ("not json", "JSONDecodeError"),
         ('{"format": 99}', "ValueError"),
+        ("[]", "ValueError"),
+        ("1", "ValueError"),
+        ("null", "ValueError"),
+        ("limit", "ValueError"),  # a real pin whose limit is null
     ],
 )
 def test_a_damaged_pin_is_reported_and_the_run_plans_afresh(project: Project, doc, error):
@@ -117,13 +122,51 @@ def test_a_damaged_pin_is_reported_and_the_run_plans_afresh(project: Project, do
     stage(25)
     store = flagwarden.current().governed.cache.store
     assert store is not None
-    assert store.put_document(f"run:{RUN}", FLAG, doc, expected=None)
+    key = f"{FLAG}#{runs._fingerprint(False, {}, None)}"
+    if doc == "limit":
+        flagwarden.plan(FLAG, False, run_id="another")
+        (real,) = pins("run:another").values()
+        doc = json.dumps({**json.loads(real), "limit": None})
+    assert store.put_document(f"run:{RUN}", key, doc, expected=None)
     with capture_logs() as logs:
         assignment = flagwarden.plan(FLAG, False, run_id=RUN)
     assert not assignment.pinned and assignment.stage == 25
     assert assignment.apply(KEYS) == flagwarden.assign(FLAG, KEYS, False)
     (failed,) = [e for e in logs if e["event"] == "flagwarden.run_pin_failed"]
     assert failed["run"] == RUN and failed["error"].startswith(error)
+
+
+def test_each_context_and_default_type_has_its_own_pin(project: Project):
+    """A run's tenants keep their own decisions: the first tenant's never serves the next."""
+    from openfeature.evaluation_context import EvaluationContext
+
+    client = flagwarden.configure(governed_project(project, serve=True, policy={"unit": "tenant"}))
+    stage(50)
+    tenants = [f"tenant-{i}" for i in range(12)]
+    with flagwarden.run(RUN):
+        for tenant in tenants:
+            context = EvaluationContext(attributes={"tenant": tenant})
+            got = flagwarden.assign(FLAG, KEYS[:20], False, context=context)
+            want = client.get_boolean_value(FLAG, False, context.merge(EvaluationContext("k")))
+            assert got == [want] * 20, tenant
+        assert flagwarden.plan(FLAG, "off").default == "off"  # its own pin, its own type
+    assert len(pins()) == len(tenants) + 1
+
+
+def test_a_pin_that_says_killed_is_replaced(project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    first = flagwarden.plan(FLAG, False, run_id=RUN)
+    store = flagwarden.current().governed.cache.store
+    assert store is not None
+    ((key, raw),) = pins().items()
+    assert store.put_document(
+        f"run:{RUN}", key, json.dumps({**json.loads(raw), "killed": True}), expected=raw
+    )
+    runs._memo.clear()  # as a process that never read it
+    again = flagwarden.plan(FLAG, False, run_id=RUN)
+    assert again.pinned and not again.killed and again.apply(KEYS) == first.apply(KEYS)
+    assert json.loads(pins()[key])["killed"] is False
 
 
 def test_an_unreachable_store_never_stops_the_run(project: Project):

@@ -21,6 +21,7 @@ stops a pipeline, but that attempt is not pinned (``Assignment.pinned`` is False
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,29 +77,40 @@ def pinned(
     flag: str,
     default: Any,
     context: dict[str, Any],
+    targeting_key: str | None,
     decide: Callable[[], Assignment],
 ) -> Assignment:
-    """The run's pinned decision for ``flag`` (pinned now from ``decide()`` if it has none);
-    ``decide()`` whenever the flag is killed. ``default`` and ``context`` are the caller's."""
+    """The run's pinned decision for ``flag`` under this context and default type (pinned now
+    from ``decide()`` if it has none); ``decide()`` whenever the flag is killed. A decision
+    taken while killed is never pinned, and a pin that says killed is replaced."""
     run_id = _checked(run_id)
     if runtime.governed.state(flag).killed:
         return decide()  # a kill wins over any pin
-    store = runtime.governed.cache.store
     kind = f"run:{run_id}"
+    key = f"{flag}#{_fingerprint(default, context, targeting_key)}"
+    store = runtime.governed.cache.store
+    remembered = (store.url if store is not None else "", kind, key)
+    memo = _memo.get(remembered)
+    if memo is not None:  # a pin never changes: read once per process and store
+        return replace(memo, default=default, context=context, context_key=targeting_key)
     fresh: Assignment | None = None
     try:
         if store is None:
             raise OSError("the state store is not available")
-        raw = store.documents(kind).get(flag)
-        if raw is None:
+        raw = store.documents(kind).get(key)
+        found = _loads(raw) if raw is not None else None
+        if found is None or found.killed:  # none yet, or one a kill race left: pin afresh
             fresh = replace(decide(), run_id=run_id, pinned=True)
-            if store.put_document(kind, flag, _dumps(fresh), expected=None):
+            if fresh.killed:  # killed meanwhile: served, never pinned
+                return replace(fresh, pinned=False)
+            if store.put_document(kind, key, _dumps(fresh), expected=raw):
                 _audit(runtime, run_id, fresh)
-                return fresh
-            raw = store.documents(kind).get(flag)  # another worker pinned it first
-            if raw is None:
-                raise OSError("the pin was neither written nor found")
-        found = _loads(raw)
+                found = fresh
+            else:  # another worker pinned it first
+                raw = store.documents(kind).get(key)
+                if raw is None:
+                    raise OSError("the pin was neither written nor found")
+                found = _loads(raw)
     except _UNPINNED as exc:  # unreachable store, damaged pin: this attempt is not pinned
         _log.error(
             "flagwarden.run_pin_failed",
@@ -107,33 +119,81 @@ def pinned(
             error=f"{type(exc).__name__}: {exc}"[:300],
         )
         return replace(fresh or decide(), run_id=run_id, pinned=False)
-    return replace(found, default=default, context=context)
+    if len(_memo) >= _MEMO_SIZE:  # a long-lived process of many runs: forget the old ones
+        _memo.clear()
+    _memo[remembered] = found
+    return replace(found, default=default, context=context, context_key=targeting_key)
 
+
+# Pins this process has read or written, by (store URL, kind, key): they never change.
+_memo: dict[tuple[str, str, str], Assignment] = {}
+_MEMO_SIZE = 4096
 
 # What costs a pin, not the plan: the store (its errors are OSError or StoreError subclasses
-# of FlagwardenError), a damaged or foreign document (ValueError, TypeError, KeyError).
-_UNPINNED = (OSError, FlagwardenError, ValueError, TypeError, KeyError)
+# of FlagwardenError), a damaged or foreign document.
+_UNPINNED = (OSError, FlagwardenError, ValueError, TypeError, KeyError, AttributeError)
+
+
+def _fingerprint(default: Any, context: dict[str, Any], targeting_key: str | None) -> str:
+    """What a pin is for besides the flag: the default's type and the caller's context (as a
+    hash: the context itself never reaches the store)."""
+    text = json.dumps(
+        {"type": type(default).__name__, "attributes": context, "key": targeting_key},
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _dumps(assignment: Assignment) -> str:
     doc = asdict(assignment)
-    doc["context"] = {}  # the caller's attributes stay the caller's: never in the store
+    doc["context"] = {}  # the caller's attributes and key stay the caller's: never stored
+    doc["context_key"] = None
     return json.dumps(doc, sort_keys=True)
 
 
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "flag": (str,),
+    "mode": (str,),
+    "source": (str,),
+    "error": (str, type(None)),
+    "stage": (int, float, type(None)),
+    "killed": (bool,),
+    "state_version": (int,),
+    "outcome": (dict, type(None)),
+    "salt": (str,),
+    "limit": (int, float),
+    "vendor_variant": (str,),
+    "vendor_reason": (str,),
+    "why": (str,),
+    "run_id": (str, type(None)),
+    "pinned": (bool,),
+    "format": (int,),
+}
+
+
 def _loads(raw: str) -> Assignment:
+    """A stored pin, checked field by field (a damaged one raises ValueError)."""
     doc = json.loads(raw)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict):
+        raise ValueError(f"a pin is a JSON object, not {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
         raise ValueError(
             f"a pin of another format ({doc.get('format')!r}, this flagwarden's {FORMAT})"
         )
+    for name, types in _FIELDS.items():
+        if not isinstance(doc.get(name), types) or (
+            types[0] in (int, float) and isinstance(doc.get(name), bool)
+        ):
+            raise ValueError(f"a pin whose {name} is {doc.get(name)!r}")
+    if doc["mode"] not in ("constant", "bucket", "per_key"):
+        raise ValueError(f"a pin with mode {doc['mode']!r}")
     outcome = doc.get("outcome")
     if outcome is not None:
         doc["outcome"] = Exposure(**outcome)
-    assignment = Assignment(**doc)
-    if assignment.mode not in ("constant", "bucket", "per_key"):
-        raise ValueError(f"a pin with mode {assignment.mode!r}")
-    return assignment
+    elif doc["mode"] == "constant":
+        raise ValueError("a constant pin without its outcome")
+    return Assignment(**doc)
 
 
 def _audit(runtime: Runtime, run_id: str, assignment: Assignment) -> None:
