@@ -143,6 +143,12 @@ def test_per_key_when_the_vendor_rule_depends_on_the_key(project: Project, tmp_p
         assignment = flagwarden.plan(FLAG, False)
         assert assignment.mode == "per_key" and "depends on the record key" in assignment.why
         assert assignment.apply(KEYS[:500]) == per_key(client, KEYS[:500], False)
+        # a missing key is evaluated with the context's own key, as assign always did
+        context = EvaluationContext("order-7")
+        keyed = flagwarden.plan(FLAG, False, context=context)
+        served = client.get_boolean_value(FLAG, False, context)
+        assert keyed.apply(["", None, "order-7"]) == [served] * 3
+        assert flagwarden.assign(FLAG, ["", None], False, context=context) == [served] * 2
         assert assignment.exposures(500) == []  # counted by the client, key by key
         flagwarden.shutdown()
         with pytest.raises(AssignmentError, match=r"needs flagwarden\.configure"):

@@ -123,7 +123,7 @@ def assign(
             _log.info("flagwarden.assign_per_key", flag=flag_key, why=assignment.why)
         return assignment.apply(keys)  # through the client: counted there, key by key
     values, treated, missing = assignment.route(keys)
-    runtime.governed.inner.count_served(assignment.source, n - 1)  # the plan counted one
+    runtime.governed.inner.count_served(assignment.source, n)
     _record(runtime, assignment, assignment.exposures(n, treated=treated, missing=missing))
     return values
 
@@ -179,7 +179,8 @@ def _decided(
     if run_id is None:
         return decide()
     attributes = dict(context.attributes) if context is not None else {}
-    return pinned(runtime, run_id, flag_key, default, attributes, decide)
+    key = context.targeting_key if context is not None else None
+    return pinned(runtime, run_id, flag_key, default, attributes, key, decide)
 
 
 def _plan(
@@ -194,21 +195,21 @@ def _plan(
     base = context or EvaluationContext()
     governed = runtime.governed
     failover = governed.inner
-    flag_plan = governed.plan(flag_key)
-    state = governed.state(flag_key)
+    flag_plan = governed.plan(flag_key)  # stage, kill and state read together
     common: dict[str, Any] = {
         "flag": flag_key,
         "default": default,
         "stage": flag_plan.stage if flag_plan is not None else None,
-        "killed": state.killed if flag_plan is not None else False,
-        "state_version": state.version,
+        "killed": flag_plan.killed if flag_plan is not None else False,
+        "state_version": flag_plan.state.version if flag_plan is not None else 0,
         "control": flag_plan.control if flag_plan is not None else None,
+        "treatment": flag_plan.treatment if flag_plan is not None else None,
         "run_id": run_id,
     }
     why = None
     if flag_plan is None:
         why = "it has no policy"
-    elif failover.depends_on_key(flag_key):
+    elif not flag_plan.killed and failover.depends_on_key(flag_key):  # killed: control, here
         why = f"the {failover.vendor.kind} rule depends on the record key"
     if why is not None:
         return Assignment(
@@ -217,11 +218,13 @@ def _plan(
             error=None,
             why=why,
             context=dict(base.attributes),
+            context_key=base.targeting_key,
             **common,
         )
     assert flag_plan is not None
     first = base.merge(EvaluationContext(targeting_key=probe))
     answer, source = failover.answer(flag_type, flag_key, default, first)
+    failover.uncount_served(source)  # a probe: the batch's answers are counted when served
     error = answer.error_code
     common.update(source=source, error=str(error.value) if error is not None else None)
     vendor_variant, vendor_reason = answer.variant or "", str(answer.reason or "")
@@ -263,7 +266,6 @@ def _plan(
         mode="bucket",
         salt=flag_plan.policy.bucket_salt,
         limit=flag_plan.limit,
-        treatment=treatment,
         vendor_variant=vendor_variant,
         vendor_reason=vendor_reason,
         **common,

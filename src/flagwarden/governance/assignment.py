@@ -65,18 +65,19 @@ class Assignment:
     # constant: the value every key gets, and what it counts as
     value: Any = None
     outcome: Exposure | None = None
-    # the policy's control value (every mode: what a kill serves; None without a policy)
+    # the policy's arm values (every mode; None without a policy): a kill serves control
     control: Any = None
+    treatment: Any = None
     # bucket: a key inside the stage gets ``treatment`` (counted as the vendor's answer),
     # any other key ``control`` (capped); an empty or missing key is no unit
     salt: str = ""
     limit: float = 0.0
-    treatment: Any = None
     vendor_variant: str = ""
     vendor_reason: str = ""
     # per_key: why the vendor must be asked per key
     why: str = ""
     context: dict[str, Any] = field(default_factory=dict)  # the batch's shared attributes
+    context_key: str | None = None  # the context's targeting key (for keys that are missing)
     run_id: str | None = None
     pinned: bool = False  # the run's pinned decision (flagwarden.run): a retry gets it back
     format: int = FORMAT
@@ -116,7 +117,7 @@ class Assignment:
                 "flagwarden.configure() first"
             )
         get = getter(runtime.client, self.default)
-        base = EvaluationContext(attributes=dict(self.context))
+        base = EvaluationContext(self.context_key, dict(self.context))
         return columns.wrap(
             keys,
             [

@@ -348,6 +348,12 @@ class FailoverProvider(SourceProvider):
         if outage is not None and n > 0:
             outage.served[source] = outage.served.get(source, 0) + n
 
+    def uncount_served(self, source: str) -> None:
+        """Take back one answer :meth:`answer` counted: a plan's probe, not an answer served."""
+        outage = self._outage
+        if outage is not None and outage.served.get(source, 0) > 0:
+            outage.served[source] -= 1
+
     def depends_on_key(self, flag_key: str) -> bool:
         """Whether the source answering now can tell targeting keys apart for this flag."""
         if self._env is not None and self._env.lookup(flag_key) is not None:
