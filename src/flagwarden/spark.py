@@ -18,9 +18,14 @@ When the vendor's own rule depends on the record key, the UDF asks the client ke
 with one ``flagwarden.configure()`` per Python worker (from the same config file).
 
 Exposures are counted once, on the driver: with ``record=True`` (the default) one aggregate
-over the new column (an extra pass over the key column through the UDF) counts the rows per
-outcome and ``flagwarden.record_exposures`` records them, so counts add up however many
-executors served the rows. Object flags (dict or list values) become JSON text columns.
+over the new column counts the rows per outcome and ``flagwarden.record_exposures`` records
+them, so counts add up however many executors served the rows. That aggregate is a job of its
+own, run by ``assign_column``: it recomputes the DataFrame's lineage (``cache()`` the input to
+avoid it), counts even if the caller's own job never runs, and a kill landing between it and
+the caller's job makes the counts differ from what that job served. Object flags (dict or
+list values) become JSON text columns. With ``on_kill="abort"`` the job fails with Spark's
+own exception (``PythonException`` on a classic session) whose message carries
+``FlagKilled``'s; a flag already killed when planned serves control and never aborts.
 """
 
 from __future__ import annotations
@@ -98,10 +103,22 @@ def assign_column(
     result = result.withColumn(out, F.col(f"{_INTERNAL}.value"))
     if arm is not None:
         outcome = F.col(f"{_INTERNAL}.outcome")
+        if assignment.mode == "per_key":  # each row's own answer: its arm by its value
+            value = F.col(f"{_INTERNAL}.value")
+            by_value = F.lit("none")
+            if shipped.treatment is not None:
+                by_value = (
+                    F.when(value == F.lit(shipped.treatment), F.lit("treatment"))
+                    .when(value == F.lit(shipped.control), F.lit("control"))
+                    .otherwise(F.lit("none"))
+                )
+            constant_arm = by_value
+        else:
+            constant_arm = F.lit(_constant_arm(assignment))
         result = result.withColumn(
             arm,
             F.when(outcome == TREATED, F.lit("treatment"))
-            .when(outcome == CONSTANT, F.lit(_constant_arm(assignment)))
+            .when(outcome == CONSTANT, constant_arm)
             .otherwise(F.lit("control")),
         )
     if record:

@@ -11,9 +11,13 @@ the exposures once (:func:`record_outcomes`), so counts add up however many work
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import numpy as np
+
+from flagwarden.governance import columns
 from flagwarden.governance.assign import record_exposures
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled, kill_check
@@ -51,16 +55,19 @@ class BatchRouter:
         self.config = config
         self.on_kill = on_kill
         self.interval = kill_check_seconds
+        # The job's own kill check: a kill seen stays seen for this job ("control from that
+        # batch on"), even if the flag is revived before the job ends.
+        self.job = uuid.uuid4().hex
 
     def route(self, keys: Any) -> tuple[Any, Any]:
         """The served values (an Arrow array) and each row's outcome code (int8)."""
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         a = self.assignment
         n = len(keys)
         _load_kernels()
-        if a.stage is not None and kill_check(self.config, a.flag, self.interval).killed():
+        check = kill_check(self.config, a.flag, self.interval, job=self.job)
+        if a.stage is not None and not a.killed and check.killed():
             if self.on_kill == "abort":
                 raise FlagKilled(
                     f"{a.flag} was killed while this job ran (on_kill='abort'): the task stops "
@@ -70,20 +77,28 @@ class BatchRouter:
         if a.mode == "per_key":
             _configure_worker(self.config)
             return a.apply(keys), pa.array([CONSTANT] * n, pa.int8())
-        values, _, _ = a.route(keys)
-        if a.mode == "constant":
+        if a.mode == "constant" or n == 0:
+            values, _, _ = a.route(keys)
             return values, pa.array([CONSTANT] * n, pa.int8())
-        missing = pc.is_null(keys)
-        if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
-            missing = pc.or_(missing, pc.equal(keys, ""))
-        missing = pc.fill_null(missing, True)
-        treated = pc.and_(pc.equal(values, pa.scalar(a.treatment, values.type)), pc.invert(missing))
-        outcome = pc.if_else(
-            missing,
-            pa.scalar(MISSING, pa.int8()),
-            pc.if_else(treated, pa.scalar(TREATED, pa.int8()), pa.scalar(CAPPED, pa.int8())),
-        )
-        return values, outcome
+        values, inside = columns.route_masked(keys, a.salt, a.limit, a.treatment, a.control)
+        codes = np.where(inside, TREATED, np.where(_missing(keys), MISSING, CAPPED))
+        return values, pa.array(codes.astype(np.int8))
+
+
+def _missing(keys: Any) -> Any:
+    """Whether each key is no unit (null, or empty text): a numpy bool array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = pa.types
+    if t.is_dictionary(keys.type):
+        keys = keys.dictionary_decode()
+    if hasattr(t, "is_string_view") and t.is_string_view(keys.type):
+        keys = keys.cast(pa.large_string())
+    missing = pc.is_null(keys)
+    if t.is_string(keys.type) or t.is_large_string(keys.type):
+        missing = pc.or_(missing, pc.fill_null(pc.equal(keys, ""), True))
+    return missing.to_numpy(zero_copy_only=False)
 
 
 def record_outcomes(assignment: Assignment, by_outcome: Mapping[int, int]) -> None:

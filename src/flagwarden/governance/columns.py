@@ -45,6 +45,7 @@ __all__ = [
     "constant",
     "first_key",
     "route",
+    "route_masked",
     "size",
     "wrap",
 ]
@@ -97,6 +98,27 @@ def route(
         masks.column_pieces(keys, kind), n, prefix, lim, kernels
     )
     return _shaped(keys, kind, mask, treated, treatment, control), treated, missing
+
+
+def route_masked(
+    keys: Any,
+    salt: str,
+    limit: float,
+    treatment: Any,
+    control: Any,
+    *,
+    engine: Engine = "auto",
+) -> tuple[Any, Any]:
+    """:func:`route` for a pandas, polars or pyarrow column, with the inside mask (a numpy
+    bool array: the key's bucket is inside the stage; never for an empty or missing key)."""
+    kind = _kind(keys)
+    if kind == "list" or len(keys) == 0 or masks.numpy() is None:
+        raise TypeError("route_masked takes a non-empty pandas, polars or pyarrow column")
+    kernels = murmur.kernels_for(engine, len(keys))
+    mask, treated, _ = masks.inside_mask(
+        masks.column_pieces(keys, kind), len(keys), f"{salt}:", _int_limit(limit), kernels
+    )
+    return _shaped(keys, kind, mask, treated, treatment, control), mask
 
 
 def constant(keys: Any, value: Any) -> Any:

@@ -12,7 +12,10 @@ during the job does not change a frozen plan.
 The store is opened from the project's config file on the worker (its ``${VAR}`` references
 read the worker's environment), so no store URL or password travels with the job. A store the
 worker cannot read is reported once and the last answer stands (not killed, until a read says
-otherwise): a kill check never stops a job by itself.
+otherwise; reads back off to at most every 30 s while it fails): a kill check never stops a
+job by itself. A SQLite store file that is not on the worker is such a failure (it is never
+created there). A kill once seen stays seen for the job (``job=``): control from that batch on,
+even if the flag is revived before the job ends.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +40,9 @@ _log = get_logger("flagwarden.killcheck")
 DEFAULT_INTERVAL = 0.5
 """Seconds between two store reads of one worker for one flag."""
 
+MAX_BACKOFF = 30.0
+"""The longest wait between two reads after the store failed to answer."""
+
 
 class FlagKilled(FlagwardenError):
     """The flag was killed while the job ran, and the job asked to stop (``on_kill="abort"``)."""
@@ -49,23 +56,30 @@ class KillCheck:
         self.flag = flag
         self.interval = interval
         self._killed = False
-        self._checked_at = float("-inf")
+        self._next_at = float("-inf")  # monotonic time of the next store read
+        self._failures = 0
         self._store: StateStore | None = None
         self._reported = ""
         self._lock = threading.Lock()
         self.reads = 0  # store reads made (for the bench and the tests)
 
     def killed(self) -> bool:
-        """True once the flag is killed (in the store, or by ``FLAGWARDEN_KILL`` here)."""
-        if self._env_killed():
+        """True once the flag is killed (in the store, or by ``FLAGWARDEN_KILL`` here); then
+        True for good: a job's kill check is the job's, and a kill stops it for its rest."""
+        if self._killed:
             return True
-        now = time.monotonic()
-        if now - self._checked_at < self.interval:
-            return self._killed
+        if self._env_killed():
+            self._killed = True
+            return True
+        if time.monotonic() < self._next_at:
+            return False
         with self._lock:
-            if now - self._checked_at >= self.interval:
+            if time.monotonic() >= self._next_at:
                 self._read()
-                self._checked_at = time.monotonic()
+                # after failures, wait longer (a store that does not answer costs each batch
+                # its connect timeout otherwise): interval x 2^failures, at most 30 s
+                wait = min(MAX_BACKOFF, self.interval * 2 ** min(self._failures, 16))
+                self._next_at = time.monotonic() + max(self.interval, wait)
         return self._killed
 
     def _env_killed(self) -> bool:
@@ -79,12 +93,14 @@ class KillCheck:
             state = store.load(self.flag)
             self.reads += 1
         except Exception as exc:  # the last answer stands; reported once per problem
+            self._failures += 1
             problem = f"{type(exc).__name__}: {exc}"[:300]
             if problem != self._reported:
                 self._reported = problem
                 _log.error("flagwarden.kill_check_failed", flag=self.flag, error=problem)
             self._store = None  # opened again at the next read
             return
+        self._failures = 0
         self._reported = ""
         self._killed = bool(state is not None and state.killed)
 
@@ -94,20 +110,30 @@ class KillCheck:
             from flagwarden.governance.state import open_state_store
 
             settings = load_settings(self.config)
-            self._store = open_state_store(settings.config.state, settings.base_dir)
+            url = settings.config.state
+            if url.startswith("sqlite:///"):  # never create an empty store on a worker
+                path = Path(url[len("sqlite:///") :])
+                path = path if path.is_absolute() else settings.base_dir / path
+                if not path.exists():
+                    raise FileNotFoundError(f"the state store file is not on this worker: {path}")
+            self._store = open_state_store(url, settings.base_dir)
         return self._store
 
 
-_checks: dict[tuple[str, str, float], KillCheck] = {}
+_checks: OrderedDict[tuple[str, str, float, str], KillCheck] = OrderedDict()
 _checks_pid = os.getpid()
 _checks_lock = threading.Lock()
+_KEPT = 64  # kill checks kept per process (the most recently used jobs')
 
 
-def kill_check(config: str | Path, flag: str, interval: float = DEFAULT_INTERVAL) -> KillCheck:
-    """This process's :class:`KillCheck` for ``flag`` (one per process, config and interval:
-    a worker's batches share its store connection and its last read)."""
+def kill_check(
+    config: str | Path, flag: str, interval: float = DEFAULT_INTERVAL, *, job: str = ""
+) -> KillCheck:
+    """This process's :class:`KillCheck` for ``flag`` in ``job`` (one per process, config,
+    interval and job: a worker's batches of a job share its store connection, its last read
+    and a kill once seen)."""
     global _checks_pid
-    key = (str(config), flag, interval)
+    key = (str(config), flag, interval, job)
     with _checks_lock:
         if _checks_pid != os.getpid():  # a forked worker: the parent's connections are not its
             _checks.clear()
@@ -115,4 +141,7 @@ def kill_check(config: str | Path, flag: str, interval: float = DEFAULT_INTERVAL
         check = _checks.get(key)
         if check is None:
             check = _checks[key] = KillCheck(config, flag, interval)
+            while len(_checks) > _KEPT:
+                _checks.popitem(last=False)
+        _checks.move_to_end(key)
         return check
