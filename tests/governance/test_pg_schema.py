@@ -52,3 +52,20 @@ def test_tables_dropped_under_a_running_process_are_created_again(pg_url: str, d
         assert ddl_count[0] == 2
     finally:
         store.close()
+
+
+def test_a_lost_connection_reconnects_without_the_ddl(pg_url: str, ddl_count: list[int]):
+    """A PostgreSQL restart drops every connection: the reconnect must not queue on the DDL."""
+    store = PostgresStateStore(pg_url)
+    try:
+        assert store.compare_and_set(FlagState("flag").changed(actor="t", reason="t", stage=5.0))
+        pid = store._conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(sql_store.StateStoreUnavailable):
+            store.load("flag")  # the dropped connection is seen once
+        loaded = store.load("flag")  # and reconnected
+        assert loaded is not None and loaded.stage == 5.0
+        assert ddl_count == [1]
+    finally:
+        store.close()

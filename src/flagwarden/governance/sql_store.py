@@ -365,7 +365,7 @@ class PostgresStateStore(_SQLStateStore):
         import psycopg
 
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
-        if self.url not in _SCHEMA_READY:  # once per process, and again after any error
+        if self.url not in _SCHEMA_READY:  # once per process, again after a dropped table
             create_tables(conn, *_TABLES)
             with conn.transaction():
                 self._ensure_generation(conn)
@@ -385,12 +385,13 @@ class PostgresStateStore(_SQLStateStore):
                     with self._conn.transaction():
                         return fn(self._conn)
                 except psycopg.Error as exc:
-                    _SCHEMA_READY.discard(self.url)  # the next connect creates what is missing
                     if self._conn is not None and not self._conn.closed:
                         self._conn.close()
                     self._conn = None
-                    if again and isinstance(exc, psycopg.errors.UndefinedTable):
-                        continue  # the tables were dropped under us: create them, once more
+                    if isinstance(exc, psycopg.errors.UndefinedTable):
+                        _SCHEMA_READY.discard(self.url)  # the next connect creates them
+                        if again:
+                            continue  # the tables were dropped under us: once more
                     raise StateStoreUnavailable(store_failure(self.url, exc)) from None
             raise AssertionError("unreachable")
 
