@@ -2,7 +2,8 @@
 
 The store is authoritative (see :class:`StateCache`); changes arrive by the store's change
 notification, and a full reload every ``reload_interval`` (3 s) backs it up (pub/sub can drop
-messages); the worker's heartbeat for ``status`` goes every ``heartbeat_interval`` (10 s).
+messages); the worker's heartbeat for ``status`` goes with the first reload at least
+``heartbeat_interval`` (10 s) after the last one.
 """
 
 from __future__ import annotations
