@@ -30,8 +30,6 @@ own exception (``PythonException`` on a classic session) whose message carries
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from flagwarden.governance.assign import plan
@@ -41,8 +39,11 @@ from flagwarden.governance.batches import (
     TREATED,
     BatchRouter,
     OnKill,
+    config_file,
+    for_workers,
     record_outcomes,
 )
+from flagwarden.governance.batches import constant_arm as arm_of_plan
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
 if TYPE_CHECKING:
@@ -77,27 +78,12 @@ def assign_column(
     """
     from pyspark.sql import functions as F
 
-    from flagwarden.runtime import current
-
     if on_kill not in ("control", "abort"):
         raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
-    runtime = current()
-    if runtime is None:
-        from flagwarden.errors import FlagwardenError
-
-        raise FlagwardenError("flagwarden.spark.assign_column needs flagwarden.configure() first")
-    config = runtime.settings.source
-    if config is None:
-        from flagwarden.errors import FlagwardenError
-
-        raise FlagwardenError(
-            "flagwarden.spark.assign_column needs a config file the executors can read "
-            "(flagwarden.configure(path)), not the embedded default"
-        )
+    config = config_file("flagwarden.spark.assign_column")
     assignment = plan(flag_key, default, context=context, run_id=run_id)
-    as_json = isinstance(default, dict | list)
-    shipped = _as_json(assignment) if as_json else assignment
-    udf = _routing_udf(shipped, str(config), on_kill, kill_check_seconds, _spark_type(default))
+    shipped = for_workers(assignment, default)
+    udf = _routing_udf(shipped, config, on_kill, kill_check_seconds, _spark_type(default))
     key = F.col(key_col) if isinstance(key_col, str) else key_col
     result = df.withColumn(_INTERNAL, udf(key))
     result = result.withColumn(out, F.col(f"{_INTERNAL}.value"))
@@ -114,7 +100,7 @@ def assign_column(
                 )
             constant_arm = by_value
         else:
-            constant_arm = F.lit(_constant_arm(assignment))
+            constant_arm = F.lit(arm_of_plan(assignment))
         result = result.withColumn(
             arm,
             F.when(outcome == TREATED, F.lit("treatment"))
@@ -129,26 +115,6 @@ def assign_column(
 def _record(assignment: Assignment, result: DataFrame) -> None:
     rows = result.groupBy(f"{_INTERNAL}.outcome").count().collect()
     record_outcomes(assignment, {int(row[0]): int(row[1]) for row in rows})
-
-
-def _constant_arm(assignment: Assignment) -> str:
-    outcome = assignment.outcome
-    return outcome.arm if outcome is not None else "none"
-
-
-def _as_json(assignment: Assignment) -> Assignment:
-    """Object values as JSON text (Spark columns hold no free-form objects)."""
-
-    def text(value: Any) -> Any:
-        return None if value is None else json.dumps(value, sort_keys=True)
-
-    return replace(
-        assignment,
-        default=text(assignment.default),
-        value=text(assignment.value),
-        treatment=text(assignment.treatment),
-        control=text(assignment.control),
-    )
 
 
 def _spark_type(default: Any) -> Any:

@@ -11,8 +11,10 @@ the exposures once (:func:`record_outcomes`), so counts add up however many work
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -28,8 +30,15 @@ __all__ = [
     "KILLED",
     "MISSING",
     "TREATED",
+    "ArmRule",
     "BatchRouter",
     "OnKill",
+    "arm_names",
+    "arm_rule",
+    "as_json",
+    "config_file",
+    "constant_arm",
+    "for_workers",
     "record_outcomes",
 ]
 
@@ -128,3 +137,84 @@ def _configure_worker(config: str) -> None:
     runtime = flagwarden.current()
     if runtime is None or str(runtime.settings.source) != config:
         flagwarden.configure(config)
+
+
+# -- shared by the engines' adapters (Spark, Dask, Ray) ------------------------------
+
+ArmRule = str | tuple[Any, Any]  # an arm, or a per-key plan's (treatment, control) values
+
+
+def config_file(what: str) -> str:
+    """The driver's config file, which the workers open too (refused: no configure(), or the
+    embedded default, which a worker could not find)."""
+    from flagwarden.errors import FlagwardenError
+    from flagwarden.runtime import current
+
+    runtime = current()
+    if runtime is None:
+        raise FlagwardenError(f"{what} needs flagwarden.configure() first")
+    if runtime.settings.source is None:
+        raise FlagwardenError(
+            f"{what} needs a config file the workers can read (flagwarden.configure(path)), "
+            "not the embedded default"
+        )
+    return str(runtime.settings.source)
+
+
+def for_workers(assignment: Assignment, default: Any) -> Assignment:
+    """The plan the workers apply: object values as JSON text, as flagwarden.spark does."""
+    return as_json(assignment) if isinstance(default, dict | list) else assignment
+
+
+def arm_rule(assignment: Assignment, shipped: Assignment) -> ArmRule:
+    """The arm of the rows served the plan's one answer: its arm, or, when the vendor is asked
+    per key, each row's by its value (the shipped treatment and control values)."""
+    if assignment.mode == "per_key":
+        return (shipped.treatment, shipped.control)
+    return constant_arm(assignment)
+
+
+def constant_arm(assignment: Assignment) -> str:
+    outcome = assignment.outcome
+    return outcome.arm if outcome is not None else "none"
+
+
+def as_json(assignment: Assignment) -> Assignment:
+    """Object values as JSON text (Spark columns hold no free-form objects)."""
+
+    def text(value: Any) -> Any:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    return replace(
+        assignment,
+        default=text(assignment.default),
+        value=text(assignment.value),
+        treatment=text(assignment.treatment),
+        control=text(assignment.control),
+    )
+
+
+def arm_names(values: Any, outcome: Any, arm_rule: ArmRule) -> Any:
+    """Each row's arm (an object ndarray of str) from its outcome code; the rows served the
+    plan's one answer get ``arm_rule`` (an arm), or, for a per-key plan, the arm of their value
+    (``arm_rule`` is then the (treatment, control) values; "none" for any other value)."""
+    import numpy as np
+
+    codes = outcome.to_numpy(zero_copy_only=False)
+    constant: Any = arm_rule
+    if isinstance(arm_rule, tuple):
+        treatment, control = arm_rule
+        constant = np.array(
+            [arm_of(value, treatment, control) for value in values.to_pylist()], dtype=object
+        )
+    arms = np.where(codes == TREATED, "treatment", np.where(codes == CONSTANT, constant, "control"))
+    return arms.astype(object)
+
+
+def arm_of(value: Any, treatment: Any, control: Any) -> str:
+    def same(a: Any, b: Any) -> bool:
+        return b is not None and isinstance(a, bool) == isinstance(b, bool) and a == b
+
+    if same(value, treatment):
+        return "treatment"
+    return "control" if same(value, control) else "none"
