@@ -198,3 +198,21 @@ def governed_project(
     project.profile("file", {"type": "file", "path": "../flags.json", "poll_interval": 0.05})
     config.setdefault("fallback", {"snapshot": None})
     return project.config("file", **config)
+
+
+def counted(run: Any) -> tuple[dict[Any, int], dict[Any, int]]:
+    """What ``run()`` counted in the configured process: the exposure summary's rows and the
+    violations (both emptied first)."""
+    import flagwarden
+
+    runtime = flagwarden.current()
+    assert runtime is not None
+    telemetry, violations = runtime.telemetry, runtime.governed.violations
+    telemetry.recorder.fold()
+    telemetry.summary._counts.clear()
+    violations.flush()
+    violations.totals.clear()
+    run()
+    telemetry.recorder.fold()
+    violations.flush()
+    return dict(telemetry.summary._counts), dict(violations.totals)

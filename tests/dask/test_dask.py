@@ -17,7 +17,7 @@ import yaml
 import flagwarden
 from flagwarden.dask import FlagKilled, FlagwardenPlugin, assign_partitions
 from flagwarden.errors import FlagwardenError
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project
 from tests.governance.test_assign import stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -101,20 +101,8 @@ def test_a_shared_unit_and_object_values(client: Any, project: Project):
 def test_counts_are_recorded_once_on_the_client(client: Any, project: Project):
     flagwarden.configure(governed_project(project, serve=True))
     stage(25)
-    telemetry = flagwarden.current().telemetry
-    violations = flagwarden.current().governed.violations
     frame, ddf = keys_frame(50_000)
     keys = frame["k"]  # a pandas column: its None are NaN, missing as in the Dask column
-
-    def counted(run: Any) -> tuple[dict[Any, int], dict[Any, int]]:
-        telemetry.recorder.fold()
-        telemetry.summary._counts.clear()
-        violations.flush()
-        violations.totals.clear()
-        run()
-        telemetry.recorder.fold()
-        violations.flush()
-        return dict(telemetry.summary._counts), dict(violations.totals)
 
     by_assign = counted(lambda: flagwarden.assign(FLAG, keys, False))
     by_dask = counted(lambda: assign_partitions(ddf, FLAG, "k", False))

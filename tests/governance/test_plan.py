@@ -18,7 +18,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 from flagwarden.governance.assignment import FORMAT, AssignmentError
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project
 from tests.governance.test_assign import KEYS, per_key, stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -162,19 +162,7 @@ def test_record_exposures_counts_as_assign_does(project: Project):
     as assign() over the same keys."""
     flagwarden.configure(governed_project(project, serve=True))
     stage(25)
-    telemetry = flagwarden.current().telemetry
-    violations = flagwarden.current().governed.violations
     keys = [*KEYS[:2000], "", None]
-
-    def counted(run) -> tuple[dict, dict]:
-        telemetry.recorder.fold()
-        telemetry.summary._counts.clear()
-        violations.flush()
-        violations.totals.clear()
-        run()
-        telemetry.recorder.fold()
-        violations.flush()
-        return dict(telemetry.summary._counts), dict(violations.totals)
 
     by_assign = counted(lambda: flagwarden.assign(FLAG, keys, False))
     assignment = flagwarden.plan(FLAG, False)

@@ -16,7 +16,7 @@ import yaml
 import flagwarden
 from flagwarden.errors import FlagwardenError
 from flagwarden.ray import assign_dataset
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project
 from tests.governance.test_assign import stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -114,19 +114,7 @@ def test_a_shared_unit_and_object_values(ray_session: Any, project: Project):
 def test_counts_are_recorded_once_on_the_driver(ray_session: Any, project: Project):
     flagwarden.configure(governed_project(project, serve=True))
     stage(25)
-    telemetry = flagwarden.current().telemetry
-    violations = flagwarden.current().governed.violations
     keys, ds = keys_dataset(ray_session, 50_000)
-
-    def counted(run: Any) -> tuple[dict[Any, int], dict[Any, int]]:
-        telemetry.recorder.fold()
-        telemetry.summary._counts.clear()
-        violations.flush()
-        violations.totals.clear()
-        run()
-        telemetry.recorder.fold()
-        violations.flush()
-        return dict(telemetry.summary._counts), dict(violations.totals)
 
     by_assign = counted(lambda: flagwarden.assign(FLAG, keys, False))
     routed: list[Any] = []

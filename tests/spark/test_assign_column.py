@@ -18,7 +18,7 @@ import yaml
 
 import flagwarden
 from flagwarden.spark import assign_column
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project
 from tests.governance.test_assign import stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -118,20 +118,8 @@ def test_a_vendor_rule_on_the_key_is_asked_per_key_on_the_workers(
 def test_counts_are_recorded_once_on_the_driver(spark: Any, project: Project):
     flagwarden.configure(governed_project(project, serve=True))
     stage(25)
-    telemetry = flagwarden.current().telemetry
-    violations = flagwarden.current().governed.violations
     frame = keys_frame(spark, 50_000)
     keys = served(frame, "k")[0]
-
-    def counted(run: Any) -> tuple[dict[Any, int], dict[Any, int]]:
-        telemetry.recorder.fold()
-        telemetry.summary._counts.clear()
-        violations.flush()
-        violations.totals.clear()
-        run()
-        telemetry.recorder.fold()
-        violations.flush()
-        return dict(telemetry.summary._counts), dict(violations.totals)
 
     by_assign = counted(lambda: flagwarden.assign(FLAG, keys, False))
     by_spark = counted(lambda: assign_column(frame, FLAG, "k", False))
