@@ -54,8 +54,6 @@ from flagwarden.governance.batches import (
 )
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
-# The engine-neutral helpers (flagwarden.ray imports no Ray at module level).
-
 if TYPE_CHECKING:
     import dask.dataframe as dd
     import pandas as pd
