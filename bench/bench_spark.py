@@ -12,7 +12,10 @@ Throughput: a governed flag at stage 25% (the vendor, a flagd file, serves the t
   counted with ``record=False`` and forced by an aggregate over the new column (the rows
   routed to the treatment), so the work is the UDF's, not a write's;
 * the same Spark job with an Arrow UDF that returns ``False`` for every key: what Spark itself
-  costs (generating the keys, moving them to Python and back, the aggregate).
+  costs (generating the keys, moving them to Python and back, the aggregate);
+* two jobs with no Python at all, for scale: the keys built and their lengths summed, and a bucket
+  computed in the JVM by Spark's own ``xxhash64`` (not flagwarden's hash: what a JVM-side
+  bucketing could cost at best).
 
 Rows per second per core: assign's rows over its wall time (one core), Spark's over its wall
 time times 2 (two cores busy); the ratio is the per-core share of single-process speed. It
@@ -73,12 +76,21 @@ def throughput(spark: Any, rows: int, rounds: int) -> None:
         [None if i % 997 == 0 else f"order-{i}" for i in range(rows)], dtype="string[pyarrow]"
     )
     floor = _noop_udf()
-    ours, theirs, bare = [], [], []
+    ours, theirs, bare, counted, jvm = [], [], [], [], []
     for _ in range(rounds):
         started = time.perf_counter()
         frame = keys_frame(spark, rows, 8).withColumn("variant", floor(F.col("k")))
         frame.agg(F.sum(F.col("variant").cast("long"))).collect()
         bare.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        # the keys' total length: every key built (a bare count lets Spark skip building them)
+        assert keys_frame(spark, rows, 8).agg(F.sum(F.length("k"))).collect()[0][0] > rows
+        counted.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        salted = F.concat(F.lit(f"{FLAG}:"), F.col("k"))
+        inside = (F.pmod(F.xxhash64(salted), F.lit(100_000)) < 25_000).cast("long")
+        assert keys_frame(spark, rows, 8).agg(F.sum(inside)).collect()[0][0] > 0
+        jvm.append(time.perf_counter() - started)
         started = time.perf_counter()
         served = flagwarden.assign(FLAG, keys, False)
         ours.append(time.perf_counter() - started)
@@ -106,6 +118,14 @@ def throughput(spark: Any, rows: int, rounds: int) -> None:
         f"| the same Spark job, a no-op Arrow UDF (the floor) | {noop:.2f} | "
         f"{statistics.median(bare):.2f} |"
     )
+    for name, times in (
+        ("the keys built and their lengths summed, no UDF", counted),
+        ("a bucket by a JVM hash (xxhash64, not ours), no UDF", jvm),
+    ):
+        print(
+            f"| {name} | {rows / statistics.median(times) / 2 / 1e6:.2f} | "
+            f"{statistics.median(times):.2f} |"
+        )
     print(f"\nSpark per core / one process: {two / one:.2f} (aim >= 0.5); treated rows {treated:,}")
     print(f"assign_column / the no-op UDF's job: {two / noop:.2f}")
 
