@@ -93,10 +93,7 @@ def route(
     if n == 0 or np is None:  # no numpy (polars or pyarrow alone): as lists
         out, treated, missing = route(_to_list(keys, kind), salt, limit, treatment, control)
         return _rebuild(keys, kind, out), treated, missing
-    kernels = murmur.kernels_for(engine, n)
-    mask, treated, missing = masks.inside_mask(
-        masks.column_pieces(keys, kind), n, prefix, lim, kernels
-    )
+    mask, treated, missing = _column_mask(keys, kind, salt, limit, engine)
     return _shaped(keys, kind, mask, treated, treatment, control), treated, missing
 
 
@@ -114,11 +111,23 @@ def route_masked(
     kind = _kind(keys)
     if kind == "list" or len(keys) == 0 or masks.numpy() is None:
         raise TypeError("route_masked takes a non-empty pandas, polars or pyarrow column")
-    kernels = murmur.kernels_for(engine, len(keys))
-    mask, treated, _ = masks.inside_mask(
-        masks.column_pieces(keys, kind), len(keys), f"{salt}:", _int_limit(limit), kernels
-    )
+    mask, treated, _ = _column_mask(keys, kind, salt, limit, engine)
     return _shaped(keys, kind, mask, treated, treatment, control), mask
+
+
+def _column_mask(
+    keys: Any, kind: str, salt: str, limit: float, engine: Engine
+) -> tuple[Any, int, int]:
+    """A non-empty column's inside mask (numpy bool) with (treated, missing) counts."""
+    n = len(keys)
+    mask, treated, missing = masks.inside_mask(
+        masks.column_pieces(keys, kind),
+        n,
+        f"{salt}:",
+        _int_limit(limit),
+        murmur.kernels_for(engine, n),
+    )
+    return mask, treated, missing
 
 
 def constant(keys: Any, value: Any) -> Any:
