@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
-from flagwarden.governance.assign import plan
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.batches import (
     ArmRule,
@@ -48,8 +47,7 @@ from flagwarden.governance.batches import (
     OnKill,
     arm_names,
     arm_rule,
-    config_file,
-    for_workers,
+    prepare,
     record_outcomes,
 )
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
@@ -86,14 +84,18 @@ def assign_partitions(
     ``flagwarden.run``) pins the decision for a pipeline run. With ``record=True`` the call
     computes the outcome counts (an extra pass over the key column) before it returns.
     """
-    if on_kill not in ("control", "abort"):
-        raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
     if key_col not in ddf.columns:
         raise KeyError(f"{key_col!r} is not a column of the DataFrame")
-    config = config_file("flagwarden.dask.assign_partitions")
-    assignment = plan(flag_key, default, context=context, run_id=run_id)
-    shipped = for_workers(assignment, default)
-    router = BatchRouter(shipped, config, on_kill, kill_check_seconds)
+    assignment, router = prepare(
+        "flagwarden.dask.assign_partitions",
+        flag_key,
+        default,
+        context,
+        run_id,
+        on_kill,
+        kill_check_seconds,
+    )
+    shipped = router.assignment
     meta = ddf._meta.assign(**{out: _empty(_value_dtype(shipped))})
     if arm is not None:
         meta = meta.assign(**{arm: _empty(_string_dtype())})

@@ -34,15 +34,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flagwarden.governance.assign import plan
 from flagwarden.governance.batches import (
     ArmRule,
     BatchRouter,
     OnKill,
     arm_names,
     arm_rule,
-    config_file,
-    for_workers,
+    prepare,
     record_outcomes,
 )
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
@@ -79,12 +77,16 @@ def assign_dataset(
     ``flagwarden.run``) pins the decision for a pipeline run. The result is lazy; with
     ``record=True`` the call executes the counting pass over the key column before it returns.
     """
-    if on_kill not in ("control", "abort"):
-        raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
-    config = config_file("flagwarden.ray.assign_dataset")
-    assignment = plan(flag_key, default, context=context, run_id=run_id)
-    shipped = for_workers(assignment, default)
-    router = BatchRouter(shipped, config, on_kill, kill_check_seconds)
+    assignment, router = prepare(
+        "flagwarden.ray.assign_dataset",
+        flag_key,
+        default,
+        context,
+        run_id,
+        on_kill,
+        kill_check_seconds,
+    )
+    shipped = router.assignment
     if record:
         rows = (
             ds.select_columns([key_col])

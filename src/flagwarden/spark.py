@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flagwarden.governance.assign import plan
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.batches import (
     CONSTANT,
     TREATED,
     BatchRouter,
     OnKill,
-    config_file,
-    for_workers,
+    prepare,
     record_outcomes,
 )
 from flagwarden.governance.batches import constant_arm as arm_of_plan
@@ -78,12 +76,17 @@ def assign_column(
     """
     from pyspark.sql import functions as F
 
-    if on_kill not in ("control", "abort"):
-        raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
-    config = config_file("flagwarden.spark.assign_column")
-    assignment = plan(flag_key, default, context=context, run_id=run_id)
-    shipped = for_workers(assignment, default)
-    udf = _routing_udf(shipped, config, on_kill, kill_check_seconds, _spark_type(default))
+    assignment, router = prepare(
+        "flagwarden.spark.assign_column",
+        flag_key,
+        default,
+        context,
+        run_id,
+        on_kill,
+        kill_check_seconds,
+    )
+    shipped = router.assignment
+    udf = _routing_udf(router, _spark_type(default))
     key = F.col(key_col) if isinstance(key_col, str) else key_col
     result = df.withColumn(_INTERNAL, udf(key))
     result = result.withColumn(out, F.col(f"{_INTERNAL}.value"))
@@ -131,9 +134,7 @@ def _spark_type(default: Any) -> Any:
     raise TypeError(f"unsupported default {default!r}: use a bool, str, int, float, dict or list")
 
 
-def _routing_udf(
-    assignment: Assignment, config: str, on_kill: OnKill, interval: float, value_type: Any
-) -> Any:
+def _routing_udf(router: BatchRouter, value_type: Any) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -144,14 +145,12 @@ def _routing_udf(
     )
     import pyarrow as pa
 
-    router = BatchRouter(assignment, config, on_kill, interval)
-
     def routed(keys: Any) -> Any:
         return _struct(*router.route(keys))
 
     # Spark reads the UDF's kind (scalar: Arrow array in, Arrow array out) from its hints.
     routed.__annotations__ = {"keys": pa.Array, "return": pa.Array}
-    routed.__name__ = routed.__qualname__ = f"flagwarden_{assignment.flag}"
+    routed.__name__ = routed.__qualname__ = f"flagwarden_{router.assignment.flag}"
     return F.arrow_udf(routed, schema)  # type: ignore[call-overload]
 
 

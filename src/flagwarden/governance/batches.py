@@ -15,14 +15,17 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from flagwarden.governance import columns
-from flagwarden.governance.assign import record_exposures
+from flagwarden.governance.assign import plan, record_exposures
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled, kill_check
+
+if TYPE_CHECKING:
+    from openfeature.evaluation_context import EvaluationContext
 
 __all__ = [
     "CAPPED",
@@ -39,6 +42,7 @@ __all__ = [
     "config_file",
     "constant_arm",
     "for_workers",
+    "prepare",
     "record_outcomes",
 ]
 
@@ -58,8 +62,7 @@ class BatchRouter:
         on_kill: OnKill = "control",
         kill_check_seconds: float = DEFAULT_INTERVAL,
     ) -> None:
-        if on_kill not in ("control", "abort"):
-            raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
+        _check_on_kill(on_kill)
         self.assignment = assignment
         self.config = config
         self.on_kill = on_kill
@@ -108,6 +111,30 @@ def _missing(keys: Any) -> Any:
     if t.is_string(keys.type) or t.is_large_string(keys.type):
         missing = pc.or_(missing, pc.fill_null(pc.equal(keys, ""), True))
     return missing.to_numpy(zero_copy_only=False)
+
+
+def prepare(
+    what: str,
+    flag_key: str,
+    default: Any,
+    context: EvaluationContext | None,
+    run_id: str | None,
+    on_kill: OnKill,
+    kill_check_seconds: float,
+) -> tuple[Assignment, BatchRouter]:
+    """An engine adapter's driver side (``what`` names it in errors): the arguments checked
+    before anything is planned or pinned, the config file the workers will open, the plan,
+    and the router that carries it (object values as JSON text) to the workers."""
+    _check_on_kill(on_kill)
+    config = config_file(what)
+    assignment = plan(flag_key, default, context=context, run_id=run_id)
+    router = BatchRouter(for_workers(assignment, default), config, on_kill, kill_check_seconds)
+    return assignment, router
+
+
+def _check_on_kill(on_kill: str) -> None:
+    if on_kill not in ("control", "abort"):
+        raise ValueError(f"on_kill must be 'control' or 'abort', not {on_kill!r}")
 
 
 def record_outcomes(assignment: Assignment, by_outcome: Mapping[int, int]) -> None:
