@@ -2,11 +2,12 @@
 
 ``assign_column(df, flag_key, key_col, default)`` plans on the driver (``flagwarden.plan``: the
 vendor asked once, the flag's stage, kill, salt and arm values frozen) and adds the served
-value as a column through an Arrow UDF (``pyspark.sql.functions.arrow_udf``, Spark >= 4.1)
-whose closure carries the frozen plan: no vendor SDK, no state store, no ``configure()`` on the
-executors, no ``sparkContext`` (Spark Connect sessions work too). Spark's retries and
-speculative tasks recompute partitions from the same plan, so a job's answers are the same
-whatever is recomputed: exactly ``flagwarden.assign``'s, row for row.
+value as a column through an Arrow UDF (``pyspark.sql.functions.arrow_udf``, Spark >= 4.1; a
+``pandas_udf`` on older Sparks, or with ``udf="pandas"``) whose closure carries the frozen
+plan: no vendor SDK, no state store, no ``configure()`` on the executors, no ``sparkContext``
+(Spark Connect sessions work too). Spark's retries and speculative tasks recompute partitions
+from the same plan, so a job's answers are the same whatever is recomputed: exactly
+``flagwarden.assign``'s, row for row.
 
 A kill reaches the running job: each Python worker reads the flag's kill from the project's
 state store at most every ``kill_check`` seconds (the store is opened from the config file on
@@ -30,7 +31,7 @@ own exception (``PythonException`` on a classic session) whose message carries
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.batches import (
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["FlagKilled", "assign_column"]
 
 _INTERNAL = "__flagwarden_routed"
+UdfKind = Literal["auto", "arrow", "pandas"]
 
 
 def assign_column(
@@ -66,13 +68,16 @@ def assign_column(
     kill_check_seconds: float = DEFAULT_INTERVAL,
     record: bool = True,
     run_id: str | None = None,
+    udf: UdfKind = "auto",
 ) -> DataFrame:
     """``df`` with the value served for each row's key in column ``out`` (and, given ``arm``,
     ``treatment`` / ``control`` in that column): as ``flagwarden.assign`` over the key column.
 
     Needs ``flagwarden.configure()`` on the driver, from a config file the executors can read
     too (for the kill check and per-key flags). ``run_id`` (or an enclosing
-    ``flagwarden.run``) pins the decision for a pipeline run.
+    ``flagwarden.run``) pins the decision for a pipeline run. ``udf`` picks the UDF: ``"auto"``
+    an Arrow UDF where Spark has ``arrow_udf`` (>= 4.1) and a ``pandas_udf`` otherwise;
+    ``"arrow"`` or ``"pandas"`` to choose (both give the same column).
     """
     from pyspark.sql import functions as F
 
@@ -86,9 +91,9 @@ def assign_column(
         kill_check_seconds,
     )
     shipped = router.assignment
-    udf = _routing_udf(router, _spark_type(default))
+    routing = _routing_udf(router, _spark_type(default), udf)
     key = F.col(key_col) if isinstance(key_col, str) else key_col
-    result = df.withColumn(_INTERNAL, udf(key))
+    result = df.withColumn(_INTERNAL, routing(key))
     result = result.withColumn(out, F.col(f"{_INTERNAL}.value"))
     if arm is not None:
         outcome = F.col(f"{_INTERNAL}.outcome")
@@ -134,27 +139,45 @@ def _spark_type(default: Any) -> Any:
     raise TypeError(f"unsupported default {default!r}: use a bool, str, int, float, dict or list")
 
 
-def _routing_udf(router: BatchRouter, value_type: Any) -> Any:
+def _routing_udf(router: BatchRouter, value_type: Any, kind: UdfKind) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    if not hasattr(F, "arrow_udf"):
-        raise RuntimeError("flagwarden.spark needs Spark >= 4.1 (pyspark.sql.functions.arrow_udf)")
+    if kind not in ("auto", "arrow", "pandas"):
+        raise ValueError(f"udf={kind!r}: expected 'auto', 'arrow' or 'pandas'")
+    has_arrow_udf = hasattr(F, "arrow_udf")
+    if kind == "arrow" and not has_arrow_udf:
+        raise RuntimeError("udf='arrow' needs Spark >= 4.1 (pyspark.sql.functions.arrow_udf)")
     schema = T.StructType(
         [T.StructField("value", value_type), T.StructField("outcome", T.ByteType())]
     )
+    name = f"flagwarden_{router.assignment.flag}"
+    if kind == "pandas" or not has_arrow_udf:
+        return F.pandas_udf(_pandas_routing(router, name), schema)  # type: ignore[call-overload]
     import pyarrow as pa
 
     def routed(keys: Any) -> Any:
-        return _struct(*router.route(keys))
+        values, outcome = router.route(keys)
+        return pa.StructArray.from_arrays([values, outcome], names=["value", "outcome"])
 
     # Spark reads the UDF's kind (scalar: Arrow array in, Arrow array out) from its hints.
     routed.__annotations__ = {"keys": pa.Array, "return": pa.Array}
-    routed.__name__ = routed.__qualname__ = f"flagwarden_{router.assignment.flag}"
+    routed.__name__ = routed.__qualname__ = name
     return F.arrow_udf(routed, schema)  # type: ignore[call-overload]
 
 
-def _struct(values: Any, outcome: Any) -> Any:
+def _pandas_routing(router: BatchRouter, name: str) -> Any:
+    """A Series-to-DataFrame ``pandas_udf`` body (a struct result is a DataFrame): the keys go
+    through Arrow and the same router as the Arrow UDF's."""
+    import pandas as pd
     import pyarrow as pa
 
-    return pa.StructArray.from_arrays([values, outcome], names=["value", "outcome"])
+    def routed(keys: Any) -> Any:
+        values, outcome = router.route(pa.Array.from_pandas(keys))
+        return pd.DataFrame(
+            {"value": values.to_pandas(), "outcome": outcome.to_numpy(zero_copy_only=False)}
+        )
+
+    routed.__annotations__ = {"keys": pd.Series, "return": pd.DataFrame}
+    routed.__name__ = routed.__qualname__ = name
+    return routed

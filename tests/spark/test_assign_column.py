@@ -91,6 +91,33 @@ def test_a_shared_unit_and_object_values(spark: Any, project: Project):
         assert [yaml.safe_load(v) for v in values] == want
 
 
+def test_the_pandas_udf_serves_the_same_column(spark: Any, project: Project):
+    """``udf="pandas"`` (what Spark < 4.1 gets): the same values, arms and counts."""
+    from openfeature.evaluation_context import EvaluationContext
+
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    frame = keys_frame(spark, 100_000)
+    by_arrow = assign_column(frame, FLAG, "k", False, arm="arm", record=False, udf="arrow")
+    by_pandas = assign_column(frame, FLAG, "k", False, arm="arm", record=False, udf="pandas")
+    keys, values = served(by_pandas)
+    assert values == flagwarden.assign(FLAG, keys, False)
+    assert served(by_pandas, "arm") == served(by_arrow, "arm")
+    assert counted(lambda: assign_column(frame, FLAG, "k", False, udf="pandas")) == counted(
+        lambda: flagwarden.assign(FLAG, keys, False)
+    )
+    policy = {"unit": "tenant", "variants": {"control": {"m": 1}, "treatment": {"m": 2}}}
+    flagwarden.configure(governed_project(project, serve={"m": 2}, policy=policy))
+    stage(50)
+    context = EvaluationContext(attributes={"tenant": "acme"})
+    routed = assign_column(frame.limit(500), FLAG, "k", {"m": 0}, context=context, udf="pandas")
+    keys, values = served(routed)
+    want = flagwarden.assign(FLAG, keys, {"m": 0}, context=context)
+    assert [json.loads(v) for v in values] == want
+    with pytest.raises(ValueError, match="expected 'auto', 'arrow' or 'pandas'"):
+        assign_column(frame, FLAG, "k", False, udf="numpy")  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def ld_server() -> Any:
     """Up until the Spark tests end: the Python workers that configured flagwarden for the
