@@ -33,8 +33,8 @@ from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 from tests.servers.split import SplitServer, split_definition
 
 import flagwarden
-from flagwarden.config import load_profile
 from flagwarden.events import EventSink
+from flagwarden.profiles import load_profile
 from flagwarden.providers.env import EnvProvider
 from flagwarden.providers.failover import FailoverProvider
 from flagwarden.providers.file import FileProvider

@@ -24,20 +24,14 @@ from urllib.parse import urlsplit
 
 from flagwarden.audit.log import AuditError, AuditLog
 from flagwarden.audit.signing import fingerprint, public_key_from_settings, signer_from_settings
-from flagwarden.config import (
-    FileProfile,
-    FlagwardenConfig,
-    Profile,
-    Settings,
-    load_profile,
-    load_settings,
-)
+from flagwarden.config import FlagwardenConfig, Settings, load_settings
 from flagwarden.documents import read_yaml
 from flagwarden.errors import ConfigError
 from flagwarden.governance.enforcement import same_value
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
 from flagwarden.governance.policy import PolicySet, read_policies, sequencing_problems
 from flagwarden.governance.state import StateStoreUnavailable, open_state_store
+from flagwarden.profiles import FileProfile, Profile, load_profile
 from flagwarden.storage import redact_text, redact_url
 
 __all__ = ["Finding", "check_project"]

@@ -1,4 +1,4 @@
-"""Typed configuration: ``flagwarden.yaml`` and the provider profiles in ``providers/``.
+"""Typed configuration: ``flagwarden.yaml`` (the provider profiles are :mod:`flagwarden.profiles`).
 
 Files are parsed (:mod:`flagwarden.documents`) and validated once, here; everything else
 works on these models. Relative paths are resolved against the directory of the file that
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,24 +30,21 @@ from pydantic import (
 from flagwarden.documents import MAX_DURATION, interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
 
+if TYPE_CHECKING:
+    from flagwarden.profiles import Profile
+
 __all__ = [
     "CONFIG_ENV",
     "PROVIDER_ENV",
     "AuditConfig",
-    "EnvProfile",
     "FallbackConfig",
-    "FileProfile",
     "FlagwardenConfig",
-    "LaunchDarklyProfile",
     "NotifyEvent",
     "NotifyTarget",
-    "Profile",
     "ServerConfig",
     "Settings",
     "ShadowConfig",
-    "SplitProfile",
     "describe_validation_error",
-    "load_profile",
     "load_settings",
     "looks_secret",
 ]
@@ -69,7 +66,6 @@ _SECRET_VALUES = re.compile(
     r"://[^/\s]*@|^(sdk|api|sk|pk|rk)[-_]|^(ghp|gho|ghs|github_pat)_|^xox[abp]-|^AKIA[0-9A-Z]"
     r"|^eyJ|^(?=[^\s/]*\d)(?=[^\s/]*[A-Za-z])[A-Za-z0-9_\-+=.]{16,}$"
 )
-_PROFILE_TYPES = ("launchdarkly", "split", "env", "file")
 # Every duration and interval is bounded as parse_duration bounds them (0 to 3650 days).
 _MAX_SECONDS = MAX_DURATION.total_seconds()
 
@@ -86,65 +82,6 @@ def _scheme(url: str) -> str:
     """A store URL's scheme only: the rest may hold credentials."""
     scheme, sep, _ = url.partition("://")
     return f"{scheme}://..." if sep else "a URL without a scheme"
-
-
-class LaunchDarklyProfile(_Model):
-    """A LaunchDarkly connection (the cloud, a relay proxy, or a local server)."""
-
-    type: Literal["launchdarkly"]
-    name: str = "launchdarkly"
-    sdk_key: SecretStr
-    base_uri: str | None = None
-    stream_uri: str | None = None
-    events_uri: str | None = None
-    stream: bool = True
-    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
-    send_events: bool = True
-    initial_reconnect_delay: float = Field(default=1.0, gt=0, le=_MAX_SECONDS)
-
-
-class SplitProfile(_Model):
-    """A Split (Harness FME) connection; the URLs point at the cloud, a proxy or a local server."""
-
-    type: Literal["split"]
-    name: str = "split"
-    sdk_key: SecretStr
-    sdk_api_base_url: str | None = None
-    events_api_base_url: str | None = None
-    auth_api_base_url: str | None = None
-    streaming_api_base_url: str | None = None
-    telemetry_api_base_url: str | None = None
-    streaming: bool = True
-    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
-    features_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
-    segments_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
-    impressions_mode: Literal["OPTIMIZED", "DEBUG", "NONE"] = "OPTIMIZED"
-
-
-class EnvProfile(_Model):
-    """Flags from the environment: ``new-scoring-model`` reads ``{prefix}NEW_SCORING_MODEL``."""
-
-    type: Literal["env"]
-    name: str = "env"
-    prefix: str = "FLAGWARDEN_FLAG_"
-
-
-class FileProfile(_Model):
-    """A flagd flag-definition file (JSON or YAML), evaluated in-process and reloaded on change."""
-
-    type: Literal["file"]
-    name: str = "file"
-    path: Path
-    poll_interval: float = Field(default=0.5, ge=0.01, le=_MAX_SECONDS)  # below: a busy loop
-
-
-Profile = Annotated[
-    LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile, Field(discriminator="type")
-]
-
-
-class _ProfileDocument(_Model):
-    profile: Profile
 
 
 class FallbackConfig(_Model):
@@ -416,9 +353,9 @@ class Settings:
                 return candidate
         return self.providers_dir / f"{name}.yaml"
 
-    def load_profile(
-        self, name: str
-    ) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
+    def load_profile(self, name: str) -> Profile:
+        from flagwarden.profiles import load_profile
+
         path = self.profile_path(name)
         if not path.exists():
             known = sorted(p.stem for p in self.providers_dir.glob("*.y*ml"))
@@ -445,22 +382,12 @@ def _resolve(base: Path, path: Path) -> Path:
 def _describe(detail: Any) -> tuple[str | None, str]:
     """(field, problem) for one pydantic error: the value unless secret, the expectation."""
     loc = [str(p) for p in detail["loc"]]
-    if loc[:1] == ["profile"]:
-        loc = loc[1:]
-    if loc[:1] and loc[0] in _PROFILE_TYPES:
-        loc = loc[1:]
     field = ".".join(loc) or None
     kind = detail["type"]
     if kind == "missing":
         return field, "is required but missing"
     if kind == "extra_forbidden":
         return field, "is not a known field"
-    if kind == "union_tag_invalid":
-        tag = detail.get("ctx", {}).get("tag")
-        said = "" if looks_secret(tag) else f" {tag!r}"
-        return "type", f"unknown type{said}; expected one of {', '.join(_PROFILE_TYPES)}"
-    if kind == "union_tag_not_found":
-        return "type", f"is required: one of {', '.join(_PROFILE_TYPES)}"
     msg = detail["msg"].removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     value = detail.get("input")
@@ -490,21 +417,6 @@ def describe_validation_error(error: ValidationError, file: Path | str) -> Confi
     errors = [ConfigError(file, field, problem) for field, problem in found]
     first = errors[0]
     return ConfigError(file, first.field, first.problem, more=errors[1:])
-
-
-def load_profile(path: Path) -> LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile:
-    """Read and validate one provider profile; its name is the file's stem."""
-    raw = read_yaml(path)
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path, None, "expected a mapping with at least a 'type' field")
-    data = dict(interpolate(raw, path))
-    data.setdefault("name", path.stem)
-    if data.get("type") == "file" and isinstance(data.get("path"), str):
-        data["path"] = os.path.normpath(_resolve(path.parent, Path(data["path"])))
-    try:
-        return _ProfileDocument.model_validate({"profile": data}).profile
-    except ValidationError as exc:
-        raise describe_validation_error(exc, path) from None
 
 
 def _default_settings() -> Settings:

@@ -7,7 +7,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,7 @@ from typing import Any
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 
-from flagwarden.config import (
-    EnvProfile,
-    FileProfile,
-    FlagwardenConfig,
-    LaunchDarklyProfile,
-    Profile,
-    Settings,
-    SplitProfile,
-    load_settings,
-)
-from flagwarden.errors import ConfigError
+from flagwarden.config import FlagwardenConfig, Settings, load_settings
 from flagwarden.events import EventSink
 from flagwarden.governance.governed import GovernedProvider
 from flagwarden.governance.guards import GuardEvaluator
@@ -35,10 +25,9 @@ from flagwarden.governance.rollout import Rollout
 from flagwarden.governance.state import StateStore, StateStoreUnavailable
 from flagwarden.governance.watch import Decision, Watch
 from flagwarden.logs import get_logger
-from flagwarden.providers.base import SourceProvider
-from flagwarden.providers.env import EnvProvider
+from flagwarden.profiles import Profile
 from flagwarden.providers.failover import FailoverProvider
-from flagwarden.providers.file import FileProvider
+from flagwarden.providers.registry import build_vendor, replay_for
 from flagwarden.providers.shadow import ShadowComparator
 from flagwarden.providers.snapshot import open_snapshot_store
 from flagwarden.telemetry.logging import configure_logging
@@ -50,52 +39,6 @@ __all__ = ["Runtime", "build_vendor", "configure", "current", "record_metric", "
 _log = get_logger("flagwarden")
 
 CLIENT_DOMAIN = "flagwarden"
-
-
-def _missing_extra(profile: Profile, extra: str, exc: ImportError) -> ConfigError:
-    return ConfigError(
-        None,
-        "type",
-        f"profile {profile.name!r} needs the {extra} SDK: "
-        f"pip install 'flagwarden[{extra}]' (missing {exc.name})",
-    )
-
-
-def build_vendor(profile: Profile) -> SourceProvider:
-    """The provider for one profile (not yet initialized)."""
-    if isinstance(profile, LaunchDarklyProfile):
-        try:
-            from flagwarden.providers.launchdarkly import LaunchDarklyVendor
-        except ImportError as exc:
-            raise _missing_extra(profile, "launchdarkly", exc) from None
-        return LaunchDarklyVendor(profile)
-    if isinstance(profile, SplitProfile):
-        try:
-            from flagwarden.providers.split import SplitVendor
-        except ImportError as exc:
-            raise _missing_extra(profile, "split", exc) from None
-        return SplitVendor(profile)
-    if isinstance(profile, EnvProfile):
-        return EnvProvider(profile.prefix, name=profile.name)
-    if isinstance(profile, FileProfile):
-        return FileProvider(profile.path, name=profile.name, poll_interval=profile.poll_interval)
-    raise ConfigError(None, "type", f"unsupported profile type {profile!r}")
-
-
-def _restorer(profile: Profile) -> Callable[[dict[str, Any]], SourceProvider] | None:
-    """How to evaluate a snapshot of this vendor's definitions offline (None: no snapshots)."""
-    if isinstance(profile, LaunchDarklyProfile):
-        from flagwarden.providers.launchdarkly import LaunchDarklyVendor
-
-        return lambda data: LaunchDarklyVendor(profile, snapshot=data)
-    if isinstance(profile, SplitProfile):
-        from flagwarden.providers.split import SplitVendor
-
-        return lambda data: SplitVendor(profile, snapshot=data)
-    if isinstance(profile, FileProfile):
-        # A flag file on a shared mount can vanish too: keep its last good definitions.
-        return lambda data: FileProvider(profile.path, name=profile.name, snapshot=data)
-    return None
 
 
 @dataclass
@@ -268,7 +211,7 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
 def _build_chain(settings: Settings, profile: Profile, events: EventSink) -> FailoverProvider:
     fallback = settings.config.fallback
     vendor = build_vendor(profile)
-    restore = _restorer(profile)
+    restore = replay_for(profile)
     location = settings.snapshot_location()
     store = open_snapshot_store(location) if (location and restore is not None) else None
     shadow = None

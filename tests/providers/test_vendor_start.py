@@ -14,7 +14,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagType
 from splitio.client.factory import SplitFactory
 
-from flagwarden.config import LaunchDarklyProfile, SplitProfile
+from flagwarden.profiles import LaunchDarklyProfile, SplitProfile
 from flagwarden.providers import launchdarkly
 from flagwarden.providers.launchdarkly import LaunchDarklyVendor
 from flagwarden.providers.split import SplitVendor

@@ -35,7 +35,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
 from openfeature.provider import ProviderStatus
 
-from flagwarden.config import LaunchDarklyProfile
+from flagwarden.profiles import LaunchDarklyProfile
 from flagwarden.providers.base import SourceProvider, error_details
 from flagwarden.providers.snapshot import write_private_json
 

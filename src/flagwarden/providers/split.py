@@ -28,8 +28,8 @@ from openfeature.provider import ProviderStatus
 from splitio import get_factory
 from splitio.client.factory import TimeoutException
 
-from flagwarden.config import SplitProfile
 from flagwarden.logs import get_logger
+from flagwarden.profiles import SplitProfile
 from flagwarden.providers.base import SourceProvider, error_details
 
 __all__ = ["SplitVendor", "parse_treatment"]
