@@ -31,7 +31,7 @@ from flagwarden.governance.enforcement import same_value
 from flagwarden.governance.lint import lint_policy, lint_state, lint_unregistered
 from flagwarden.governance.policy import PolicySet, read_policies, sequencing_problems
 from flagwarden.governance.state import StateStoreUnavailable, open_state_store
-from flagwarden.profiles import FileProfile, Profile, load_profile
+from flagwarden.profiles import FileProfile, OpenFeatureProfile, Profile, load_profile
 from flagwarden.storage import redact_text, redact_url
 
 __all__ = ["Finding", "check_project"]
@@ -145,6 +145,14 @@ def _check_profiles(settings: Settings, where: str, found: list[Finding]) -> dic
         except ConfigError as exc:
             found.extend(_errors(exc))
             continue
+        if isinstance(profile, OpenFeatureProfile):
+            from flagwarden.providers.openfeature import load_target
+
+            try:
+                load_target(profile)  # imported and its options bound, not yet called
+            except ConfigError as exc:
+                found.append(Finding("error", f"{path}: {exc.field}: {exc.problem}", str(path)))
+                continue
         profiles[path.stem] = profile
         found.append(Finding("ok", f"{path} ({profile.type})", str(path)))
     return profiles

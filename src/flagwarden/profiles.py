@@ -1,17 +1,22 @@
 """Provider profiles: one YAML per source in ``providers/``, its name the file's stem.
 
-``type:`` picks the model: ``launchdarkly``, ``split``, ``env`` or ``file``. How each type
-becomes a provider is :mod:`flagwarden.providers.registry`'s.
+``type:`` picks the model: ``launchdarkly``, ``split``, ``env``, ``file``, or ``openfeature``
+(any OpenFeature provider named by import path), or a short type that a third-party package
+registers under the entry-point group ``flagwarden.providers``. How each type becomes a
+provider is :mod:`flagwarden.providers.registry`'s.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from flagwarden.config import (
     _MAX_SECONDS,
@@ -24,13 +29,23 @@ from flagwarden.documents import interpolate, read_yaml
 from flagwarden.errors import ConfigError
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "OPENFEATURE",
     "EnvProfile",
     "FileProfile",
     "LaunchDarklyProfile",
+    "OpenFeatureProfile",
     "Profile",
     "SplitProfile",
     "load_profile",
+    "registered_types",
 ]
+
+OPENFEATURE = "openfeature"
+ENTRY_POINT_GROUP = "flagwarden.providers"
+# "package.module:Name" (a class, or any callable returning a provider; dots after the colon
+# reach a nested attribute).
+_TARGET = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class LaunchDarklyProfile(_Model):
@@ -83,18 +98,56 @@ class FileProfile(_Model):
     poll_interval: float = Field(default=0.5, ge=0.01, le=_MAX_SECONDS)  # below: a busy loop
 
 
-Profile = LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile
+class OpenFeatureProfile(_Model):
+    """Any OpenFeature provider: ``class: package.module:Name`` (a provider class, or a callable
+    returning a provider) called with ``options`` as keyword arguments; or, with ``type`` set to
+    a name registered under the ``flagwarden.providers`` entry-point group, the entry point's
+    target. Its last answers are kept per flag and context (``answer_cache`` of them) as its
+    last-known-good, unless the provider exports its own definitions (``export_snapshot``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    type: str = OPENFEATURE
+    name: str = OPENFEATURE
+    target: str | None = Field(default=None, alias="class")
+    options: dict[str, Any] = Field(default_factory=dict)
+    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
+    # How often a provider that went out is asked again (off the evaluation path).
+    probe_interval: float = Field(default=2.0, ge=0.05, le=_MAX_SECONDS)
+    # Answers kept as the last-known-good of a provider that cannot export its definitions.
+    answer_cache: int = Field(default=10_000, ge=0, le=1_000_000)
+
+    @field_validator("target")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and not _TARGET.match(value):
+            raise ValueError("expected an import path 'package.module:ClassName'")
+        return value
+
+
+Profile = LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile | OpenFeatureProfile
 
 _BUILTIN: dict[str, type[_Model]] = {
     "launchdarkly": LaunchDarklyProfile,
     "split": SplitProfile,
     "env": EnvProfile,
     "file": FileProfile,
+    OPENFEATURE: OpenFeatureProfile,
 }
 
 
+@cache
+def registered_types() -> dict[str, EntryPoint]:
+    """The provider types third-party packages register (entry-point group
+    ``flagwarden.providers``), by name; a built-in type's name cannot be taken."""
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: ep for ep in found if ep.name not in _BUILTIN}
+
+
 def _known_types() -> str:
-    return ", ".join(_BUILTIN)
+    extra = sorted(registered_types())
+    known = ", ".join(_BUILTIN)
+    return known + (f" (or, registered by installed packages: {', '.join(extra)})" if extra else "")
 
 
 def load_profile(path: Path) -> Profile:
@@ -108,9 +161,13 @@ def load_profile(path: Path) -> Profile:
     if kind is None:
         raise ConfigError(path, "type", f"is required: one of {_known_types()}")
     model = _BUILTIN.get(kind) if isinstance(kind, str) else None
+    if model is None and isinstance(kind, str) and kind in registered_types():
+        model = OpenFeatureProfile
     if model is None:
         said = "" if looks_secret(kind) or not isinstance(kind, str) else f" {kind!r}"
         raise ConfigError(path, "type", f"unknown type{said}; expected one of {_known_types()}")
+    if model is OpenFeatureProfile:
+        _check_target(path, kind, data)
     if kind == "file" and isinstance(data.get("path"), str):
         data["path"] = os.path.normpath(_resolve(path.parent, Path(data["path"])))
     try:
@@ -118,3 +175,14 @@ def load_profile(path: Path) -> Profile:
     except ValidationError as exc:
         raise describe_validation_error(exc, path) from None
     return profile
+
+
+def _check_target(path: Path, kind: str, data: dict[str, Any]) -> None:
+    if kind == OPENFEATURE and "class" not in data:
+        raise ConfigError(
+            path, "class", "is required for type openfeature: 'package.module:ClassName'"
+        )
+    if kind != OPENFEATURE and "class" in data:
+        raise ConfigError(
+            path, "class", f"is given by the package that registered type {kind!r}: remove it"
+        )

@@ -96,6 +96,9 @@ class SourceProvider(AbstractProvider):
 
     #: The ``flagwarden.source`` this provider's answers carry when it is the primary.
     source: ClassVar[str] = "vendor"
+    #: Set by the failover chain: called when what :meth:`export_snapshot` gives changed
+    #: without a provider event saying so (an answer cache that grew).
+    data_changed: Callable[[], None] | None = None
 
     def __init__(self, name: str, kind: str) -> None:
         super().__init__()
@@ -149,6 +152,11 @@ class SourceProvider(AbstractProvider):
 
     def export_snapshot(self) -> dict[str, Any] | None:
         """The vendor's native flag definitions, or None when this provider has nothing to save."""
+        return None
+
+    def last_known(self) -> dict[str, Any] | None:
+        """Data held in memory to replay while this provider is out, fresher than the snapshot
+        store's copy; None: replay the store's."""
         return None
 
     def depends_on_key(self, flag_key: str) -> bool:

@@ -171,11 +171,17 @@ class FailoverProvider(SourceProvider):
     # -- snapshots ---------------------------------------------------------------------
 
     def _load_snapshot(self) -> None:
-        if self._snapshot is None and self._lastgood is not None:
+        # What the vendor holds in memory is replayed afresh at each outage; a stored
+        # snapshot is loaded once.
+        if self._lastgood is not None and (
+            self._snapshot is None or self._vendor.last_known() is not None
+        ):
             self._lastgood.load()
 
     def _serve_snapshot(self, replay: SourceProvider) -> None:
-        self._snapshot = replay
+        previous, self._snapshot = self._snapshot, replay
+        if previous is not None and previous is not replay:
+            previous.shutdown()
 
     def _request_snapshot(self) -> None:
         if self._lastgood is not None:
@@ -309,6 +315,12 @@ class FailoverProvider(SourceProvider):
                 key = flag_key if self._vendor_key.identity else self._vendor_key(flag_key)
                 details = vendor.resolve(flag_type, key, default_value, evaluation_context)
                 source = vendor.source
+                if details.error_code is not None and not vendor.has_data and self._snapshot:
+                    # The vendor went out on this very call: the snapshot answers it.
+                    details = self._snapshot.resolve(
+                        flag_type, key, default_value, evaluation_context
+                    )
+                    source = "snapshot"
                 if self._shadow is not None and details.error_code is None:
                     self._shadow.offer(
                         flag_type,

@@ -47,13 +47,19 @@ class LastKnownGood:
         self._problem: str | None = None  # the last one reported
         self._fork_data: dict[str, Any] | None = None
         self.writer = SnapshotWriter(store, self._export, debounce) if store is not None else None
+        vendor.data_changed = self.request_write
 
     # -- loading -----------------------------------------------------------------------
 
     def load(self) -> None:
-        """Start the last-known-good snapshot's replay; a snapshot that cannot be read or
-        replayed is reported (location and reason) and the chain goes on without it: the
-        writer replaces it at the vendor's next good answer."""
+        """Start the last-known-good replay: of what the vendor still holds in memory
+        (:meth:`~flagwarden.providers.base.SourceProvider.last_known`), else of the snapshot
+        store's copy. A snapshot that cannot be read or replayed is reported (location and
+        reason) and the chain goes on without it: the writer replaces it at the vendor's next
+        good answer."""
+        held = self.vendor.last_known()
+        if held is not None and self._replay(held, "memory", datetime.now(UTC)):
+            return
         store = self._store
         if store is None:
             return
@@ -78,33 +84,35 @@ class LastKnownGood:
                 vendor=self.vendor.kind,
             )
             return
+        self._replay(snapshot.data, store.location, snapshot.written_at)
+
+    def _replay(self, data: dict[str, Any], location: str, written_at: datetime) -> bool:
         try:
-            restored = self._restore(snapshot.data)
+            restored = self._restore(data)
         except Exception as exc:  # a replay the vendor's offline mode refuses outright
-            problem = f"{type(exc).__name__}: {exc}"
-            self._unusable(f"{store.location}: cannot replay ({problem})")
-            return
-        if restored.start():
-            self._serve(restored)
-            self.events.emit(
-                "flagwarden.snapshot_loaded",
-                provider=self.vendor.name,
-                written_at=snapshot.written_at.isoformat(),
-                location=store.location,
-            )
-        else:
+            self._unusable(f"{location}: cannot replay ({type(exc).__name__}: {exc})")
+            return False
+        if not restored.start():
             restored.shutdown()
-            self._unusable(f"{store.location}: cannot replay ({restored.status_message})")
+            self._unusable(f"{location}: cannot replay ({restored.status_message})")
+            return False
+        self._serve(restored)
+        self.events.emit(
+            "flagwarden.snapshot_loaded",
+            provider=self.vendor.name,
+            written_at=written_at.isoformat(),
+            location=location,
+        )
+        return True
 
     def _unusable(self, error: str) -> None:
-        assert self._store is not None
         if error == self._problem:
             return  # the start and the outage it opens both look: one report
         self._problem = error
         self.events.emit(
             "flagwarden.snapshot_unreadable",
             level="error",
-            location=self._store.location,
+            location=self._store.location if self._store is not None else "memory",
             error=error,
         )
 
@@ -146,6 +154,7 @@ class LastKnownGood:
         at the fork or, without it, ``reload`` the snapshot if the parent served one. The
         writer is new: its thread did not survive the fork."""
         self.vendor = vendor
+        vendor.data_changed = self.request_write
         data, self._fork_data = self._fork_data, None
         if data is not None:
             restored = self._restore(data)

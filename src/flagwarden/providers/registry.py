@@ -17,6 +17,7 @@ from flagwarden.profiles import (
     EnvProfile,
     FileProfile,
     LaunchDarklyProfile,
+    OpenFeatureProfile,
     Profile,
     SplitProfile,
 )
@@ -69,6 +70,18 @@ def _file_replay(profile: FileProfile) -> Replay:
     return lambda data: FileProvider(profile.path, name=profile.name, snapshot=data)
 
 
+def _openfeature(profile: OpenFeatureProfile) -> SourceProvider:
+    from flagwarden.providers.openfeature import OpenFeatureSource
+
+    return OpenFeatureSource(profile)
+
+
+def _openfeature_replay(profile: OpenFeatureProfile) -> Replay:
+    from flagwarden.providers.openfeature import replay
+
+    return lambda data: replay(profile, data)
+
+
 _TYPES: dict[type[Any], _SourceType] = {
     LaunchDarklyProfile: _SourceType(
         build=lambda p: _launchdarkly(p)(p),
@@ -82,6 +95,7 @@ _TYPES: dict[type[Any], _SourceType] = {
         build=lambda p: EnvProvider(p.prefix, name=p.name), replay=lambda p: None
     ),
     FileProfile: _SourceType(build=_file, replay=_file_replay),
+    OpenFeatureProfile: _SourceType(build=_openfeature, replay=_openfeature_replay),
 }
 
 

@@ -1,0 +1,421 @@
+"""``type: openfeature`` profiles with published providers: OFREP's against a local OFREP server,
+flagd's in its in-process file mode; the whole chain (governance, outages, last-known-good)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.provider import ProviderStatus
+
+import flagwarden
+from flagwarden.errors import ConfigError
+from tests.conftest import POLICY, Project, run_cli, wait_for
+from tests.governance.test_assign import stage
+from tests.servers.ofrep import OFREPServer
+
+FLAG = POLICY["flag"]
+KEYS = [f"order-{i}" for i in range(300)]
+FLAGS = {
+    "flags": {
+        FLAG: {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "on"},
+        "color": {
+            "state": "ENABLED",
+            "variants": {"red": "red", "blue": "blue", "green": "green"},
+            "defaultVariant": "red",
+            "targeting": {"fractional": [["red", 50], ["blue", 30], ["green", 20]]},
+        },
+        "batch-size": {"state": "ENABLED", "variants": {"s": 10, "l": 500}, "defaultVariant": "l"},
+    }
+}
+FLAGD = "openfeature.contrib.provider.flagd:FlagdProvider"
+OFREP = "openfeature.contrib.provider.ofrep:OFREPProvider"
+
+
+@pytest.fixture
+def ofrep() -> Any:
+    server = OFREPServer(FLAGS).start()
+    yield server
+    server.stop()
+
+
+def governed(project: Project) -> None:
+    (project.root / "policies").mkdir(exist_ok=True)
+    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
+    (project.root / "flags.json").write_text(json.dumps(FLAGS))
+
+
+def answers(client: Any) -> dict[str, Any]:
+    got: dict[str, Any] = {"flag": [], "color": [], "size": [], "errors": [], "sources": set()}
+    for key in KEYS:
+        context = EvaluationContext(key)
+        for name, details in (
+            ("flag", client.get_boolean_details(FLAG, False, context)),
+            ("color", client.get_string_details("color", "none", context)),
+            ("size", client.get_integer_details("batch-size", 0, context)),
+        ):
+            got[name].append(details.value)
+            if details.error_code is not None:
+                got["errors"].append((name, details.error_code, details.error_message))
+            got["sources"].add(details.flag_metadata.get("flagwarden.source"))
+    got["assigned"] = flagwarden.assign(FLAG, KEYS, False)
+    return got
+
+
+@pytest.mark.slow
+def test_the_same_pipeline_answers_the_same_switched_by_config(project: Project, ofrep: Any):
+    """The flag file served by flagwarden's file source, by flagd's published provider (in-process)
+    and by OFREP's (a remote server evaluating the same definitions): the same answers, governed
+    the same way (stage 25 caps the vendor's treatment)."""
+    governed(project)
+    project.profile("file", {"type": "file", "path": "../flags.json"})
+    flags_path = str(project.root / "flags.json")
+    project.profile(
+        "flagd",
+        {
+            "type": "openfeature",
+            "class": FLAGD,
+            "options": {"resolver_type": "in-process", "offline_flag_source_path": flags_path},
+        },
+    )
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": "${OFREP_URL}"}}
+    )
+    os.environ["OFREP_URL"] = ofrep.url
+    seen = {}
+    for name in ("file", "flagd", "ofrep"):
+        client = flagwarden.configure(project.config(name))
+        stage(25)
+        seen[name] = answers(client)
+        flagwarden.shutdown()
+    for name in ("flagd", "ofrep"):
+        for column in ("flag", "color", "size", "assigned"):
+            assert seen[name][column] == seen["file"][column], (name, column)
+        assert seen[name]["errors"] == []
+        assert seen[name]["sources"] == {"vendor"}
+    assert 0.15 < sum(seen["file"]["flag"]) / len(KEYS) < 0.35  # capped at 25%
+    assert set(seen["file"]["color"]) == {"red", "blue", "green"}
+
+
+def test_the_provider_class_and_its_options_are_checked(project: Project):
+    cases = [
+        ({"type": "openfeature"}, "class", "is required for type openfeature"),
+        ({"type": "openfeature", "class": "no colon"}, "class", "expected an import path"),
+        ({"type": "openfeature", "class": "not_a_module_x:P"}, "class", "cannot import"),
+        ({"type": "openfeature", "class": f"{OFREP}Nope"}, "class", "has no"),
+        (
+            {
+                "type": "openfeature",
+                "class": OFREP,
+                "options": {"base_url": "x", "api_kee": "sk-9f8e7d6c5b4a3f2e1d"},
+            },
+            "options",
+            "unexpected keyword argument 'api_kee'",
+        ),
+        ({"type": "unleash"}, "type", "unknown type 'unleash'; expected one of launchdarkly"),
+    ]
+    for doc, field, message in cases:
+        project.profile("of", doc)
+        project.config("of")
+        with pytest.raises(ConfigError) as info:
+            flagwarden.configure(project.root / "flagwarden.yaml")
+        assert info.value.field == field, doc
+        assert message in info.value.problem, (doc, info.value.problem)
+        assert "sk-9f8e7d6c5b4a3f2e1d" not in str(info.value)
+    found = run_cli(project.root / "flagwarden.yaml", "check")
+    assert found.returncode == 1
+    assert "unknown type 'unleash'" in found.stdout + found.stderr
+
+
+@pytest.mark.slow
+def test_an_ofrep_outage_mid_run_fails_no_evaluation(project: Project, ofrep: Any):
+    """The server killed while a pipeline evaluates: answers go on from the answer cache (the
+    same values), an outage window opens and closes, and it is in the audit log."""
+    governed(project)
+    project.profile(
+        "ofrep",
+        {
+            "type": "openfeature",
+            "class": OFREP,
+            "options": {"base_url": ofrep.url, "timeout": 1.0},
+            "probe_interval": 0.1,
+        },
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    stage(25)
+    runtime = flagwarden.current()
+    assert runtime is not None
+    before = answers(client)
+    assert before["errors"] == []
+    failures: list[Any] = []
+    changed: list[str] = []
+    sources: set[str] = set()
+    stop = threading.Event()
+
+    def pipeline() -> None:
+        i = 0
+        while not stop.is_set():
+            key = KEYS[i % len(KEYS)]
+            details = client.get_boolean_details(FLAG, False, EvaluationContext(key))
+            color = client.get_string_details("color", "none", EvaluationContext(key))
+            for got in (details, color):
+                if got.error_code is not None:
+                    failures.append((got.error_code, got.error_message))
+                sources.add(got.flag_metadata["flagwarden.source"])
+            if details.value != before["flag"][i % len(KEYS)]:
+                changed.append(key)
+            if color.value != before["color"][i % len(KEYS)]:
+                changed.append(key)
+            i += 1
+
+    worker = threading.Thread(target=pipeline)
+    worker.start()
+    try:
+        time.sleep(0.3)
+        ofrep.stop()
+        wait_for(lambda: runtime.provider.outage is not None, timeout=10)
+        assert runtime.provider.status is ProviderStatus.ERROR
+        wait_for(lambda: "snapshot" in sources, timeout=10)
+        time.sleep(0.3)
+        ofrep.restart()
+        wait_for(lambda: runtime.provider.outage is None, timeout=10)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == []
+    assert changed == []
+    assert runtime.provider.status is ProviderStatus.READY
+    window = runtime.provider.outages[0]
+    assert window.served.get("snapshot", 0) > 0
+    audited = [r for r in runtime.governance.audit.records() if r.kind == "outage"]
+    assert len(audited) == 1 and audited[0].data["served"]["snapshot"] > 0
+
+
+@pytest.mark.slow
+def test_a_cold_start_during_an_outage_answers_from_the_stored_answers(
+    project: Project, ofrep: Any
+):
+    """A worker that starts while the OFREP server is down answers the contexts answered
+    before from the snapshot store (fingerprints only: no targeting key is stored); a context
+    never answered gets the caller's default and says why."""
+    governed(project)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    config = project.config("ofrep")
+    client = flagwarden.configure(config)
+    before = answers(client)
+    flagwarden.shutdown()
+    stored = project.snapshot_file.read_text()
+    assert json.loads(stored)["vendor"] == "openfeature"
+    assert "order-1" not in stored
+    ofrep.stop()
+
+    client = flagwarden.configure(config)
+    after = answers(client)
+    assert after["errors"] == []
+    for column in ("flag", "color", "size"):
+        assert after[column] == before[column]
+    assert after["sources"] == {"snapshot"}
+    new = client.get_string_details("color", "none", EvaluationContext("never-seen"))
+    assert new.value == "none"
+    assert new.error_code == ErrorCode.PROVIDER_NOT_READY
+    assert "no answer was kept" in (new.error_message or "")
+    assert new.flag_metadata["flagwarden.source"] == "default"
+
+
+@pytest.mark.slow
+def test_a_forked_worker_builds_its_own_provider(project: Project, ofrep: Any):
+    governed(project)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    before = answers(client)["color"]
+    runtime = flagwarden.current()
+    assert runtime is not None
+    parent = id(runtime.provider.vendor)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new provider (its own HTTP session), the same answers
+        try:
+            vendor = runtime.provider.vendor
+            wait_for(lambda: vendor.status is ProviderStatus.READY, timeout=5)
+            child = [
+                client.get_string_value("color", "none", EvaluationContext(key)) for key in KEYS
+            ]
+            fresh = id(vendor) != parent and vendor.provider is not None
+            os.write(write, json.dumps({"same": child == before, "fresh": fresh}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        found = json.loads(pipe.read())
+    assert found == {"same": True, "fresh": True}
+
+
+PLUGIN = '''
+from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+
+class Memory(InMemoryProvider):
+    """A third party's provider that exports its definitions (flagwarden's snapshot protocol)."""
+
+    def __init__(self, flags, api_key="", fail=False):
+        self._defs, self._key, self._fail = flags, api_key, fail
+        super().__init__({k: InMemoryFlag(v["default"], v["variants"]) for k, v in flags.items()})
+
+    def initialize(self, evaluation_context):
+        if self._fail:
+            raise ConnectionError(f"the flag service refused key {self._key}")
+
+    def export_snapshot(self):
+        return {"flags": self._defs}
+
+    def restore_snapshot(self, data):
+        Memory.__init__(self, data["flags"], self._key)
+'''
+
+DRIVER = """
+import json, sys
+import flagwarden
+from openfeature.evaluation_context import EvaluationContext
+client = flagwarden.configure(sys.argv[1])
+details = client.get_string_details("tier", "none", EvaluationContext("u1"))
+runtime = flagwarden.current()
+print(json.dumps({"value": details.value, "source": details.flag_metadata["flagwarden.source"],
+                  "error": details.error_code, "status": runtime.provider.vendor.status.value,
+                  "message": runtime.provider.vendor.status_message}))
+flagwarden.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_type_registered_by_a_package_with_native_snapshots(project: Project, tmp_path: Path):
+    """A package registers ``memory`` under the ``flagwarden.providers`` entry-point group: the
+    profile names it by that type; its own export is the snapshot, replayed when it fails."""
+    site = tmp_path / "site"
+    (site / "fwplug-0.1.dist-info").mkdir(parents=True)
+    (site / "fwplug.py").write_text(PLUGIN)
+    (site / "fwplug-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fwplug\nVersion: 0.1\n"
+    )
+    (site / "fwplug-0.1.dist-info" / "entry_points.txt").write_text(
+        "[flagwarden.providers]\nmemory = fwplug:Memory\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}"}
+    secret = "sk-live-0a1b2c3d4e5f6a7b8c9d"
+    flags = {"tier": {"default": "gold", "variants": {"gold": "gold", "free": "free"}}}
+    profile = {"type": "memory", "options": {"flags": flags, "api_key": secret}}
+    project.profile("mem", profile)
+    config = project.config("mem")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = run("-c", DRIVER, str(config))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.splitlines()[-1])["value"] == "gold"
+    stored = json.loads(project.snapshot_file.read_text())
+    assert stored["vendor"] == "memory" and stored["data"] == {"native": {"flags": flags}}
+
+    project.profile("mem", {**profile, "options": {**profile["options"], "fail": True}})
+    second = run("-c", DRIVER, str(config))
+    assert second.returncode == 0, second.stderr[-2000:]
+    found = json.loads(second.stdout.splitlines()[-1])
+    assert found["value"] == "gold" and found["source"] == "snapshot" and found["error"] is None
+    assert found["status"] == "ERROR" and "refused key ***" in found["message"]
+    assert secret not in second.stdout + second.stderr
+
+    checked = run("-m", "flagwarden.cli", "check", "-c", str(config))
+    assert "(memory)" in checked.stdout, checked.stdout + checked.stderr
+    project.profile("mem", {"type": "unleash"})
+    unknown = run("-m", "flagwarden.cli", "check", "-c", str(config))
+    assert "registered by installed packages: memory" in unknown.stdout + unknown.stderr
+    project.profile("mem", {**profile, "class": "fwplug:Memory"})
+    given = run("-m", "flagwarden.cli", "check", "-c", str(config))
+    assert "is given by the package that registered type 'memory'" in given.stdout + given.stderr
+
+
+def test_enum_options_are_spelled_as_text(tmp_path: Path):
+    from openfeature.contrib.provider.flagd.config import ResolverType
+
+    from flagwarden.profiles import OpenFeatureProfile
+    from flagwarden.providers.openfeature import OpenFeatureSource
+
+    for spelled in ("in-process", "IN_PROCESS", "in_process"):
+        profile = OpenFeatureProfile.model_validate(
+            {"class": FLAGD, "options": {"resolver_type": spelled, "offline_flag_source_path": "x"}}
+        )
+        assert OpenFeatureSource(profile)._options["resolver_type"] is ResolverType.IN_PROCESS
+    kept = OpenFeatureProfile.model_validate(
+        {"class": FLAGD, "options": {"resolver_type": "grpc?"}}
+    )
+    assert OpenFeatureSource(kept)._options["resolver_type"] == "grpc?"
+
+
+@pytest.mark.slow
+def test_an_openfeature_provider_shadows_the_primary(project: Project, ofrep: Any):
+    """Migrating to an OFREP service: it shadows the flag file, the file's answers are served,
+    and the one flag whose definition differs is counted as a mismatch for every unit."""
+    governed(project)
+    other = json.loads(json.dumps(FLAGS))
+    other["flags"]["batch-size"]["defaultVariant"] = "s"
+    ofrep.set_flags(other)
+    project.profile("file", {"type": "file", "path": "../flags.json"})
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(
+        project.config("file", shadow={"provider": "ofrep", "sample_rate": 1.0})
+    )
+    stage(100)
+    served = answers(client)
+    assert set(served["size"]) == {500}  # the primary's answer
+    runtime = flagwarden.current()
+    assert runtime is not None
+    shadow = runtime.provider._shadow
+    assert shadow is not None and shadow.drain(10)
+    # Every evaluation, and assign()'s one question to the source for its plan.
+    wait_for(lambda: sum(shadow.counts.values()) == 3 * len(KEYS) + 1)
+    assert shadow.counts["mismatch"] == len(KEYS)
+    assert shadow.counts["match"] == 2 * len(KEYS) + 1
+    assert shadow.counts["error"] == 0
+
+
+def test_a_flag_problem_is_not_an_outage(project: Project, ofrep: Any):
+    """FLAG_NOT_FOUND or a type mismatch says something about one flag, not the provider."""
+    governed(project)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    assert client.get_string_value("color", "none", EvaluationContext("u1")) != "none"
+    missing = client.get_boolean_details("no-such-flag", False, EvaluationContext("u1"))
+    assert missing.error_code == ErrorCode.FLAG_NOT_FOUND
+    wrong = client.get_integer_details("color", 0, EvaluationContext("u1"))
+    assert wrong.error_code == ErrorCode.TYPE_MISMATCH
+    assert runtime.provider.outage is None
+    assert runtime.provider.vendor.status is ProviderStatus.READY
