@@ -24,13 +24,10 @@ caller's default (PROVIDER_NOT_READY), and a rule that changed meanwhile is not 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
-import json
 import threading
 import typing
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
@@ -38,25 +35,18 @@ from typing import Any
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.exception import ErrorCode, OpenFeatureError
-from openfeature.flag_evaluation import FlagResolutionDetails, FlagType, Reason
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import FeatureProvider, ProviderStatus
 
 from flagwarden.config import looks_secret
 from flagwarden.errors import ConfigError
 from flagwarden.profiles import OPENFEATURE, OpenFeatureProfile, registered_types
+from flagwarden.providers.answers import AnswerCache, AnswerReplay, fingerprint
 from flagwarden.providers.base import SourceProvider, error_details, type_matches
 from flagwarden.storage import redact_text
 
-__all__ = [
-    "AnswerCache",
-    "OpenFeatureSource",
-    "coerce_options",
-    "fingerprint",
-    "load_target",
-    "replay",
-]
+__all__ = ["OpenFeatureSource", "coerce_options", "load_target", "replay"]
 
-CACHE_FORMAT = 1
 _METHODS = {
     FlagType.BOOLEAN: "resolve_boolean_details",
     FlagType.STRING: "resolve_string_details",
@@ -148,51 +138,6 @@ def _member(kind: type[Enum], value: str) -> Enum | None:
         return kind(value)
     except ValueError:
         return kind.__members__.get(value.upper().replace("-", "_"))
-
-
-def fingerprint(context: EvaluationContext | None) -> str:
-    """A context's fingerprint: a hash of its targeting key and attributes (never stored)."""
-    if context is None:
-        return "-"
-    whole = [context.targeting_key, context.attributes]
-    text = json.dumps(whole, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-
-
-class AnswerCache:
-    """The last good answers of a provider, per (flag, type, context fingerprint), the most
-    recently changed last; at most ``limit`` of them."""
-
-    def __init__(self, limit: int, entries: Any = ()) -> None:
-        self.limit = limit
-        self._answers: OrderedDict[tuple[str, str, str], tuple[Any, Any, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-        for flag, kind, print_, value, variant, reason in entries:
-            self._answers[(flag, kind, print_)] = (value, variant, reason)
-        while len(self._answers) > limit:
-            self._answers.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def put(self, key: tuple[str, str, str], answer: tuple[Any, Any, Any]) -> bool:
-        """Keep ``answer``; True when it was new or changed."""
-        if self._answers.get(key) == answer:
-            return False
-        with self._lock:
-            self._answers[key] = answer
-            self._answers.move_to_end(key)
-            while len(self._answers) > self.limit:
-                self._answers.popitem(last=False)
-        return True
-
-    def get(self, key: tuple[str, str, str]) -> tuple[Any, Any, Any] | None:
-        return self._answers.get(key)
-
-    def export(self) -> dict[str, Any]:
-        with self._lock:
-            rows = [[*key, *answer] for key, answer in self._answers.items()]
-        return {"answer_cache": CACHE_FORMAT, "answers": rows}
 
 
 def _scrubber(options: Mapping[str, Any]) -> Callable[[str], str]:
@@ -465,36 +410,6 @@ class OpenFeatureSource(SourceProvider):
             except Exception:
                 return True
         return True
-
-
-class AnswerReplay(SourceProvider):
-    """A provider's kept answers, served while it is out (reason CACHED)."""
-
-    def __init__(self, profile: OpenFeatureProfile, data: Mapping[str, Any]) -> None:
-        super().__init__(profile.name, profile.type)
-        if data.get("answer_cache") != CACHE_FORMAT or not isinstance(data.get("answers"), list):
-            raise ValueError("not an answer cache of format 1")
-        self._answers = AnswerCache(max(profile.answer_cache, 1), data["answers"])
-
-    def initialize(self, evaluation_context: EvaluationContext) -> None:
-        self._set_status(ProviderStatus.READY)
-
-    def resolve(
-        self,
-        flag_type: FlagType,
-        flag_key: str,
-        default_value: Any,
-        evaluation_context: EvaluationContext | None,
-    ) -> FlagResolutionDetails[Any]:
-        found = self._answers.get((flag_key, flag_type.value, fingerprint(evaluation_context)))
-        if found is None:
-            return error_details(
-                default_value,
-                ErrorCode.PROVIDER_NOT_READY,
-                f"{self.kind} is out and no answer was kept for {flag_key} in this context",
-            )
-        value, variant, _ = found
-        return FlagResolutionDetails(value=value, variant=variant, reason=Reason.CACHED)
 
 
 def replay(profile: OpenFeatureProfile, data: Mapping[str, Any]) -> SourceProvider:
