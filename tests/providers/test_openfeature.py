@@ -419,3 +419,37 @@ def test_a_flag_problem_is_not_an_outage(project: Project, ofrep: Any):
     assert wrong.error_code == ErrorCode.TYPE_MISMATCH
     assert runtime.provider.outage is None
     assert runtime.provider.vendor.status is ProviderStatus.READY
+
+
+@pytest.mark.slow
+def test_flagd_events_open_and_close_the_outage(project: Project):
+    """flagd's provider says when its file is gone (PROVIDER_ERROR) and back (PROVIDER_READY):
+    the outage window follows its events, and the answers go on from the answer cache."""
+    governed(project)
+    flags_path = project.root / "flags.json"
+    project.profile(
+        "flagd",
+        {
+            "type": "openfeature",
+            "class": FLAGD,
+            "options": {"resolver_type": "IN_PROCESS", "offline_flag_source_path": str(flags_path)},
+        },
+    )
+    client = flagwarden.configure(project.config("flagd"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    before = answers(client)
+    flags_path.unlink()
+    wait_for(lambda: runtime.provider.outage is not None, timeout=10)
+    assert runtime.provider.vendor.status is ProviderStatus.ERROR
+    during = answers(client)
+    assert during["errors"] == []
+    assert during["sources"] == {"snapshot"}
+    for column in ("flag", "color", "size"):
+        assert during[column] == before[column]
+    flags_path.write_text(json.dumps(FLAGS))
+    wait_for(lambda: runtime.provider.outage is None, timeout=10)
+    window = runtime.provider.outages[0]
+    assert window.served["snapshot"] == 4 * len(KEYS)  # three flags per key, and assign's batch
+    assert "file path not valid" in window.cause
+    assert answers(client)["sources"] == {"vendor"}
