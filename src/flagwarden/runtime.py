@@ -32,6 +32,7 @@ from flagwarden.providers.shadow import ShadowComparator
 from flagwarden.providers.snapshot import open_snapshot_store
 from flagwarden.telemetry.logging import configure_logging
 from flagwarden.telemetry.metrics import METRIC_VALUE
+from flagwarden.telemetry.stdlib_logs import register_secrets
 from flagwarden.telemetry.telemetry import Telemetry
 
 __all__ = ["Runtime", "build_vendor", "configure", "current", "record_metric", "shutdown"]
@@ -113,6 +114,7 @@ def configure(
         profile = settings.load_profile(settings.provider_name)
         # Before anything can log (an unreachable store): stderr in the configured format.
         configure_logging(settings.config.telemetry.log_format)
+        register_secrets(settings, profile)  # masked in the vendors' log lines
         governance = Governance.open(settings, strict=False)
         events = EventSink()
         telemetry = Telemetry(settings.config.telemetry, profile.name, governance.audit)

@@ -2,7 +2,9 @@
 
 Only when the application has not configured structlog itself: its choice wins. Output goes
 to stderr, so a pipeline's stdout stays its own. ``FLAGWARDEN_LOG_LEVEL`` sets the level
-(``warning`` silences exposure events, which are logged at info).
+(``warning`` silences exposure events, which are logged at info). The standard library's
+records (the vendor SDKs') go the same way, rendered alike and scrubbed of secrets, unless
+the application put a handler on the root logger (:mod:`flagwarden.telemetry.stdlib_logs`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     processors: list[structlog.typing.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # A traceback as one "exception" string (the console renderer prints its own).
+        *([] if console else [structlog.processors.format_exc_info]),
         renderer,
     ]
     stream = sys.stderr
@@ -44,6 +48,9 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     )
     global _own
     _own = (processors, stream, level) if not console else None
+    from flagwarden.telemetry import stdlib_logs  # pydantic: not before the first log line
+
+    stdlib_logs.install(console=console, stream=stream, level=level)
     return True
 
 

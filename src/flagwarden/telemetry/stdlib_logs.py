@@ -1,0 +1,252 @@
+"""The standard library's ``logging`` (the vendor SDKs' loggers) in flagwarden's own format.
+
+When flagwarden configures structlog (:func:`flagwarden.telemetry.logging.configure_logging`)
+and the application has put no handler on the root logger, :func:`install` puts one there:
+every record (``ldclient``, ``splitio``, ``urllib3``, ``openfeature``...) is rendered by
+structlog's ``ProcessorFormatter`` with the same renderer as flagwarden's events (JSON lines,
+or the console on a terminal), its level as ``level``, its logger's name as ``logger``, its
+message as ``event``, the same ISO UTC ``timestamp``, and a traceback as the ``exception``
+field (one JSON string, not lines of its own), on the same stream, under structlog's lock.
+
+Every string of a record is scrubbed first: the secrets the runtime registered
+(:func:`register_secrets`: the profiles' SDK keys, whether or not they look like keys, and the
+credentials of the configured URLs), then ``Authorization``-like headers, URLs' credentials
+and ``password=``-like parameters (:func:`flagwarden.storage.redact_text`), then any word that
+looks like a credential (:func:`flagwarden.config.looks_secret`: ``sdk-...``, a long token of
+letters and digits; a request id can be masked with them).
+
+Levels: the handler and the root logger take ``FLAGWARDEN_LOG_LEVEL``; a logger with a level
+of its own keeps it; below WARNING, the chatty loggers of :data:`QUIET_LOGGERS` that have no
+level of their own are set to WARNING (``logging.getLogger("urllib3").setLevel(...)`` before
+``configure()`` keeps yours).
+
+An application that configured logging itself (a handler on the root logger, or structlog)
+keeps it: nothing is added or changed. Configure it before ``flagwarden.configure()``; after,
+``logging.basicConfig(force=True)`` or ``logging.config.dictConfig`` replace the handler
+(``basicConfig`` without ``force`` does nothing once the root logger has a handler, and a
+structlog configuration made later leaves the handler in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import quote, quote_plus
+
+import structlog
+from pydantic import BaseModel, SecretStr
+
+from flagwarden.config import _SECRET_FIELDS, looks_secret
+from flagwarden.errors import ConfigError
+from flagwarden.storage import redact_text
+
+if TYPE_CHECKING:
+    from flagwarden.config import Settings
+
+__all__ = [
+    "QUIET_LOGGERS",
+    "install",
+    "register_secret",
+    "register_secrets",
+    "register_url",
+    "scrub",
+]
+
+# Loggers that say something at INFO or DEBUG for every request or call: WARNING by default.
+QUIET_LOGGERS = (
+    "urllib3",
+    "requests",
+    "charset_normalizer",
+    "chardet",
+    "hpack",
+    "httpcore",
+    "httpx",
+    "grpc",
+    "py4j",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "fsspec",
+    "filelock",
+    "asyncio",
+)
+
+_MASK = "***"
+_SHORTEST = 4  # a registered value shorter than this would mask ordinary words
+_HEADER_NAMES = r"(?:proxy-)?authorization|x-api-key|api-key|apikey|x-auth-token|cookie|set-cookie"
+_HEADER_NAME = re.compile(f"(?i)(?:{_HEADER_NAMES})")
+_HEADER = re.compile(
+    rf"(?i)\b({_HEADER_NAMES})"
+    r"(['\"]?\s*[:=]\s*)"  # Authorization: ..., 'Authorization': '...', authorization=...
+    r"(?:(['\"])((?:bearer|basic|digest|token)\s+)?[^'\"]*"  # quoted: up to the quote
+    r"|((?:bearer|basic|digest|token)\s+)?[^\s'\",;]+)"  # bare: one word after the scheme
+)
+# Words a credential could be (what looks_secret judges): letters, digits and - _ + . and
+# base64's padding; "key=sdk-..." is two words.
+_WORD = re.compile(r"[A-Za-z0-9_\-+.]+=*")
+_PLAIN = frozenset({"level", "logger", "timestamp"})
+
+_lock = threading.Lock()
+_values: tuple[str, ...] = ()  # registered secrets, longest first (replaced whole: no lock to read)
+_urls: tuple[str, ...] = ()  # registered URLs: their credentials are masked wherever they appear
+
+
+def register_secret(value: str | SecretStr | None) -> None:
+    """Mask ``value`` (an SDK key, a password) in every record from now on, as written and
+    URL-quoted. Values under 4 characters are ignored (they would mask ordinary words)."""
+    global _values
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not value or len(value.strip()) < _SHORTEST:
+        return
+    forms = {value, value.strip(), quote(value, safe=""), quote_plus(value)}
+    with _lock:
+        _values = tuple(sorted(set(_values) | forms, key=len, reverse=True))
+
+
+def register_url(url: str) -> None:
+    """Mask the credentials of ``url`` (a user's password, ``?password=``) wherever they
+    appear in a record, alone, quoted or decoded (as :func:`~flagwarden.storage.redact_text`)."""
+    global _urls
+    with _lock:
+        if url not in _urls:
+            _urls = (*_urls, url)
+
+
+def register_secrets(settings: Settings, profile: Any) -> None:
+    """Register the secrets of a configuration (:func:`flagwarden.configure` calls this): of
+    the configuration, its profile and its shadow's profile, each ``SecretStr`` (an SDK key),
+    the credentials of every URL, and any value under a secret's name (``api_key: ...`` in a
+    profile's ``options``), in nested models, mappings and lists too."""
+    models = [settings.config, profile]
+    if settings.config.shadow is not None:
+        with contextlib.suppress(ConfigError):  # a bad one: building the chain says so
+            models.append(settings.load_profile(settings.config.shadow.provider))
+    for model in models:
+        _walk(model, secret=False)
+
+
+def _walk(value: Any, *, secret: bool) -> None:
+    if isinstance(value, SecretStr):
+        register_secret(value)
+    elif isinstance(value, str):
+        if "://" in value:
+            register_url(value)
+        if secret:
+            register_secret(value)
+            scheme, _, credential = value.partition(" ")  # "Bearer abc": abc alone too
+            if credential and scheme.isalpha():
+                register_secret(credential)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _walk(getattr(value, name, None), secret=_secret_name(name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _walk(item, secret=isinstance(key, str) and _secret_name(key))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _walk(item, secret=secret)
+
+
+def _secret_name(name: str) -> bool:
+    """A field or key whose value is a secret: config's rule (``sdk_key``, ``token``...), and
+    the credential headers."""
+    return bool(_SECRET_FIELDS.search(name) or _HEADER_NAME.fullmatch(name))
+
+
+def scrub(text: str) -> str:
+    """``text`` (a vendor's log message or traceback) without the registered secrets, header
+    credentials, URLs' credentials, ``password=``-like parameters, or credential-like words."""
+    for secret in _values:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    text = _HEADER.sub(_mask_header, text)
+    text = redact_text(text, *_urls)
+    return _WORD.sub(_mask_word, text)
+
+
+def _mask_header(match: re.Match[str]) -> str:
+    name, separator, quote_char, quoted_scheme, bare_scheme = match.groups()
+    if quote_char is not None:
+        return f"{name}{separator}{quote_char}{quoted_scheme or ''}{_MASK}"
+    return f"{name}{separator}{bare_scheme or ''}{_MASK}"
+
+
+def _mask_word(match: re.Match[str]) -> str:
+    return _MASK if looks_secret(match.group()) else match.group()
+
+
+def _scrub_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and key not in _PLAIN:
+            event_dict[key] = scrub(value)
+    return event_dict
+
+
+class _Bridge(logging.Handler):
+    """Renders records as flagwarden renders its events, onto flagwarden's stream."""
+
+    def __init__(self, console: bool, stream: TextIO, level: int) -> None:
+        super().__init__(level)
+        renderer: structlog.typing.Processor = (
+            # A plain traceback: the scrubbed text (rich's would show the frames' locals).
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+            if console
+            else structlog.processors.JSONRenderer()
+        )
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[
+                    structlog.processors.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                ],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    _scrub_event,
+                    renderer,
+                ],
+            )
+        )
+        # structlog's writer for the stream: its lock keeps our lines whole beside its own.
+        self._out = structlog.PrintLogger(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception as exc:  # a vendor's bad format string: its words, not a traceback
+            try:
+                line = self.format(_unformatted(record, exc))
+            except Exception:
+                return
+        with contextlib.suppress(Exception):  # a broken stderr: nothing left to say it on
+            self._out.msg(line)
+
+
+def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord:
+    said = f"{record.msg!s} (arguments {record.args!r} did not format: {exc})"
+    return logging.makeLogRecord({**record.__dict__, "msg": said, "args": ()})
+
+
+def install(*, console: bool, stream: TextIO, level: int) -> bool:
+    """Route the root logger's records through the bridge (see the module doc); False, and
+    nothing changed, when the application put a handler of its own on the root logger."""
+    root = logging.getLogger()
+    with _lock:
+        if any(not isinstance(handler, _Bridge) for handler in root.handlers):
+            return False
+        for handler in list(root.handlers):  # flagwarden's, from an earlier configuration
+            root.removeHandler(handler)
+        root.addHandler(_Bridge(console, stream, level))
+        root.setLevel(level)
+        if level < logging.WARNING:
+            for name in QUIET_LOGGERS:
+                logger = logging.getLogger(name)
+                if logger.level == logging.NOTSET:
+                    logger.setLevel(logging.WARNING)
+    return True
