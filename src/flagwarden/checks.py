@@ -98,6 +98,7 @@ def check_project(config: Path | str | None = None, *, connect: bool = False) ->
         found.extend(_check_audit_keys(settings, where))
         found.extend(_check_stores(settings, policy_set, connect))
         found.extend(_check_notify(settings))
+        found.extend(_check_otel(settings, where))
     if usable and connect:
         found.extend(_check_telemetry(settings))
         for profile in (active, profiles.get(shadow.provider) if shadow else None):
@@ -353,6 +354,22 @@ def _check_notify(settings: Settings) -> Iterator[Finding]:
                 f"{where}: notify.{i}.url: plain http to {host}: the webhook URL (a credential) "
                 "and the messages travel unencrypted; use https",
             )
+
+
+def _check_otel(settings: Settings, where: str) -> list[Finding]:
+    """``telemetry.otel``: the ``[otel]`` extra is installed, and where the counts go."""
+    from flagwarden.telemetry.otel import METRIC, missing_extra, otel_enabled, signal_endpoint
+
+    try:
+        if not otel_enabled(settings.config.telemetry.otel):
+            return []
+    except ConfigError as exc:
+        return list(_errors(exc))
+    problem = missing_extra()
+    if problem is not None:
+        return [Finding("error", f"{where}: {problem.field}: {problem.problem}", where)]
+    endpoint = signal_endpoint("METRICS")
+    return [Finding("ok", f"OpenTelemetry: {METRIC} over OTLP/HTTP to {endpoint}")]
 
 
 def _loopback(host: str) -> bool:

@@ -156,9 +156,24 @@ class ExposureLogConfig(_Model):
         return duration
 
 
+class OtelConfig(_Model):
+    """``telemetry.otel``: exposures as OpenTelemetry metrics (and log records) over OTLP/HTTP,
+    set up by the standard ``OTEL_*`` variables; needs the ``[otel]`` extra."""
+
+    enabled: bool = False  # the feature_flag.evaluation counter (FLAGWARDEN_OTEL=1 also)
+    logs: bool = False  # also each first exposure as a feature_flag.evaluation log record
+
+    @model_validator(mode="after")
+    def _logs_need_otel(self) -> OtelConfig:
+        if self.logs and not self.enabled:
+            raise ValueError("logs: true needs enabled: true (one OpenTelemetry set-up for both)")
+        return self
+
+
 class TelemetryConfig(_Model):
     prometheus: PrometheusConfig = PrometheusConfig()
     exposure_log: ExposureLogConfig = ExposureLogConfig()
+    otel: OtelConfig = OtelConfig()
     log_format: Literal["auto", "json", "console"] = "auto"
     # Also count and log evaluations of *other* OpenFeature providers' clients (a global hook:
     # ~5 µs on every evaluation in the process). flagwarden's own answers are always counted.

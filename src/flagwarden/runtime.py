@@ -282,7 +282,7 @@ def _flush_at_exit() -> None:
     """A process that ends without shutdown(): its waiting exposure lines and counts go out."""
     runtime = _current
     if runtime is not None:
-        runtime.telemetry.recorder.close()
+        runtime.telemetry.flush_at_exit()
 
 
 _fork_hooks_registered = False  # set by the first configure(), under _lock (atexit too)

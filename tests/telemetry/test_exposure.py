@@ -61,7 +61,8 @@ def test_exposure_events_and_summary_in_json_logs(project: Project):
     first = exposures[0]
     assert first["feature_flag.key"] == FLAG
     assert first["feature_flag.result.variant"] == "control"  # stage 0: everyone gets control
-    assert first["feature_flag.result.reason"] == "SPLIT"
+    assert first["feature_flag.result.reason"] == "split"  # the conventions' lowercase
+    assert "error.type" not in first  # only on an error
     assert first["feature_flag.provider.name"] == "file"
     assert first["flagwarden.source"] == "file"
     (summary,) = [e for e in events if e["event"] == "feature_flag.summary"]

@@ -14,10 +14,13 @@ OpenFeature client in the process). An evaluation does three cheap things:
 Every :data:`FOLD_INTERVAL` seconds (and at shutdown) the telemetry thread folds what each
 thread counted since the last fold into the Prometheus counters
 (``feature_flag_evaluations_total``, ``flagwarden_capped_evaluations_total``) and the exposure
-summaries, and writes the waiting lines; a collection of the default registry (a /metrics
-scrape) folds first, so the endpoint is never behind. With ``PROMETHEUS_MULTIPROC_DIR`` set
-(prefork servers) counts go to the metrics at once, as before: a worker can be killed without
-a shutdown, and its counts must be on disk.
+summaries (and, with ``telemetry.otel``, the OpenTelemetry counter: the same deltas), and
+writes the waiting lines; a collection of the default registry (a /metrics scrape) folds
+first, so the endpoint is never behind. With ``PROMETHEUS_MULTIPROC_DIR`` set (prefork servers)
+counts go to the Prometheus metrics at once, as before: a worker can be killed without a
+shutdown, and its counts must be on disk (the OpenTelemetry counter still gets them from the
+fold). With ``telemetry.otel.logs``, a first exposure also queues one tuple for
+:mod:`flagwarden.telemetry.otel`'s log records.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections import Counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flagwarden.background import report_failure, run_supervised
 from flagwarden.logs import get_logger
@@ -35,12 +39,16 @@ from flagwarden.telemetry.exposure import ExposureSummary
 from flagwarden.telemetry.metrics import CAPPED, EVALUATIONS, FOLD_ON_COLLECT
 from flagwarden.telemetry.writer import ExposureWriter, exposure_fields
 
+if TYPE_CHECKING:
+    from flagwarden.telemetry.otel import OtelExposures
+
 __all__ = ["FOLD_INTERVAL", "THREAD", "Deduper", "ExposureLost", "ExposureRecorder", "Key"]
 
 _log = get_logger("flagwarden.exposure")
 
 FOLD_INTERVAL = 1.0
 THREAD = "flagwarden-exposures"
+_time_ns = time.time_ns
 
 # flag (its bounded label), variant, reason, error code (or None), source, arm, capped, provider
 Key = tuple[str, str, Any, Any, str, str, bool, str]
@@ -76,12 +84,14 @@ class ExposureRecorder:
         writer: ExposureWriter | None,
         *,
         direct: bool | None = None,
+        otel: OtelExposures | None = None,
     ) -> None:
         self.provider = provider
         self.deduper = deduper
         self.summary = summary
         self.writer = writer  # None: events go through structlog, one by one
         self.direct = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")) if direct is None else direct
+        self.otel = otel  # the OpenTelemetry counter (fed by the fold) and log records
         self._local = threading.local()
         self._threads: list[_ThreadCounts] = []
         self._register_lock = threading.Lock()
@@ -119,6 +129,8 @@ class ExposureRecorder:
         key = (label or flag, variant, reason, error, source, arm, capped, provider)
         if self.direct:
             self._apply(key, 1)
+            if self.otel is not None:  # OpenTelemetry still counts through the fold
+                self._count_local(key, 1)
         else:  # count()'s increment, inline: one call fewer on every evaluation
             try:
                 counts = self._local.counts
@@ -127,6 +139,27 @@ class ExposureRecorder:
             counts[key] = counts.get(key, 0) + 1
         deduper = self.deduper
         if deduper is not None and deduper.first_in_window(flag, targeting_key, variant):
+            otel = self.otel
+            if otel is not None and otel.logs:  # a tuple for the OpenTelemetry log record
+                events = otel.events
+                if len(events) < otel.limit:
+                    events.append(
+                        (
+                            flag,
+                            variant,
+                            reason,
+                            error,
+                            source,
+                            arm,
+                            provider,
+                            targeting_key,
+                            value,
+                            stage,
+                            _time_ns(),
+                        )
+                    )
+                else:
+                    otel.dropped += 1
             writer = self.writer
             if writer is not None:
                 writer.write(
@@ -156,7 +189,11 @@ class ExposureRecorder:
         key = (label or flag, variant, reason, error, source, arm, capped, self.provider)
         if self.direct:
             self._apply(key, n)
-            return
+            if self.otel is None:
+                return
+        self._count_local(key, n)
+
+    def _count_local(self, key: Key, n: int) -> None:
         try:
             counts = self._local.counts
         except AttributeError:
@@ -204,7 +241,8 @@ class ExposureRecorder:
             )
 
     def fold(self) -> None:
-        """Hand what every thread counted since the last fold to Prometheus and the summary."""
+        """Hand what every thread counted since the last fold to Prometheus and the summary
+        (with ``PROMETHEUS_MULTIPROC_DIR`` they had it at once), and to OpenTelemetry."""
         with self._fold_lock:
             deltas: Counter[Key] = Counter()
             with self._register_lock:
@@ -222,8 +260,13 @@ class ExposureRecorder:
                 if not alive:  # its last counts are in: forget the thread
                     with self._register_lock:
                         self._threads.remove(entry)
-            for key, n in deltas.items():
-                self._apply(key, n)
+            if not self.direct:
+                for key, n in deltas.items():
+                    self._apply(key, n)
+            otel = self.otel
+            if otel is not None:
+                for key, n in deltas.items():
+                    otel.add(key, n)
 
     def _apply(self, key: Key, n: int) -> None:
         flag, variant, reason, error, source, arm, capped, provider = key

@@ -5,6 +5,9 @@ Pushes to a Pushgateway: exactly one process pushes per run, the one that starte
 ``configure()`` again: with ``PROMETHEUS_MULTIPROC_DIR`` its counts reach the one push through
 the multiprocess folder; without, they stay its own. The group is ``job`` plus the configured
 ``grouping``, never a host or a process id, so each run replaces the last run's push.
+
+With ``telemetry.otel`` every process sends its own counts as OpenTelemetry deltas instead
+(:mod:`flagwarden.telemetry.otel`): forked children too, since the backend adds them up.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from flagwarden.telemetry.metrics import (
     FLAG_STAGE,
     PROVIDER_STATE,
 )
+from flagwarden.telemetry.otel import OtelExposures, otel_enabled
 from flagwarden.telemetry.recorder import ExposureRecorder
 from flagwarden.telemetry.writer import ExposureWriter
 
@@ -54,6 +58,8 @@ def pushing_process() -> bool:
 class Telemetry:
     def __init__(self, config: TelemetryConfig, provider_name: str, audit: AuditLog | None) -> None:
         configure_logging(config.log_format)
+        # First: a missing [otel] extra is a ConfigError before anything starts.
+        self.otel = OtelExposures(config.otel) if otel_enabled(config.otel) else None
         self.config = config
         flag_labels.limit = config.max_unregistered_flags  # process-wide, as the registry is
         self.provider_name = provider_name
@@ -69,7 +75,9 @@ class Telemetry:
         )
         # Asked again at every flush: structlog configured by the application later wins.
         writer = ExposureWriter(exposure_stream) if exposure_stream() is not None else None
-        self.recorder = ExposureRecorder(provider_name, deduper, self.summary, writer)
+        self.recorder = ExposureRecorder(
+            provider_name, deduper, self.summary, writer, otel=self.otel
+        )
         # Opt-in: the governing provider counts its own answers; the hook is for clients of
         # other providers (and costs every OpenFeature evaluation in the process ~5 µs).
         self.hook = ExposureHook(self.recorder) if config.hook else None
@@ -84,6 +92,8 @@ class Telemetry:
         events.subscribe(self._on_event)
         self.recorder.start()
         self.summary.start()
+        if self.otel is not None:
+            self.otel.start()
         if self.config.prometheus.port is not None:
             self.metrics_port = serve_metrics(
                 self.config.prometheus.port, self.config.prometheus.addr
@@ -129,6 +139,15 @@ class Telemetry:
     def after_fork_in_child(self) -> None:
         self.recorder.after_fork_in_child()
         self.summary.after_fork_in_child()
+        if self.otel is not None:
+            self.otel.after_fork_in_child()
+
+    def flush_at_exit(self) -> None:
+        """A process ending without ``shutdown()``: the last counts and exposure lines go out
+        (and to OpenTelemetry, waiting at most its close timeout)."""
+        self.recorder.close()
+        if self.otel is not None:
+            self.otel.close()
 
     def close(self) -> None:
         if self.hook is not None:
@@ -137,6 +156,8 @@ class Telemetry:
             api.add_hooks(hooks)
         self.recorder.close()  # its last counts go into the summary the next line writes
         self.summary.close()
+        if self.otel is not None:  # after the recorder's last fold: the last counts go too
+            self.otel.close()
         prom = self.config.prometheus
         if prom.pushgateway and pushing_process():
             push_metrics(prom.pushgateway, prom.job, prom.grouping)

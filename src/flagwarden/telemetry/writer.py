@@ -23,12 +23,24 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _escape
 from typing import Any, TextIO
 
-__all__ = ["BUFFER_LINES", "ExposureWriter", "exposure_fields"]
+__all__ = ["BUFFER_LINES", "ExposureWriter", "error_type", "exposure_fields", "reason_value"]
 
 BUFFER_LINES = 512  # a write every 512 first exposures at most (~200 KB)
 _TEMPLATES = 4096  # distinct answers remembered; past that the table starts again
 _SCALARS = (bool, int, float, str)
 _time_ns = time.time_ns
+
+
+def reason_value(reason: Any) -> str:
+    """A resolution reason as OpenTelemetry's feature-flag conventions write it: lowercase
+    (``static``, ``targeting_match``, ``split``, ``default``, ``error``...)."""
+    return str(reason or "").lower()
+
+
+def error_type(error: Any) -> str:
+    """An OpenFeature error code as the conventions' ``error.type``: lowercase
+    (``flag_not_found``, ``type_mismatch``, ``general``...)."""
+    return str(getattr(error, "value", error)).lower()
 
 
 def exposure_fields(
@@ -43,20 +55,23 @@ def exposure_fields(
     value: Any,
     stage: Any,
 ) -> dict[str, Any]:
-    """A ``feature_flag.evaluation`` event's fields under OpenFeature's attribute names, in the
-    order they are written."""
-    return {
+    """A ``feature_flag.evaluation`` event's fields under the attribute names of OpenTelemetry's
+    feature-flag conventions, in the order they are written: the reason in lowercase, and
+    ``error.type`` (the lowercase error code) only when the answer is an error."""
+    fields = {
         "feature_flag.key": flag,
         "feature_flag.result.variant": variant,
-        "feature_flag.result.reason": str(reason or ""),
+        "feature_flag.result.reason": reason_value(reason),
         "feature_flag.result.value": value if isinstance(value, _SCALARS) else None,
         "feature_flag.provider.name": provider,
         "feature_flag.context.id": targeting_key,
-        "error.type": error.value if error is not None else None,
-        "flagwarden.source": source,
-        "flagwarden.stage": stage,
-        "flagwarden.arm": arm or None,
     }
+    if error is not None:
+        fields["error.type"] = error_type(error)
+    fields["flagwarden.source"] = source
+    fields["flagwarden.stage"] = stage
+    fields["flagwarden.arm"] = arm or None
+    return fields
 
 
 class ExposureWriter:
