@@ -449,6 +449,9 @@ def _reach_vendor(profile: Profile) -> Finding:
     try:
         ready = vendor.start()
         message = vendor.status_message or vendor.status.value
+        reach = getattr(vendor, "reach", None)  # a provider READY before it asked anything
+        if ready and reach is not None and (problem := reach()) is not None:
+            ready, message = False, problem
     finally:
         vendor.shutdown()
     if ready:

@@ -9,7 +9,10 @@ from urllib.parse import unquote, unquote_plus
 
 __all__ = ["create_tables", "redact_text", "redact_url", "store_failure"]
 
-_KEYS = r"password|passwd|pwd|sslpassword|secret|token|api_key"
+_KEYS = (
+    r"password|passwd|pwd|sslpassword|secret|client_secret|token|access_token|refresh_token"
+    r"|id_token|auth_token|api_key|apikey|api-key|sdk_key"
+)
 # password=..., in a URL's query or a libpq key=value DSN (spaces around "=" and quoted values
 # are libpq's; an unterminated quote runs to the end, as a truncated message may cut it).
 _SECRET_PARAMS = re.compile(

@@ -453,3 +453,244 @@ def test_flagd_events_open_and_close_the_outage(project: Project):
     assert window.served["snapshot"] == 4 * len(KEYS)  # three flags per key, and assign's batch
     assert "file path not valid" in window.cause
     assert answers(client)["sources"] == {"vendor"}
+
+
+def test_a_context_the_provider_cannot_take_is_not_an_outage(project: Project, ofrep: Any):
+    """OFREP's client cannot send a datetime attribute (GENERAL, never sent): that context's
+    problem, whether it comes first or after good answers; the provider stays in."""
+    import datetime
+
+    governed(project)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    odd = EvaluationContext("u1", {"since": datetime.datetime(2026, 1, 1)})
+    for _ in range(2):  # first thing asked, then again after a good answer
+        bad = client.get_string_details("color", "none", odd)
+        assert bad.error_code == ErrorCode.GENERAL
+        assert runtime.provider.outage is None
+        assert runtime.provider.vendor.status is ProviderStatus.READY
+        good = client.get_string_details("color", "none", EvaluationContext("u1"))
+        assert good.error_code is None and good.flag_metadata["flagwarden.source"] == "vendor"
+
+
+def test_the_stored_answers_survive_a_run_that_answered_few(project: Project, ofrep: Any):
+    """Each run starts from what earlier runs stored: a run that answers one context does not
+    replace the stored answers of three hundred, and the replay of an outage serves them all."""
+    governed(project)
+    project.profile(
+        "ofrep",
+        {
+            "type": "openfeature",
+            "class": OFREP,
+            "options": {"base_url": ofrep.url},
+            "probe_interval": 0.1,
+        },
+    )
+    config = project.config("ofrep")
+    client = flagwarden.configure(config)
+    before = answers(client)
+    flagwarden.shutdown()
+    client = flagwarden.configure(config)
+    assert client.get_string_value("color", "none", EvaluationContext(KEYS[0])) != "none"
+    flagwarden.shutdown()
+    stored = json.loads(project.snapshot_file.read_text())["data"]["answers"]
+    assert len(stored) == 3 * len(KEYS)
+    client = flagwarden.configure(config)
+    client.get_string_value("color", "none", EvaluationContext(KEYS[0]))
+    ofrep.stop()
+    during = answers(client)
+    assert during["errors"] == [] and during["sources"] == {"snapshot"}
+    assert during["color"] == before["color"]
+
+
+def test_odd_contexts_and_disabled_flags_in_the_answer_cache(project: Project, ofrep: Any):
+    """A context without a canonical form (keys of mixed types) is answered, not cached; a
+    disabled flag's answer is replayed as the caller's default, whatever default is asked."""
+    governed(project)
+    flags = json.loads(json.dumps(FLAGS))
+    flags["flags"]["off-flag"] = {
+        "state": "DISABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on",
+    }
+    ofrep.set_flags(flags)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    mixed = EvaluationContext("u1", {"scores": {1: 0.5, "total": 3}})
+    answered = client.get_string_details("color", "none", mixed)
+    assert answered.error_code is None and answered.value != "none"
+    assert client.get_boolean_value("off-flag", False, EvaluationContext("u1")) is False
+    ofrep.stop()
+    for default in (False, True):
+        details = client.get_boolean_details("off-flag", default, EvaluationContext("u1"))
+        assert details.value is default and details.error_code is None
+        assert details.flag_metadata["flagwarden.source"] == "snapshot"
+
+
+def test_a_mixed_key_context_is_answered_through_flagd(project: Project):
+    governed(project)
+    flags_path = project.root / "flags.json"
+    project.profile(
+        "flagd",
+        {
+            "type": "openfeature",
+            "class": FLAGD,
+            "options": {"resolver_type": "in-process", "offline_flag_source_path": str(flags_path)},
+        },
+    )
+    client = flagwarden.configure(project.config("flagd"))
+    for attributes in ({"scores": {1: 0.5, "total": 3}}, {"tags": {("a", "b"): 1}}):
+        details = client.get_string_details("color", "none", EvaluationContext("u1", attributes))
+        assert details.error_code is None and details.value != "none", attributes
+
+
+def test_another_profiles_snapshot_is_never_served(project: Project, ofrep: Any):
+    """Switching from one OFREP service to another (the migration): a cold start while the new
+    one is down does not serve the old one's stored answers."""
+    governed(project)
+    for name in ("old", "new"):
+        project.profile(
+            name, {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+        )
+    client = flagwarden.configure(project.config("old"))
+    assert client.get_integer_value("batch-size", 0, EvaluationContext("u1")) == 500
+    flagwarden.shutdown()
+    ofrep.stop()
+    client = flagwarden.configure(project.config("new"))
+    details = client.get_integer_details("batch-size", 0, EvaluationContext("u1"))
+    assert details.value == 0 and details.flag_metadata["flagwarden.source"] == "default"
+
+
+def test_check_connect_asks_the_provider(project: Project, ofrep: Any):
+    project.profile(
+        "ofrep",
+        {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url, "timeout": 1}},
+    )
+    config = project.config("ofrep")
+    assert run_cli(config, "check", "--connect").returncode == 0
+    ofrep.stop()
+    found = run_cli(config, "check", "--connect")
+    assert found.returncode == 1
+    assert "provider 'ofrep' (openfeature) unreachable" in found.stdout + found.stderr
+
+
+FAULTY = """
+from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+calls = []
+
+
+class Faulty(InMemoryProvider):
+    def __init__(self, api_key, api_token=0, key_prefix="e", fail_export=False):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError(f"service refused {api_key} (token {api_token}) for {key_prefix}")
+        self._key, self._fail_export = api_key, fail_export
+        super().__init__({"tier": InMemoryFlag("gold", {"gold": "gold", "free": "free"})})
+
+    def export_snapshot(self):
+        if self._fail_export:
+            raise RuntimeError(f"cannot export with {self._key}")
+        return {"tier": "gold"}
+
+    def restore_snapshot(self, data):
+        pass
+"""
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    module = f"fwfaulty_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(FAULTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return module
+
+
+def test_a_provider_that_cannot_be_built_is_built_again(project: Project, faulty: str):
+    """Its constructor fails once (the secrets in its message masked: a string key, a number
+    under a secret's name; a one-letter option masks nothing); the probe builds it again."""
+    from structlog.testing import capture_logs
+
+    secret = "sk-live-7a6b5c4d3e2f1a0b"
+    options = {"api_key": secret, "api_token": 48213957, "key_prefix": "e", "fail_export": True}
+    project.profile(
+        "faulty",
+        {
+            "type": "openfeature",
+            "class": f"{faulty}:Faulty",
+            "options": options,
+            "probe_interval": 0.1,
+        },
+    )
+    with capture_logs() as logs:
+        client = flagwarden.configure(project.config("faulty"))
+        runtime = flagwarden.current()
+        assert runtime is not None
+        vendor = runtime.provider.vendor
+        assert vendor.status is ProviderStatus.ERROR
+        assert vendor.status_message == ("ConnectionError: service refused *** (token ***) for e")
+        wait_for(lambda: vendor.status is ProviderStatus.READY, timeout=5)
+        assert client.get_string_value("tier", "none", EvaluationContext("u1")) == "gold"
+        assert runtime.provider.write_snapshot() is None  # export failed: reported, not raised
+        flagwarden.shutdown()
+    said = json.dumps(logs, default=str)
+    assert "cannot export with ***" in said
+    assert secret not in said and "48213957" not in said
+
+
+def test_a_module_that_fails_at_import_is_a_config_error(
+    project: Project, tmp_path: Path, monkeypatch
+):
+    (tmp_path / "fwbroken.py").write_text("raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    project.profile("broken", {"type": "openfeature", "class": "fwbroken:Provider"})
+    with pytest.raises(ConfigError) as info:
+        flagwarden.configure(project.config("broken"))
+    assert info.value.field == "class"
+    assert "cannot import 'fwbroken' (RuntimeError: no GPU here)" in info.value.problem
+
+
+@pytest.mark.slow
+def test_threads_evaluating_when_the_server_dies_get_no_default(project: Project, ofrep: Any):
+    """Four threads evaluate known contexts when the server stops: whichever thread finds the
+    outage, every answer in flight or after it comes from the kept answers."""
+    governed(project)
+    project.profile(
+        "ofrep",
+        {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url, "timeout": 1.0}},
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    before = answers(client)["color"]
+    failures: list[Any] = []
+    stop = threading.Event()
+
+    def pipeline(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            got = client.get_string_details("color", "none", EvaluationContext(KEYS[i % len(KEYS)]))
+            if got.error_code is not None or got.value != before[i % len(KEYS)]:
+                failures.append((got.error_code, got.error_message))
+            i += 7
+
+    workers = [threading.Thread(target=pipeline, args=(n,)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.3)
+        ofrep.stop()
+        wait_for(lambda: runtime.provider.outage is not None, timeout=10)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    assert runtime.provider.outage.served["snapshot"] > 0

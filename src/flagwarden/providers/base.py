@@ -154,9 +154,17 @@ class SourceProvider(AbstractProvider):
         """The vendor's native flag definitions, or None when this provider has nothing to save."""
         return None
 
-    def last_known(self) -> dict[str, Any] | None:
-        """Data held in memory to replay while this provider is out, fresher than the snapshot
-        store's copy; None: replay the store's."""
+    #: Whether the snapshot store's copy should be handed to :meth:`seed` before the start:
+    #: a provider that keeps what it answered (an answer cache) would otherwise write a
+    #: snapshot of this run's answers alone over everything stored before.
+    wants_seed: ClassVar[bool] = False
+
+    def seed(self, data: dict[str, Any]) -> None:
+        """Take the stored snapshot's data as a start (see :attr:`wants_seed`)."""
+
+    def last_known_replay(self) -> SourceProvider | None:
+        """A started replay of what this provider holds in memory, to answer from while it is
+        out (fresher than the snapshot store's copy); None: replay the store's."""
         return None
 
     def depends_on_key(self, flag_key: str) -> bool:

@@ -133,6 +133,8 @@ class FailoverProvider(SourceProvider):
         self._vendor.attach(self._on_vendor_event)
         if self._env is not None:
             self._env.initialize(evaluation_context)
+        if self._lastgood is not None:
+            self._lastgood.seed()
         self._vendor.start(evaluation_context)
         if not self._vendor.has_data:
             self._load_snapshot()
@@ -173,9 +175,7 @@ class FailoverProvider(SourceProvider):
     def _load_snapshot(self) -> None:
         # What the vendor holds in memory is replayed afresh at each outage; a stored
         # snapshot is loaded once.
-        if self._lastgood is not None and (
-            self._snapshot is None or self._vendor.last_known() is not None
-        ):
+        if self._lastgood is not None and (self._snapshot is None or self._vendor.wants_seed):
             self._lastgood.load()
 
     def _serve_snapshot(self, replay: SourceProvider) -> None:
@@ -239,7 +239,7 @@ class FailoverProvider(SourceProvider):
 
     def _open_outage(self, cause: str) -> None:
         with self._lock:
-            if self._outage is not None:
+            if self._outage is not None or self._closed:
                 return
             self._outage = OutageWindow(
                 provider=self._vendor.name, cause=cause, started_at=datetime.now(UTC)
@@ -315,13 +315,13 @@ class FailoverProvider(SourceProvider):
                 key = flag_key if self._vendor_key.identity else self._vendor_key(flag_key)
                 details = vendor.resolve(flag_type, key, default_value, evaluation_context)
                 source = vendor.source
-                if details.error_code is not None and not vendor.has_data and self._snapshot:
-                    # The vendor went out on this very call: the snapshot answers it.
-                    details = self._snapshot.resolve(
-                        flag_type, key, default_value, evaluation_context
-                    )
-                    source = "snapshot"
-                if self._shadow is not None and details.error_code is None:
+                if details.error_code is not None and not vendor.has_data:
+                    # The vendor went out on this very call: the last-known-good answers it.
+                    replay = self._snapshot or vendor.last_known_replay()
+                    if replay is not None:
+                        details = replay.resolve(flag_type, key, default_value, evaluation_context)
+                        source = "snapshot"
+                if self._shadow is not None and source != "snapshot" and details.error_code is None:
                     self._shadow.offer(
                         flag_type,
                         flag_key,
@@ -332,6 +332,12 @@ class FailoverProvider(SourceProvider):
                     )
             elif self._snapshot is not None:
                 details = self._snapshot.resolve(
+                    flag_type, self._vendor_key(flag_key), default_value, evaluation_context
+                )
+                source = "snapshot"
+            elif (replay := vendor.last_known_replay()) is not None:
+                # The vendor just went out and the chain has not loaded its replay yet.
+                details = replay.resolve(
                     flag_type, self._vendor_key(flag_key), default_value, evaluation_context
                 )
                 source = "snapshot"

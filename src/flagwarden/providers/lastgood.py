@@ -57,8 +57,15 @@ class LastKnownGood:
         store's copy. A snapshot that cannot be read or replayed is reported (location and
         reason) and the chain goes on without it: the writer replaces it at the vendor's next
         good answer."""
-        held = self.vendor.last_known()
-        if held is not None and self._replay(held, "memory", datetime.now(UTC)):
+        held = self.vendor.last_known_replay()
+        if held is not None:
+            self._serve(held)
+            self.events.emit(
+                "flagwarden.snapshot_loaded",
+                provider=self.vendor.name,
+                written_at=datetime.now(UTC).isoformat(),
+                location="memory",
+            )
             return
         store = self._store
         if store is None:
@@ -76,15 +83,37 @@ class LastKnownGood:
                 "flagwarden.snapshot_missing", level="warning", location=store.location
             )
             return
-        if snapshot.vendor != self.vendor.kind:
+        if not self._matches(snapshot):
             self.events.emit(
                 "flagwarden.snapshot_mismatch",
                 level="warning",
                 snapshot_vendor=snapshot.vendor,
                 vendor=self.vendor.kind,
+                snapshot_profile=snapshot.profile,
+                profile=self.vendor.name,
             )
             return
         self._replay(snapshot.data, store.location, snapshot.written_at)
+
+    def _matches(self, snapshot: Snapshot) -> bool:
+        """A snapshot of this very source: its kind and its profile (two profiles of one kind
+        are two services or environments: one's answers are not the other's)."""
+        return snapshot.vendor == self.vendor.kind and snapshot.profile == self.vendor.name
+
+    def seed(self) -> None:
+        """Hand the stored snapshot to a vendor that wants it as a start (an answer cache);
+        a store that cannot be read is reported when the chain loads from it."""
+        if self._store is None or not self.vendor.wants_seed:
+            return
+        try:
+            snapshot = self._store.load()
+        except Exception:
+            return
+        if snapshot is not None and self._matches(snapshot):
+            try:
+                self.vendor.seed(snapshot.data)
+            except Exception as exc:
+                self._unusable(f"{self._store.location}: cannot seed ({type(exc).__name__})")
 
     def _replay(self, data: dict[str, Any], location: str, written_at: datetime) -> bool:
         try:

@@ -8,18 +8,18 @@ outages seen in its answers), a last-known-good, and re-creation in a forked chi
 Outages. A provider that emits PROVIDER_ERROR / PROVIDER_STALE / PROVIDER_READY is followed as
 it says. One that does not (OFREP's, which answers each call over HTTP) is judged by its
 answers: a provider-level error (GENERAL, PROVIDER_NOT_READY, PROVIDER_FATAL, or an exception)
-on a flag, confirmed by asking again the last flag and context that answered well, marks it
-out; from then on it is asked again every ``probe_interval`` seconds off the evaluation path,
-and its first good answer ends the outage. A flag-specific error (FLAG_NOT_FOUND, a type
-mismatch...) never does.
+confirmed by one more question (the last one answered well, else the same flag without its
+context) marks it out; from then on it is asked again every ``probe_interval`` seconds off the
+evaluation path, and its first answer ends the outage. A flag-specific error (FLAG_NOT_FOUND, a
+type mismatch...) or a context the provider cannot take never does.
 
 Last-known-good. A provider that can export its definitions (``export_snapshot() -> dict``,
 and ``restore_snapshot(data)`` on a new instance to answer from them offline, without
 ``initialize()``) gets native snapshots, as LaunchDarkly and Split do. Any other keeps an
-answer cache: its last ``answer_cache`` good answers, per flag, type and context fingerprint
-(a hash; no context is stored), written to the snapshot store and replayed while the provider
-is out. That is weaker than a native snapshot: a context that was never answered gets the
-caller's default (PROVIDER_NOT_READY), and a rule that changed meanwhile is not seen.
+answer cache (:mod:`flagwarden.providers.answers`): its last ``answer_cache`` good answers,
+seeded from the stored ones, written to the snapshot store and served while it is out. That
+is weaker than a native snapshot: a context that was never answered gets the caller's default
+(PROVIDER_NOT_READY), and a rule that changed meanwhile is not seen.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from openfeature.provider import FeatureProvider, ProviderStatus
 from flagwarden.config import looks_secret
 from flagwarden.errors import ConfigError
 from flagwarden.profiles import OPENFEATURE, OpenFeatureProfile, registered_types
-from flagwarden.providers.answers import AnswerCache, AnswerReplay, fingerprint
+from flagwarden.providers.answers import AnswerCache, AnswerReplay, callers_default, fingerprint
 from flagwarden.providers.base import SourceProvider, error_details, type_matches
 from flagwarden.storage import redact_text
 
@@ -64,6 +64,8 @@ _STATUS_FOR_EVENT = {
     ProviderEvent.PROVIDER_ERROR: ProviderStatus.ERROR,
 }
 _SECRET_OPTION = ("key", "token", "secret", "password", "credential", "auth", "header")
+_SHORTEST_SECRET = 4  # a shorter value would mask ordinary words in every message
+_CHECK_FLAG = "flagwarden-connect-check"
 
 Probe = tuple[FlagType, str, Any, EvaluationContext | None]
 
@@ -75,9 +77,12 @@ def load_target(profile: OpenFeatureProfile) -> Callable[..., Any]:
         module_name, _, attribute = profile.target.partition(":")
         try:
             found: Any = importlib.import_module(module_name)
-        except ImportError as exc:
+        except Exception as exc:  # a module that fails at import, however it fails
             raise ConfigError(
-                None, "class", f"profile {profile.name!r}: cannot import {module_name!r} ({exc})"
+                None,
+                "class",
+                f"profile {profile.name!r}: cannot import {module_name!r} "
+                f"({type(exc).__name__}: {exc})",
             ) from None
         for part in attribute.split("."):
             found = getattr(found, part, None)
@@ -152,11 +157,14 @@ def _scrubber(options: Mapping[str, Any]) -> Callable[[str], str]:
         elif isinstance(value, list | tuple):
             for item in value:
                 walk(name, item)
-        elif isinstance(value, str) and value:
-            if "://" in value:
-                urls.append(value)
-            elif looks_secret(value) or any(word in name.lower() for word in _SECRET_OPTION):
-                secrets.add(value)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = str(value)
+            if "://" in text:
+                urls.append(text)
+            elif len(text) >= _SHORTEST_SECRET and (
+                looks_secret(text) or any(word in name.lower() for word in _SECRET_OPTION)
+            ):
+                secrets.add(text)
 
     walk("", options)
     ordered = sorted(secrets, key=len, reverse=True)
@@ -172,7 +180,13 @@ def _scrubber(options: Mapping[str, Any]) -> Callable[[str], str]:
 class OpenFeatureSource(SourceProvider):
     """An OpenFeature provider in flagwarden's chain (see the module's docstring)."""
 
-    def __init__(self, profile: OpenFeatureProfile, *, restored: Any = None) -> None:
+    def __init__(
+        self,
+        profile: OpenFeatureProfile,
+        *,
+        restored: Any = None,
+        carried: OpenFeatureSource | None = None,
+    ) -> None:
         super().__init__(profile.name, profile.type)
         self.profile = profile
         self._factory = load_target(profile)
@@ -184,15 +198,25 @@ class OpenFeatureSource(SourceProvider):
         self._answers = AnswerCache(profile.answer_cache)
         self._dirty = False
         self._last_good: Probe | None = None
+        self._last_failed: Probe | None = None
+        self._out_at_start = False
         self._wake = threading.Event()
         self._probing = False
         self._closed = False
         self._init_context: EvaluationContext | None = None
+        if carried is not None:  # a forked child's: what the parent's source knew
+            self._answers = carried._answers.fork_copy()
+            self._last_good, self._last_failed = carried._last_good, carried._last_failed
+            self._out_at_start = carried._status in (ProviderStatus.ERROR, ProviderStatus.FATAL)
 
     @property
     def provider(self) -> FeatureProvider | None:
         """The wrapped OpenFeature provider (None before initialization)."""
         return self._inner
+
+    @property
+    def wants_seed(self) -> bool:  # type: ignore[override]
+        return bool(self.profile.answer_cache) and self._restored is None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,21 +224,30 @@ class OpenFeatureSource(SourceProvider):
         made = self._factory(**self._options)
         if not all(callable(getattr(made, method, None)) for method in _METHODS.values()):
             raise TypeError(f"{type(made).__name__} is not an OpenFeature provider")
+        if hasattr(made, "attach"):
+            made.attach(self._on_inner_event)
+        self._native = callable(getattr(made, "export_snapshot", None))
         return made
+
+    def _failed(self, what: str, exc: Exception) -> str:
+        return self._scrub(f"{what}{type(exc).__name__}: {exc}")
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         self._init_context = evaluation_context
         try:
             inner = self._inner = self._make()
-        except Exception as exc:
-            raise RuntimeError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
-        self._native = callable(getattr(inner, "export_snapshot", None))
+        except Exception as exc:  # built again by the probe, every probe_interval
+            message = self._failed("", exc)
+            self._set_status(ProviderStatus.ERROR, message)
+            self._start_probing()
+            raise RuntimeError(message) from None
         if self._restored is not None:
-            inner.restore_snapshot(self._restored)  # type: ignore[attr-defined]
+            try:
+                inner.restore_snapshot(self._restored)  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise RuntimeError(self._failed("restore_snapshot: ", exc)) from None
             self._set_status(ProviderStatus.READY)
             return
-        if hasattr(inner, "attach"):
-            inner.attach(self._on_inner_event)
         done = threading.Event()
         failure: list[str] = []
 
@@ -222,12 +255,15 @@ class OpenFeatureSource(SourceProvider):
             try:
                 inner.initialize(evaluation_context)
             except Exception as exc:
-                failure.append(self._scrub(f"{type(exc).__name__}: {exc}"))
+                failure.append(self._failed("", exc))
             done.set()
             if self._closed:
                 return
             if failure:
                 self._set_status(ProviderStatus.ERROR, failure[0])
+                self._start_probing()
+            elif self._out_at_start:  # out in the parent at the fork: out until it answers
+                self._set_status(ProviderStatus.ERROR, "out when this process was forked")
                 self._start_probing()
             elif self._status is ProviderStatus.NOT_READY:
                 self._set_status(ProviderStatus.READY)
@@ -246,10 +282,10 @@ class OpenFeatureSource(SourceProvider):
             try:
                 inner.shutdown()
             except Exception as exc:  # a provider's own shutdown trouble ends here
-                self._status_message = self._scrub(f"shutdown: {type(exc).__name__}: {exc}")
+                self._status_message = self._failed("shutdown: ", exc)
 
     def recreate(self) -> OpenFeatureSource:
-        return OpenFeatureSource(self.profile)
+        return OpenFeatureSource(self.profile, carried=self)
 
     def _on_inner_event(
         self, provider: FeatureProvider, event: ProviderEvent, details: ProviderEventDetails
@@ -267,6 +303,15 @@ class OpenFeatureSource(SourceProvider):
         message = self._scrub(details.message) if details.message else None
         self._set_status(status, message or event.value)
 
+    def reach(self) -> str | None:
+        """Whether the provider answers at all (``flagwarden check --connect``): one question
+        about a flag nobody defines; a flag-specific answer (FLAG_NOT_FOUND) means it is there.
+        None, or what the provider said instead."""
+        answer = self._ask(FlagType.BOOLEAN, _CHECK_FLAG, False, EvaluationContext(_CHECK_FLAG))
+        if answer.error_code in _OUTAGE_CODES:
+            return f"{answer.error_code.value}: {answer.error_message or ''}".strip(": ")
+        return None
+
     # -- evaluation --------------------------------------------------------------------
 
     def resolve(
@@ -278,6 +323,8 @@ class OpenFeatureSource(SourceProvider):
     ) -> FlagResolutionDetails[Any]:
         details = self._ask(flag_type, flag_key, default_value, evaluation_context)
         code = details.error_code
+        if self._closed:
+            return details
         if code is None:
             self._last_good = (flag_type, flag_key, default_value, evaluation_context)
             if self._answers.limit and not self._native:
@@ -305,9 +352,7 @@ class OpenFeatureSource(SourceProvider):
                 default_value, exc.error_code, self._scrub(exc.error_message or exc.error_code)
             )
         except Exception as exc:  # a provider's bug answers the default, never raises
-            return error_details(
-                default_value, ErrorCode.GENERAL, self._scrub(f"{type(exc).__name__}: {exc}")
-            )
+            return error_details(default_value, ErrorCode.GENERAL, self._failed("", exc))
         if details.error_code is not None:
             if details.error_message:
                 details.error_message = self._scrub(details.error_message)
@@ -330,9 +375,14 @@ class OpenFeatureSource(SourceProvider):
         context: EvaluationContext | None,
         details: FlagResolutionDetails[Any],
     ) -> None:
+        print_ = fingerprint(context)
+        if print_ is None:
+            return  # a context without a canonical form: not kept
         reason = details.reason
-        answer = (details.value, details.variant, getattr(reason, "value", reason))
-        changed = self._answers.put((flag_key, flag_type.value, fingerprint(context)), answer)
+        reason = getattr(reason, "value", reason)
+        value = None if callers_default(details.variant, reason) else details.value
+        answer = (value, details.variant, reason)
+        changed = self._answers.put((flag_key, flag_type.value, print_), answer)
         if changed and not self._dirty:
             self._dirty = True
             notify = self.data_changed
@@ -340,46 +390,59 @@ class OpenFeatureSource(SourceProvider):
                 notify()
 
     def _check_outage(self, failed: Probe, details: FlagResolutionDetails[Any]) -> None:
-        """A provider-level error: out, unless the last flag that answered well still does."""
-        probe = self._last_good
-        if probe is not None and probe[:2] != failed[:2]:
-            again = self._ask(*probe)
-            if again.error_code is None or again.error_code not in _OUTAGE_CODES:
-                return  # the provider answers: the problem is this flag's
+        """A provider-level error: the provider is out unless another question still gets an
+        answer: the last one that answered well, else this flag without the context (so that a
+        context the provider cannot take is this context's problem, not an outage)."""
+        confirm = self._last_good
+        if confirm is not None and _same(confirm, failed):
+            confirm = None  # what answered before fails now: out
+        elif confirm is None:
+            neutral = _neutral(failed)
+            confirm = None if _same(neutral, failed) else neutral
+        if confirm is not None:
+            again = self._ask(*confirm)
+            if again.error_code not in _OUTAGE_CODES:
+                return  # the provider answers: the problem is this question's
+        if self._closed:
+            return
+        self._last_failed = failed
         code = details.error_code.value if details.error_code else "GENERAL"
         self._set_status(ProviderStatus.ERROR, f"{code}: {details.error_message or ''}".strip())
-        self._start_probing(failed)
+        self._start_probing()
 
-    def _start_probing(self, failed: Probe | None = None) -> None:
+    def _start_probing(self) -> None:
         if self._probing or self._closed:
             return
         self._probing = True
-        target = self._last_good or failed
-        threading.Thread(
-            target=self._probe, args=(target,), name=f"flagwarden-probe-{self.name}", daemon=True
-        ).start()
+        name = f"flagwarden-probe-{self.name}"
+        threading.Thread(target=self._probe, name=name, daemon=True).start()
 
-    def _probe(self, target: Probe | None) -> None:
+    def _probe(self) -> None:
         """Ask the provider again every ``probe_interval`` until it answers (or its events say
-        it is back): its first good answer ends the outage."""
+        it is back): its first answer ends the outage. The question is the last one that was
+        answered well, else the failing flag without its context; a provider that could not
+        be built or initialized is built and initialized again."""
         try:
             while not self._closed and self._status is not ProviderStatus.READY:
                 if self._wake.wait(self.profile.probe_interval):
                     return
                 if self._status is ProviderStatus.READY:
                     return
-                if target is None:
+                target = self._last_good or (
+                    _neutral(self._last_failed) if self._last_failed is not None else None
+                )
+                if target is None or self._inner is None:
                     try:
-                        assert self._inner is not None
+                        if self._inner is None:
+                            self._inner = self._make()
                         self._inner.initialize(self._init_context or EvaluationContext())
                     except Exception as exc:
-                        self._status_message = self._scrub(f"{type(exc).__name__}: {exc}")
+                        self._status_message = self._failed("", exc)
                         continue
-                else:
-                    answer = self._ask(*target)
-                    if answer.error_code in _OUTAGE_CODES:
-                        continue
-                self._set_status(ProviderStatus.READY)
+                elif self._ask(*target).error_code in _OUTAGE_CODES:
+                    continue
+                if not self._closed:
+                    self._set_status(ProviderStatus.READY)
         finally:
             self._probing = False
 
@@ -388,19 +451,27 @@ class OpenFeatureSource(SourceProvider):
     def export_snapshot(self) -> dict[str, Any] | None:
         inner = self._inner
         if self._native and inner is not None:
-            data = inner.export_snapshot()  # type: ignore[attr-defined]
+            try:
+                data = inner.export_snapshot()  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise RuntimeError(self._failed("export_snapshot: ", exc)) from None
             return None if data is None else {"native": data}
         if not self._answers.limit or not len(self._answers):
             return None
         self._dirty = False
         return self._answers.export()
 
-    def last_known(self) -> dict[str, Any] | None:
-        """What this source holds in memory to answer from while it is out: its answer cache
-        (the snapshot store's copy can be a debounce older)."""
+    def seed(self, data: dict[str, Any]) -> None:
+        """The stored answers as older than any this process gives (a run that answered a few
+        contexts never replaces what earlier runs kept)."""
+        if data.get("answer_cache") == 1 and isinstance(data.get("answers"), list):
+            self._answers.merge(data["answers"])
+
+    def last_known_replay(self) -> SourceProvider | None:
+        """The answer cache itself, served while the provider is out (no copy)."""
         if self._native or not len(self._answers):
             return None
-        return self._answers.export()
+        return AnswerReplay(self.profile, self._answers)
 
     def depends_on_key(self, flag_key: str) -> bool:
         check = getattr(self._inner, "depends_on_key", None)
@@ -412,8 +483,19 @@ class OpenFeatureSource(SourceProvider):
         return True
 
 
+def _neutral(probe: Probe) -> Probe:
+    """The same question without a context."""
+    return (probe[0], probe[1], probe[2], EvaluationContext())
+
+
+def _same(one: Probe, other: Probe) -> bool:
+    if one[0] is not other[0] or one[1] != other[1]:
+        return False
+    return one[3] is other[3] or fingerprint(one[3]) == fingerprint(other[3]) is not None
+
+
 def replay(profile: OpenFeatureProfile, data: Mapping[str, Any]) -> SourceProvider:
     """The offline replay of a snapshot: the provider's own (native) or its answer cache."""
     if "native" in data:
         return OpenFeatureSource(profile, restored=data["native"])
-    return AnswerReplay(profile, data)
+    return AnswerReplay.stored(profile, data)
