@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,42 @@ def test_the_buffer_is_written_at_its_size_bound():
     assert out.getvalue() == "" and writer.pending == 9
     writer.write(FLAG, "v", "STATIC", None, "file", "", "file", "k9", True, None)
     assert len(out.getvalue().splitlines()) == 10 and writer.pending == 0
+
+
+class _Yielding(io.StringIO):
+    """A stream whose every write lets other threads run (as a pipe that blocks would)."""
+
+    def write(self, text: str) -> int:
+        time.sleep(0)
+        return super().write(text)
+
+
+def test_exposure_batches_never_land_inside_a_structlog_line():
+    """structlog's PrintLogger (an application's choice) writes a message and its newline as
+    two writes, under its lock for the stream: the writer's batches take the same lock, so
+    every line stays whole."""
+    out = _Yielding()
+    writer = ExposureWriter(lambda: out, buffer_lines=3)
+    logger = structlog.PrintLogger(out)
+    done = threading.Event()
+
+    def log() -> None:
+        for i in range(2000):
+            logger.msg(json.dumps({"event": "vendor line", "i": i}))
+        done.set()
+
+    thread = threading.Thread(target=log)
+    thread.start()
+    i = 0
+    while not done.is_set():
+        writer.write(FLAG, "v", "STATIC", None, "file", "", "file", f"k{i}", True, None)
+        i += 1
+    thread.join()
+    writer.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2000 + i
+    for line in lines:
+        json.loads(line)
 
 
 def test_configure_installs_no_global_hook(project: Project):

@@ -43,7 +43,9 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (message and newline together), under structlog's lock for the
+        # stream: whole lines beside other threads and, on a pipe, other processes.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     global _own

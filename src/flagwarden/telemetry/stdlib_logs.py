@@ -214,7 +214,7 @@ class _Bridge(logging.Handler):
             )
         )
         # structlog's writer for the stream: its lock keeps our lines whole beside its own.
-        self._out = structlog.PrintLogger(stream)
+        self._out = structlog.WriteLogger(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

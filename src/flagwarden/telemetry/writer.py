@@ -184,8 +184,13 @@ class ExposureWriter:
                     self.rerouted = True
                     _through_structlog(batch)
                 else:
-                    stream.write("".join(batch))
-                    stream.flush()
+                    # Through structlog's writer for the stream: one write (whole lines on a
+                    # pipe shared with other processes) under the lock structlog and the
+                    # vendors' log bridge hold for each of their lines, so a batch never lands
+                    # inside one of them. msg adds the last "\n".
+                    from structlog import WriteLogger  # imported already: it gave the stream
+
+                    WriteLogger(stream).msg("".join(batch)[:-1])
             except Exception:
                 self.dropped += len(batch)
             else:
