@@ -125,6 +125,8 @@ def configure(
             exposures=telemetry.recorder,
         )
         telemetry.install(events)
+        if telemetry.otel is not None:
+            telemetry.otel.identify = governed.inner.flag_version
         try:
             api.set_provider_and_wait(governed)
         except Exception as exc:

@@ -276,3 +276,15 @@ def test_aggregate_status_worst_wins():
     assert aggregate_status([S.ERROR, S.NOT_READY]) is S.NOT_READY
     assert aggregate_status([S.FATAL, S.NOT_READY]) is S.FATAL
     assert aggregate_status([]) is S.READY
+
+
+def test_the_answering_definitions_version(project: Project, vendor: Vendor):
+    """The version of the flag's definition (for OpenTelemetry's feature_flag.version):
+    LaunchDarkly's flag version, Split's change number; none for a flag the vendor lacks."""
+    project.profile(vendor.kind, vendor.profile())
+    flagwarden.configure(project.config(vendor.kind))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    version, set_id = runtime.provider.flag_version(FLAG)
+    assert version is not None and int(version) > 0 and set_id is None
+    assert runtime.provider.flag_version("no-such-flag") == (None, None)

@@ -694,3 +694,21 @@ def test_threads_evaluating_when_the_server_dies_get_no_default(project: Project
             worker.join()
     assert failures == []
     assert runtime.provider.outage.served["snapshot"] > 0
+
+
+def test_the_version_an_ofrep_answer_carries(project: Project, ofrep: Any):
+    """flagd's ``version`` and ``flagSetId`` metadata, carried by OFREP's answers, are the
+    definition's version and flag set (OpenTelemetry's feature_flag.version, .set.id)."""
+    flags = json.loads(json.dumps(FLAGS))
+    flags["metadata"] = {"flagSetId": "orders"}
+    flags["flags"]["color"]["metadata"] = {"version": "3"}
+    ofrep.set_flags(flags)
+    project.profile(
+        "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config("ofrep"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    assert runtime.provider.flag_version("color") == (None, None)  # nothing answered yet
+    client.get_string_value("color", "none", EvaluationContext("u1"))
+    assert runtime.provider.flag_version("color") == ("3", "orders")

@@ -54,6 +54,8 @@ DELTA, CUMULATIVE = 1, 2  # AggregationTemporality in OTLP
 KEYS = [f"k{i}" for i in range(5)]
 CONVENTION = {
     "feature_flag.key",
+    "feature_flag.version",
+    "feature_flag.set.id",
     "feature_flag.result.variant",
     "feature_flag.result.reason",
     "feature_flag.provider.name",
@@ -206,6 +208,26 @@ def test_counts_reach_the_collector_under_the_conventions_names(
     assert [p for p in points if "error.type" in p.attributes] == [
         p for p in points if p.attributes["feature_flag.key"] == "missing"
     ]
+
+
+def test_the_definitions_version_and_flag_set_are_attributes(
+    project: Project, receiver: OtlpReceiver
+):
+    """flagd's ``version`` (the flag's) and ``flagSetId`` (the file's) metadata become
+    ``feature_flag.version`` and ``feature_flag.set.id``; a flag the file lacks has neither."""
+    config = otel_project(project)
+    flags_file = project.root / "flags.json"
+    doc = json.loads(flags_file.read_text())
+    doc["metadata"] = {"flagSetId": "orders"}
+    doc["flags"][FLAG]["metadata"] = {"version": "7"}
+    flags_file.write_text(json.dumps(doc))
+    finish(pipeline(config, "run", "10", "0", env=otel_env(receiver.url)))
+    points = receiver.points(METRIC)
+    ours = [p for p in points if p.attributes["feature_flag.key"] == FLAG]
+    assert ours and all(p.attributes["feature_flag.version"] == "7" for p in ours)
+    assert all(p.attributes["feature_flag.set.id"] == "orders" for p in ours)
+    others = [p for p in points if p.attributes["feature_flag.key"] != FLAG]
+    assert others and not any("feature_flag.version" in p.attributes for p in others)
 
 
 def test_three_processes_counting_ten_each_add_up_to_thirty(

@@ -162,6 +162,12 @@ class SourceProvider(AbstractProvider):
     def seed(self, data: dict[str, Any]) -> None:
         """Take the stored snapshot's data as a start (see :attr:`wants_seed`)."""
 
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """The flag definition's version and flag set id where the source has them
+        (OpenTelemetry's ``feature_flag.version`` and ``feature_flag.set.id``); read when
+        counts are exported, never on the evaluation path."""
+        return None, None
+
     def last_known_replay(self) -> SourceProvider | None:
         """A started replay of what this provider holds in memory, to answer from while it is
         out (fresher than the snapshot store's copy); None: replay the store's."""

@@ -372,6 +372,19 @@ class FailoverProvider(SourceProvider):
         if outage is not None and outage.served.get(source, 0) > 0:
             outage.served[source] -= 1
 
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """The version and flag set id of the definition answering now (see
+        :meth:`SourceProvider.flag_version`); never raises."""
+        try:
+            key = self._vendor_key(flag_key)
+            if self._vendor.has_data:
+                return self._vendor.flag_version(key)
+            if self._snapshot is not None:
+                return self._snapshot.flag_version(key)
+        except Exception:  # a vendor's store in an odd state costs the attribute only
+            pass
+        return None, None
+
     def depends_on_key(self, flag_key: str) -> bool:
         """Whether the source answering now can tell targeting keys apart for this flag."""
         if self._env is not None and self._env.lookup(flag_key) is not None:

@@ -426,6 +426,21 @@ class FileProvider(SourceProvider):
     def depends_on_key(self, flag_key: str) -> bool:
         return self._key_dependent.get(flag_key, False)
 
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """flagd's ``version`` and ``flagSetId`` metadata: the flag's over the file's."""
+        data = self._data
+        if data is None:
+            return None, None
+        flag = data["flags"].get(flag_key)
+        if flag is None:
+            return None, None
+        metadata = {**data.get("metadata", {}), **(flag.get("metadata") or {})}
+        version, set_id = metadata.get("version"), metadata.get("flagSetId")
+        return (
+            None if version is None else str(version),
+            None if set_id is None else str(set_id),
+        )
+
     def export_snapshot(self) -> dict[str, Any] | None:
         """The definitions being served (flagd format: the valid flags of the file as last
         loaded), for a last-known-good snapshot that replays exactly what was served."""

@@ -222,6 +222,14 @@ class LaunchDarklyVendor(SourceProvider):
     def recreate(self) -> LaunchDarklyVendor:
         return LaunchDarklyVendor(self.profile, snapshot=self._snapshot)
 
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """The flag's version in LaunchDarkly (it grows with every change to the flag)."""
+        if not self._store.has_data:
+            return None, None
+        flag = self._store.get(FEATURES, flag_key, lambda x: x)
+        version = _as_dict(flag).get("version") if flag is not None else None
+        return (None if version is None else str(version)), None
+
     def export_snapshot(self) -> dict[str, Any] | None:
         if not self._store.has_data:
             return None

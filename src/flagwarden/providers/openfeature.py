@@ -66,6 +66,7 @@ _STATUS_FOR_EVENT = {
 _SECRET_OPTION = ("key", "token", "secret", "password", "credential", "auth", "header")
 _SHORTEST_SECRET = 4  # a shorter value would mask ordinary words in every message
 _CHECK_FLAG = "flagwarden-connect-check"
+_MAX_VERSIONS = 4096  # flags whose version is remembered (unregistered keys are unbounded)
 
 Probe = tuple[FlagType, str, Any, EvaluationContext | None]
 
@@ -204,6 +205,7 @@ class OpenFeatureSource(SourceProvider):
         self._probing = False
         self._closed = False
         self._init_context: EvaluationContext | None = None
+        self._versions: dict[str, tuple[str | None, str | None]] = {}
         if carried is not None:  # a forked child's: what the parent's source knew
             self._answers = carried._answers.fork_copy()
             self._last_good, self._last_failed = carried._last_good, carried._last_failed
@@ -375,6 +377,14 @@ class OpenFeatureSource(SourceProvider):
         context: EvaluationContext | None,
         details: FlagResolutionDetails[Any],
     ) -> None:
+        metadata = details.flag_metadata
+        if metadata and len(self._versions) < _MAX_VERSIONS:
+            version, set_id = metadata.get("version"), metadata.get("flagSetId")
+            if version is not None or set_id is not None:
+                self._versions[flag_key] = (
+                    None if version is None else str(version),
+                    None if set_id is None else str(set_id),
+                )
         print_ = fingerprint(context)
         if print_ is None:
             return  # a context without a canonical form: not kept
@@ -472,6 +482,11 @@ class OpenFeatureSource(SourceProvider):
         if self._native or not len(self._answers):
             return None
         return AnswerReplay(self.profile, self._answers)
+
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """The ``version`` and ``flagSetId`` metadata of the flag's last good answer (flagd's
+        and OFREP's names), when the provider gave them."""
+        return self._versions.get(flag_key, (None, None))
 
     def depends_on_key(self, flag_key: str) -> bool:
         check = getattr(self._inner, "depends_on_key", None)

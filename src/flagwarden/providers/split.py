@@ -285,6 +285,15 @@ class SplitVendor(SourceProvider):
     def recreate(self) -> SplitVendor:
         return SplitVendor(self.profile, snapshot=self._snapshot)
 
+    def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
+        """The split's change number (Split's version of a flag's definition)."""
+        factory = self._factory
+        if factory is None or not factory.ready:
+            return None, None
+        split = factory._storages["splits"].get(flag_key)
+        number = getattr(split, "change_number", None) if split is not None else None
+        return (None if number is None else str(number)), None
+
     def export_snapshot(self) -> dict[str, Any] | None:
         factory = self._factory
         if factory is None or not factory.ready:

@@ -108,6 +108,7 @@ _REQUIRED = (
     "opentelemetry.exporter.otlp.proto.http._log_exporter",
 )
 _SCALARS = (bool, int, float, str)
+_MAX_ATTRIBUTE_SETS = 10_000  # attribute dicts kept for reuse (a flag's versions keep coming)
 
 # One first exposure waiting for the logs thread: flag, variant, reason, error, source, arm,
 # provider, targeting key, value, stage, time (ns).
@@ -188,6 +189,17 @@ def log_attributes(event: Event) -> dict[str, Any]:
     return attributes
 
 
+def identity_attributes(identity: tuple[str | None, str | None]) -> dict[str, str]:
+    """``feature_flag.version`` and ``feature_flag.set.id``, where the source has them."""
+    version, set_id = identity
+    found = {}
+    if version:
+        found["feature_flag.version"] = version
+    if set_id:
+        found["feature_flag.set.id"] = set_id
+    return found
+
+
 class OtelExposures:
     """The recorder's OpenTelemetry side: :meth:`add` from the fold, ``events`` filled on the
     evaluation path (first exposures, when ``logs``), the export threads, fork and close."""
@@ -203,6 +215,9 @@ class OtelExposures:
         self.limit = int(env_number("OTEL_BLRP_MAX_QUEUE_SIZE", 2048))
         self.dropped = 0
         self._attributes: dict[tuple[Any, ...], dict[str, str | bool]] = {}
+        #: The version and flag set id of a flag's definition (the chain's ``flag_version``),
+        #: read at export: ``feature_flag.version`` and ``feature_flag.set.id``.
+        self.identify: Callable[[str], tuple[str | None, str | None]] | None = None
         self._failures = 0  # add() calls that raised
         self._last_failure = ""
         self._reported_failures = 0  # what the metrics thread reported so far
@@ -224,12 +239,25 @@ class OtelExposures:
 
     # -- from the recorder ------------------------------------------------------------------
 
+    def _identity(self, flag: str) -> tuple[str | None, str | None]:
+        identify = self.identify
+        if identify is None:
+            return None, None
+        try:
+            return identify(flag)
+        except Exception:  # a source that cannot say costs the attributes only
+            return None, None
+
     def add(self, key: tuple[Any, ...], n: int) -> None:
         """Count ``n`` answers of one recorder key (the fold's deltas). Never raises."""
         try:
-            attributes = self._attributes.get(key)
+            identity = self._identity(key[0])
+            attributes = self._attributes.get((key, identity))
             if attributes is None:
-                attributes = self._attributes[key] = metric_attributes(key)
+                attributes = metric_attributes(key)
+                attributes.update(identity_attributes(identity))
+                if len(self._attributes) < _MAX_ATTRIBUTE_SETS:
+                    self._attributes[(key, identity)] = attributes
             self.pipeline.counter.add(n, attributes)
         except Exception as exc:
             self._failures += 1
@@ -282,7 +310,10 @@ class OtelExposures:
                         severity_number=severity,
                         severity_text="INFO",
                         body=EVENT,
-                        attributes=log_attributes(event),
+                        attributes={
+                            **log_attributes(event),
+                            **identity_attributes(self._identity(event[0])),
+                        },
                         event_name=EVENT,
                     )
             except IndexError:
