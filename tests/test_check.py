@@ -179,6 +179,12 @@ def test_connect_starts_the_vendor_sdk(project: Project, ld_server):
     assert down.returncode == 1
     assert "provider 'launchdarkly' (launchdarkly) unreachable" in down.stderr
     assert profile["sdk_key"] not in down.stdout + down.stderr
+    # The SDK's own log lines come out structured, as a worker's would; the rest of stderr is
+    # check's report (its warnings, errors and the count).
+    vendor = [json.loads(line) for line in down.stderr.splitlines() if line.startswith("{")]
+    assert any(line["logger"].startswith("ldclient") for line in vendor)
+    report = [line for line in down.stderr.splitlines() if not line.startswith("{")]
+    assert all(line.startswith(("warning:", "error:", "1 error")) for line in report), report
 
 
 def test_a_broken_flagwarden_yaml_does_not_hide_the_other_files(project: Project):

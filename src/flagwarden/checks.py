@@ -103,7 +103,7 @@ def check_project(config: Path | str | None = None, *, connect: bool = False) ->
         found.extend(_check_telemetry(settings))
         for profile in (active, profiles.get(shadow.provider) if shadow else None):
             if profile is not None:
-                found.append(_reach_vendor(profile))
+                found.append(_reach_vendor(settings, profile))
     troubled = {f.file for f in found if f.level != "ok" and f.file}
     found = [f for f in found if not (f.level == "ok" and f.file in troubled)]
     if not any(f.level == "error" for f in found):
@@ -432,9 +432,15 @@ def _check_telemetry(settings: Settings) -> Iterator[Finding]:
         )
 
 
-def _reach_vendor(profile: Profile) -> Finding:
-    """Start the vendor's SDK as a worker would (at most its ``start_wait``), then stop it."""
+def _reach_vendor(settings: Settings, profile: Profile) -> Finding:
+    """Start the vendor's SDK as a worker would (at most its ``start_wait``), then stop it;
+    its log lines come out as a worker's would (structured, the profile's secrets masked)."""
+    from flagwarden.logs import configure_pending
     from flagwarden.runtime import build_vendor
+    from flagwarden.telemetry.stdlib_logs import register_secrets
+
+    configure_pending()
+    register_secrets(settings, profile)
 
     secret = getattr(profile, "sdk_key", None)
 
