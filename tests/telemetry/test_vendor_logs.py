@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Project
+from tests.conftest import Project, governed_project
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 from tests.servers.split import SplitServer, split_definition
 
@@ -241,3 +241,42 @@ def test_an_application_that_configured_structlog_gets_no_bridge(
     ld_project(project, ld_server)
     said, _ = run(project, ld_server.stop, {"APP_STRUCTLOG": "1", "LINGER": "0"})
     assert said == {"kept": True, "handlers": []}
+
+
+WARN_AND_CRASH = """
+import sys, threading, warnings
+import flagwarden
+flagwarden.configure(sys.argv[1])
+warnings.warn("the old API is going away", DeprecationWarning, stacklevel=1)
+warnings.warn("pandas says something", FutureWarning)
+
+def boom():
+    raise ValueError("a worker thread failed")
+
+thread = threading.Thread(target=boom, name="loader")
+thread.start()
+thread.join()
+flagwarden.shutdown()
+"""
+
+
+def test_warnings_and_thread_crashes_are_json_too(project: Project):
+    """Python's warnings and an uncaught exception in a thread print plain text by default:
+    through the bridge they are JSON lines like the rest."""
+    config = governed_project(project)
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", WARN_AND_CRASH, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    warned = [e for e in events if e.get("logger") == "py.warnings"]
+    assert any("the old API is going away" in e["event"] for e in warned)
+    assert any("FutureWarning: pandas says something" in e["event"] for e in warned)
+    (crash,) = [e for e in events if e.get("logger") == "threading"]
+    assert crash["event"] == "Exception in thread loader" and crash["level"] == "error"
+    assert "ValueError: a worker thread failed" in crash["exception"]

@@ -20,6 +20,9 @@ of its own keeps it; below WARNING, the chatty loggers of :data:`QUIET_LOGGERS` 
 level of their own are set to WARNING (``logging.getLogger("urllib3").setLevel(...)`` before
 ``configure()`` keeps yours).
 
+Python's warnings (``logging.captureWarnings``: the ``py.warnings`` logger) and a thread's
+uncaught exception (``threading.excepthook``, when it is Python's own) go the same way.
+
 An application that configured logging itself (a handler on the root logger, or structlog)
 keeps it: nothing is added or changed. Configure it before ``flagwarden.configure()``; after,
 ``logging.basicConfig(force=True)`` or ``logging.config.dictConfig`` replace the handler
@@ -233,6 +236,18 @@ def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord
     return logging.makeLogRecord({**record.__dict__, "msg": said, "args": ()})
 
 
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one record of the ``threading`` logger (what
+    Python's default hook prints as plain text); SystemExit stays silent, as there."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("threading").error(
+        "Exception in thread %s", name, exc_info=exc_info  # type: ignore[arg-type]
+    )
+
+
 def install(*, console: bool, stream: TextIO, level: int) -> bool:
     """Route the root logger's records through the bridge (see the module doc); False, and
     nothing changed, when the application put a handler of its own on the root logger."""
@@ -244,6 +259,11 @@ def install(*, console: bool, stream: TextIO, level: int) -> bool:
             root.removeHandler(handler)
         root.addHandler(_Bridge(console, stream, level))
         root.setLevel(level)
+        # Python's warnings and a thread's uncaught exception, too: through logging, so that
+        # every line of the run's stderr is in one format (the defaults print plain text).
+        logging.captureWarnings(True)
+        if threading.excepthook is threading.__excepthook__:
+            threading.excepthook = _thread_exception
         if level < logging.WARNING:
             for name in QUIET_LOGGERS:
                 logger = logging.getLogger(name)
