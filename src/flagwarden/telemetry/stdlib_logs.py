@@ -244,7 +244,9 @@ def _thread_exception(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "?"
     exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
     logging.getLogger("threading").error(
-        "Exception in thread %s", name, exc_info=exc_info  # type: ignore[arg-type]
+        "Exception in thread %s",
+        name,
+        exc_info=exc_info,  # type: ignore[arg-type]
     )
 
 
