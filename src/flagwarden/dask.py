@@ -3,11 +3,14 @@
 ``assign_partitions(ddf, flag_key, key_col, default)`` plans on the client
 (``flagwarden.plan``: the vendor asked once, the flag's stage, kill, salt and arm values frozen)
 and adds the served value as a column through ``ddf.map_partitions``: each partition's key
-column goes to Arrow and through a :class:`~flagwarden.governance.batches.BatchRouter` that
-carries the frozen plan, so the workers need no vendor SDK, no state store and no
-``configure()``. The answers are exactly ``flagwarden.assign``'s, row for row, however Dask
-schedules, retries or recomputes the partitions. The new column has the dtype pandas infers for
-the served values (as ``assign`` gives for a pandas column) and the partition's index.
+column (a pandas column, read exactly as ``flagwarden.assign`` reads one: its answers by
+construction) goes through a :class:`~flagwarden.governance.batches.BatchRouter` that carries
+the frozen plan, so the workers need no vendor SDK, no state store and no ``configure()``. The
+answers are exactly ``flagwarden.assign``'s, row for row, however Dask schedules, retries or
+recomputes the partitions. The new column has the partition's index and one dtype in every
+partition, the meta's: the one pandas gives the values the plan can serve
+(:func:`~flagwarden.governance.batches.value_type`; control 1 and treatment 1.5 are float64 in
+every partition, even one served only control).
 
 A kill reaches the running job: each worker process reads the flag's kill from the project's
 state store at most every ``kill_check_seconds`` (the store is opened from the config file on
@@ -16,10 +19,13 @@ the worker; see :mod:`flagwarden.governance.killcheck`) and from then on serves 
 FlagKilled` (``on_kill="abort"``): the computation then raises it on the client.
 
 When the vendor's own rule depends on the record key, the router asks the client key by key,
-with one ``flagwarden.configure()`` per worker process from the same config file (done lazily
-by the first such partition). :class:`FlagwardenPlugin` configures every worker when it starts
-instead, and shuts flagwarden down cleanly when it stops (flushing the exposures those
-per-key answers counted on the worker); other flags need no plugin.
+with one ``flagwarden.configure()`` per worker process from the same config file, done lazily
+by the first such partition, once, under a lock (a worker's other threads wait for it; a
+runtime another thread uses is never replaced). :class:`FlagwardenPlugin` configures every
+worker when it starts instead, and shuts flagwarden down cleanly when it stops (flushing the
+exposures those per-key answers counted on the worker); it never touches a runtime it did not
+create (in-process workers, ``LocalCluster(processes=False)``, use the client's). Other flags
+need no plugin.
 
 Exposures are counted once, on the client: with ``record=True`` (the default) the call
 computes, before it returns, one pass over the key column (only that column: Dask can prune
@@ -40,13 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
-from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.batches import (
     ArmRule,
     BatchRouter,
     OnKill,
     arm_names,
     arm_rule,
+    pandas_dtype,
+    plugin_setup,
+    plugin_teardown,
     prepare,
     record_outcomes,
 )
@@ -84,6 +92,12 @@ def assign_partitions(
     ``flagwarden.run``) pins the decision for a pipeline run. With ``record=True`` the call
     computes the outcome counts (an extra pass over the key column) before it returns.
     """
+    import dask.dataframe as dask_frames
+
+    if not isinstance(ddf, dask_frames.DataFrame):
+        raise TypeError(f"ddf must be a Dask DataFrame, not {type(ddf).__name__}")
+    if not isinstance(key_col, str):
+        raise TypeError(f"key_col must be a column name (str), not {key_col!r}")
     if key_col not in ddf.columns:
         raise KeyError(f"{key_col!r} is not a column of the DataFrame")
     assignment, router = prepare(
@@ -94,9 +108,12 @@ def assign_partitions(
         run_id,
         on_kill,
         kill_check_seconds,
+        out=out,
+        arm=arm,
+        record=record,
     )
     shipped = router.assignment
-    meta = ddf._meta.assign(**{out: _empty(_value_dtype(shipped))})
+    meta = ddf._meta.assign(**{out: _empty(_value_dtype(router))})
     if arm is not None:
         meta = meta.assign(**{arm: _empty(_string_dtype())})
     if record:
@@ -121,11 +138,15 @@ class FlagwardenPlugin(WorkerPlugin):
     """``flagwarden.configure(config)`` on each worker as it starts, ``flagwarden.shutdown()``
     as it stops: ``client.register_plugin(FlagwardenPlugin("flagwarden.yaml"))``.
 
-    Needed only for flags the vendor decides per key (the routers would otherwise configure
-    each worker lazily, at its first such partition, and the worker's counts would be flushed
-    only if the process exits cleanly) and for a clean shutdown; plain bucketed flags need no
+    Useful only for flags the vendor decides per key (without it the routers configure each
+    worker lazily, once, at its first such partition, and the worker's counts are flushed only
+    if the process exits cleanly) and for a clean shutdown; plain bucketed flags need no
     ``configure()`` on the workers. ``config`` is a file the workers can read (made absolute
     here, on the client).
+
+    The plugin never touches a runtime it did not create: a worker process that already runs
+    flagwarden (in-process workers, ``LocalCluster(processes=False)``, share the client's) is
+    left as it is, and its teardown shuts down only the runtime its setup configured.
     """
 
     name = "flagwarden"  # registering another one replaces it (its teardown, then setup)
@@ -134,34 +155,24 @@ class FlagwardenPlugin(WorkerPlugin):
         self.config = str(Path(config).absolute())
 
     def setup(self, worker: Any) -> None:
-        import flagwarden
-
-        flagwarden.configure(self.config)
+        plugin_setup(self.config)
 
     def teardown(self, worker: Any) -> None:
-        import flagwarden
-
-        flagwarden.shutdown()
+        plugin_teardown()
 
 
 # -- on the client -------------------------------------------------------------------------
 
 
-def _value_dtype(assignment: Assignment) -> Any:
-    """The dtype pandas infers for the values the plan can serve (the meta's)."""
+def _value_dtype(router: BatchRouter) -> Any:
+    """The dtype of the new column in every partition (the meta's): the one of the router's
+    value type, or, when the plan's values have none in common, the dtype pandas infers for
+    them."""
     import pandas as pd
 
-    a = assignment
-    if a.mode == "constant":
-        values = [a.value]
-    elif a.mode == "bucket":
-        values = [a.treatment, a.control]
-    else:
-        values = [a.default]
-    if a.stage is not None:
-        values.append(a.control)  # a kill during the job
-    values = [v for v in values if v is not None] or [a.default]
-    return pd.Series(values).dtype
+    a = router.assignment
+    values = [v for v in (a.value, a.treatment, a.control) if v is not None] or [a.default]
+    return pandas_dtype(router.value_type, fallback=pd.Series(values).dtype)
 
 
 # -- on the workers ------------------------------------------------------------------------
@@ -176,10 +187,9 @@ def _route_partition(
     arm_rule: ArmRule,
 ) -> pd.DataFrame:
     import pandas as pd
-    import pyarrow as pa
 
-    values, outcome = router.route(pa.array(part[key_col], from_pandas=True))
-    columns = {out: _as_pandas(values, part.index)}
+    values, outcome = router.route(part[key_col])  # read as assign reads a pandas column
+    columns = {out: values}
     if arm is not None:
         arms = arm_names(values, outcome, arm_rule)
         columns[arm] = pd.Series(arms, index=part.index, dtype=_string_dtype())
@@ -189,33 +199,11 @@ def _route_partition(
 def _count_partition(keys: pd.Series, router: BatchRouter) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
 
-    _, outcome = router.route(pa.array(keys, from_pandas=True))
+    _, outcome = router.route(keys)
     codes = np.asarray(outcome.to_numpy(zero_copy_only=False), dtype=np.int64)
     counts = np.bincount(codes, minlength=_CODES)
     return pd.DataFrame({code: [int(counts[code])] for code in range(_CODES)})
-
-
-def _as_pandas(values: Any, index: pd.Index) -> pd.Series:
-    """An Arrow array of served values as the pandas column pandas would build from them."""
-    import pandas as pd
-    import pyarrow as pa
-
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    plain = (
-        pa.types.is_boolean(values.type)
-        or pa.types.is_integer(values.type)
-        or pa.types.is_floating(values.type)
-        or pa.types.is_string(values.type)
-        or pa.types.is_large_string(values.type)
-    )
-    if plain and values.null_count == 0:
-        series = values.to_pandas()  # the dtypes pandas infers for bool, int, float, str
-        series.index = index
-        return series
-    return pd.Series(values.to_pylist(), index=index)
 
 
 def _empty(dtype: Any) -> pd.Series:

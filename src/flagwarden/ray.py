@@ -15,9 +15,11 @@ file on the worker; see :mod:`flagwarden.governance.killcheck`) and from then on
 (``on_kill="control"``) or fails the task with :class:`~flagwarden.governance.killcheck.
 FlagKilled` (``on_kill="abort"``): consuming the dataset then raises an error naming it.
 
-When the vendor's own rule depends on the record key, the router asks the client key by key,
-with one ``flagwarden.configure()`` per Ray worker process (from the same config file); those
-answers are counted by the workers.
+When the vendor's own rule depends on the record key, the router asks the client key by key
+(with the planned default's type: an object flag's answers become JSON text), with one
+``flagwarden.configure()`` per Ray worker process from the same config file, done once, under
+a lock (:func:`~flagwarden.governance.batches.worker_runtime`); those answers are counted by
+the workers.
 
 Ray Data is lazy: ``assign_dataset`` returns a dataset whose batches are routed when it is
 consumed (written, iterated, materialized), with the plan frozen at the call. Exposures are
@@ -27,7 +29,10 @@ Parquet, read only that column) that routes each batch and counts its rows per o
 driver sums them and records them once (``flagwarden.record_exposures``). It is an extra
 execution of the dataset's upstream, as in Spark: ``ds.materialize()`` first when the input is
 expensive, or pass ``record=False`` (and count yourself). Object flags (dict or list values)
-become JSON text columns.
+become JSON text columns. Every block's new column has the same Arrow type, from the values
+the plan can serve (:func:`~flagwarden.governance.batches.value_type`: control 1 and treatment
+1.5 are double in every block, even one served only control, and an empty block's column is
+typed too), so the dataset has one schema and its Parquet files read back as one table.
 """
 
 from __future__ import annotations
@@ -77,6 +82,12 @@ def assign_dataset(
     ``flagwarden.run``) pins the decision for a pipeline run. The result is lazy; with
     ``record=True`` the call executes the counting pass over the key column before it returns.
     """
+    from ray.data import Dataset as RayDataset
+
+    if not isinstance(ds, RayDataset):
+        raise TypeError(f"ds must be a Ray Dataset, not {type(ds).__name__}")
+    if not isinstance(key_col, str):
+        raise TypeError(f"key_col must be a column name (str), not {key_col!r}")
     assignment, router = prepare(
         "flagwarden.ray.assign_dataset",
         flag_key,
@@ -85,6 +96,9 @@ def assign_dataset(
         run_id,
         on_kill,
         kill_check_seconds,
+        out=out,
+        arm=arm,
+        record=record,
     )
     shipped = router.assignment
     if record:

@@ -7,7 +7,18 @@ value as a column through an Arrow UDF (``pyspark.sql.functions.arrow_udf``, Spa
 plan: no vendor SDK, no state store, no ``configure()`` on the executors, no ``sparkContext``
 (Spark Connect sessions work too). Spark's retries and speculative tasks recompute partitions
 from the same plan, so a job's answers are the same whatever is recomputed: exactly
-``flagwarden.assign``'s, row for row.
+``flagwarden.assign``'s over the keys the UDF reads, row for row.
+
+Key columns should be strings or integers. Both UDFs read those as the same keys (the tests
+compare them): a string as it is, an integer as its decimal digits (``str(int)``; the
+``pandas_udf`` gets an integer column as text from Spark, as pandas would turn a batch's
+integers into floats when it holds a null), a null or ``""`` as no unit. A timestamp becomes
+its wall-clock time in the session time zone, without offset (``2024-01-01 10:00:00``, or
+``2024-01-01 10:00:00.250000``), in both UDFs (tested too). Any other type becomes ``str()`` of
+the Python value the UDF reads, which is not tested to agree between the two: a date
+``2024-01-01``, a decimal with its scale (``1.10``), a double as Python writes it (``0.25``);
+a double NaN is a key (``nan``) in the Arrow UDF but no unit in the ``pandas_udf`` (pandas
+cannot tell it from a null). Cast such a column to a string of your own making first.
 
 A kill reaches the running job: each Python worker reads the flag's kill from the project's
 state store at most every ``kill_check`` seconds (the store is opened from the config file on
@@ -15,16 +26,20 @@ the worker; see :mod:`flagwarden.governance.killcheck`) and from then on serves 
 (``on_kill="control"``) or fails the task with :class:`~flagwarden.governance.killcheck.
 FlagKilled` (``on_kill="abort"``, for transactional sinks).
 
-When the vendor's own rule depends on the record key, the UDF asks the client key by key,
-with one ``flagwarden.configure()`` per Python worker (from the same config file).
+When the vendor's own rule depends on the record key, the UDF asks the client key by key
+(with the planned default's type: an object flag's answers become JSON text), with one
+``flagwarden.configure()`` per Python worker process from the same config file, done once,
+under a lock (:func:`~flagwarden.governance.batches.worker_runtime`).
 
 Exposures are counted once, on the driver: with ``record=True`` (the default) one aggregate
 over the new column counts the rows per outcome and ``flagwarden.record_exposures`` records
 them, so counts add up however many executors served the rows. That aggregate is a job of its
 own, run by ``assign_column``: it recomputes the DataFrame's lineage (``cache()`` the input to
 avoid it), counts even if the caller's own job never runs, and a kill landing between it and
-the caller's job makes the counts differ from what that job served. Object flags (dict or
-list values) become JSON text columns. With ``on_kill="abort"`` the job fails with Spark's
+the caller's job makes the counts differ from what that job served. The column's type comes
+from the values the plan can serve (:func:`~flagwarden.governance.batches.value_type`: bool,
+long, double when one of the numbers is a float, string); object flags (dict or list values)
+become JSON text columns. With ``on_kill="abort"`` the job fails with Spark's
 own exception (``PythonException`` on a classic session) whose message carries
 ``FlagKilled``'s; a flag already killed when planned serves control and never aborts.
 """
@@ -77,10 +92,17 @@ def assign_column(
     too (for the kill check and per-key flags). ``run_id`` (or an enclosing
     ``flagwarden.run``) pins the decision for a pipeline run. ``udf`` picks the UDF: ``"auto"``
     an Arrow UDF where Spark has ``arrow_udf`` (>= 4.1) and a ``pandas_udf`` otherwise;
-    ``"arrow"`` or ``"pandas"`` to choose (both give the same column).
+    ``"arrow"`` or ``"pandas"`` to choose (the same column for string, integer and timestamp
+    keys; see the module doc for other key types). Every argument is checked before anything
+    is planned or pinned (TypeError or ValueError naming it).
     """
     from pyspark.sql import functions as F
 
+    pandas = _udf_kind(udf) == "pandas"
+    if not _spark_object(df, "DataFrame"):
+        raise TypeError(f"df must be a Spark DataFrame, not {type(df).__name__}")
+    if not (isinstance(key_col, str) or _spark_object(key_col, "Column")):
+        raise TypeError(f"key_col must be a column name (str) or a Column, not {key_col!r}")
     assignment, router = prepare(
         "flagwarden.spark.assign_column",
         flag_key,
@@ -89,10 +111,17 @@ def assign_column(
         run_id,
         on_kill,
         kill_check_seconds,
+        out=out,
+        arm=arm,
+        record=record,
     )
     shipped = router.assignment
-    routing = _routing_udf(router, _spark_type(default), udf)
+    routing = _routing_udf(router, _spark_type(router.value_type, default), pandas)
     key = F.col(key_col) if isinstance(key_col, str) else key_col
+    if pandas and _integral(df.select(key).schema.fields[0].dataType):
+        # pandas turns a batch's integers into floats when it holds a null ("123.0"): the
+        # pandas_udf reads them as Spark's text of them instead, the Arrow UDF's keys exactly
+        key = key.cast("string")
     result = df.withColumn(_INTERNAL, routing(key))
     result = result.withColumn(out, F.col(f"{_INTERNAL}.value"))
     if arm is not None:
@@ -125,9 +154,19 @@ def _record(assignment: Assignment, result: DataFrame) -> None:
     record_outcomes(assignment, {int(row[0]): int(row[1]) for row in rows})
 
 
-def _spark_type(default: Any) -> Any:
+def _spark_type(value_type: str | None, default: Any) -> Any:
+    """The column's Spark type: the router's value type (the one every batch gets), or, when
+    the plan's values have none in common, the default's."""
     from pyspark.sql import types as T
 
+    by_value = {
+        "bool": T.BooleanType(),
+        "int64": T.LongType(),
+        "double": T.DoubleType(),
+        "string": T.StringType(),
+    }
+    if value_type is not None:
+        return by_value[value_type]
     if isinstance(default, bool):
         return T.BooleanType()
     if isinstance(default, str | dict | list):
@@ -139,31 +178,63 @@ def _spark_type(default: Any) -> Any:
     raise TypeError(f"unsupported default {default!r}: use a bool, str, int, float, dict or list")
 
 
-def _routing_udf(router: BatchRouter, value_type: Any, kind: UdfKind) -> Any:
-    from pyspark.sql import functions as F
+def _spark_object(value: Any, name: str) -> bool:
+    """Whether ``value`` is a pyspark ``name`` (a DataFrame, a Column) of a classic or a Spark
+    Connect session (on Spark 3.5 the Connect classes are not the classic ones' subclasses)."""
+    return any(
+        c.__name__ == name and c.__module__.startswith("pyspark.") for c in type(value).__mro__
+    )
+
+
+def _integral(data_type: Any) -> bool:
     from pyspark.sql import types as T
+
+    return isinstance(data_type, T.ByteType | T.ShortType | T.IntegerType | T.LongType)
+
+
+def _udf_kind(kind: Any) -> Literal["arrow", "pandas"]:
+    """The UDF ``udf=`` asks for, on this Spark (checked before anything is planned)."""
+    from pyspark.sql import functions as F
 
     if kind not in ("auto", "arrow", "pandas"):
         raise ValueError(f"udf={kind!r}: expected 'auto', 'arrow' or 'pandas'")
     has_arrow_udf = hasattr(F, "arrow_udf")
     if kind == "arrow" and not has_arrow_udf:
         raise RuntimeError("udf='arrow' needs Spark >= 4.1 (pyspark.sql.functions.arrow_udf)")
+    return "pandas" if kind == "pandas" or not has_arrow_udf else "arrow"
+
+
+def _routing_udf(router: BatchRouter, value_type: Any, pandas: bool) -> Any:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
     schema = T.StructType(
         [T.StructField("value", value_type), T.StructField("outcome", T.ByteType())]
     )
     name = f"flagwarden_{router.assignment.flag}"
-    if kind == "pandas" or not has_arrow_udf:
+    if pandas:
         return F.pandas_udf(_pandas_routing(router, name), schema)  # type: ignore[call-overload]
     import pyarrow as pa
 
     def routed(keys: Any) -> Any:
-        values, outcome = router.route(keys)
+        values, outcome = router.route(_local_time(keys))
         return pa.StructArray.from_arrays([values, outcome], names=["value", "outcome"])
 
     # Spark reads the UDF's kind (scalar: Arrow array in, Arrow array out) from its hints.
     routed.__annotations__ = {"keys": pa.Array, "return": pa.Array}
     routed.__name__ = routed.__qualname__ = name
     return F.arrow_udf(routed, schema)  # type: ignore[call-overload]
+
+
+def _local_time(keys: Any) -> Any:
+    """A timestamp column as the pandas_udf reads it: the wall-clock time in the session time
+    zone, without offset (the Arrow UDF gets it with the session's zone attached)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(keys.type) and keys.type.tz is not None:
+        return pc.local_timestamp(keys)
+    return keys
 
 
 def _pandas_routing(router: BatchRouter, name: str) -> Any:

@@ -218,6 +218,89 @@ def test_the_plugin_configures_spawned_workers_for_per_key_flags(
     assert [s["source"] for s in client.run(_worker_state).values()] == [None, None]
 
 
+def test_every_partition_has_the_meta_dtype(client: Any, project: Project):
+    """control 1, treatment 1.5: a partition served only control is float64 like the meta (not
+    int64), and so is an empty one; the values are assign's."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    policy = {"variants": {"control": 1, "treatment": 1.5}}
+    flagwarden.configure(governed_project(project, serve=1.5, policy=policy))
+    stage(25)
+    keys = [f"order-{i}" for i in range(400)]
+    served = flagwarden.assign(FLAG, keys, 0.0)
+    capped = [k for k, v in zip(keys, served, strict=True) if v == 1][:50]
+    frame = pd.DataFrame({"k": capped + keys[:50], "g": [0] * 50 + [1] * 50})
+    ddf = dd.from_pandas(frame, npartitions=2, sort=False)
+    for routed in (
+        assign_partitions(ddf, FLAG, "k", 0.0, record=False),
+        assign_partitions(ddf[ddf["g"] == 1], FLAG, "k", 0.0, record=False),  # one empty
+    ):
+        assert routed._meta["variant"].dtype == "float64"
+        parts = [part.compute() for part in routed.to_delayed()]
+        assert [str(part["variant"].dtype) for part in parts] == ["float64", "float64"]
+        got = pd.concat(parts)
+        assert got["variant"].tolist() == flagwarden.assign(FLAG, got["k"], 0.0).tolist()
+    assert 0 in {len(part) for part in parts}
+
+
+def test_object_key_columns_route_as_assign_reads_them(client: Any, project: Project):
+    """A partition's key column is read exactly as assign reads a pandas column: a mixed
+    int/str object column routes (pyarrow.array raised on it), decimals keep their own text
+    ("1.10", not "1.1" rescaled) and timedeltas pandas' text."""
+    import decimal
+
+    import dask
+    import dask.dataframe as dd
+    import pandas as pd
+
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(50)
+    columns = {
+        "mixed": pd.Series([1, "a", 2, "b", "", None] * 20, dtype=object),
+        "decimal": pd.Series([decimal.Decimal("1.1"), decimal.Decimal("1.10")] * 60),
+        "timedelta": pd.Series(pd.to_timedelta(range(120), unit="s")),
+    }
+    with dask.config.set({"dataframe.convert-string": False}):
+        for name, keys in columns.items():
+            frame = pd.DataFrame({"k": keys})
+            ddf = dd.from_pandas(frame, npartitions=2, sort=False)
+            got = assign_partitions(ddf, FLAG, "k", False, record=False).compute()
+            want = flagwarden.assign(FLAG, frame["k"], False)
+            assert got["variant"].tolist() == want.tolist(), name
+            by_dask = counted(lambda ddf=ddf: assign_partitions(ddf, FLAG, "k", False))
+            by_assign = counted(lambda frame=frame: flagwarden.assign(FLAG, frame["k"], False))
+            assert by_dask == by_assign, name
+
+
+def test_a_worker_of_several_threads_configures_once_for_per_key_flags(
+    project: Project, ld_server: LaunchDarklyServer
+):
+    """One worker process of four threads, no plugin, a flag the vendor decides per key: the
+    threads configure the worker once between them (each configuring it shut down the runtime
+    another was asking, whose keys got the default)."""
+    from distributed import Client, LocalCluster
+
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
+    project.profile("launchdarkly", ld_server.profile())
+    (project.root / "policies").mkdir(exist_ok=True)
+    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
+    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    stage(100)
+    frame, ddf = keys_frame(8_000, partitions=8)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=4, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as threads,
+    ):
+        routed = assign_partitions(ddf, FLAG, "k", False, record=False)
+        got = threads.compute(routed).result()
+        runtimes = threads.run(_worker_state)
+    assert got["variant"].tolist() == flagwarden.assign(FLAG, frame["k"], False).tolist()
+    assert [s["source"] for s in runtimes.values()] == [str(Path(project.root, "flagwarden.yaml"))]
+
+
 def test_a_config_file_is_required(project: Project, monkeypatch: pytest.MonkeyPatch):
     _, ddf = keys_frame(10, partitions=1)
     with pytest.raises(FlagwardenError, match=r"needs flagwarden.configure\(\) first"):
@@ -228,3 +311,22 @@ def test_a_config_file_is_required(project: Project, monkeypatch: pytest.MonkeyP
         assign_partitions(ddf, FLAG, "k", False)
     with pytest.raises(KeyError, match="'nope' is not a column"):
         assign_partitions(ddf, FLAG, "nope", False)
+
+
+def test_the_plugin_leaves_a_runtime_it_did_not_create(project: Project):
+    """In-process workers (``processes=False``) share the client's process: the plugin neither
+    replaces the client's runtime when it starts nor shuts it down when it stops."""
+    from distributed import Client, LocalCluster
+
+    config = governed_project(project, serve=True)
+    flagwarden.configure(config)
+    before = flagwarden.current()
+    with (
+        LocalCluster(n_workers=2, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as in_process,
+    ):
+        in_process.register_plugin(FlagwardenPlugin(config))
+        assert flagwarden.current() is before
+        in_process.unregister_worker_plugin(FlagwardenPlugin.name)
+        assert flagwarden.current() is before
+    assert flagwarden.current() is before

@@ -177,3 +177,28 @@ def test_record_exposures_counts_as_assign_does(project: Project):
     assert by_assign[1] == {(FLAG, "missing_unit"): 2}
     with pytest.raises(ValueError, match="out of range"):
         assignment.exposures(10, treated=8, missing=3)
+
+
+def test_record_exposures_of_a_per_key_plan_counts_only_its_killed_rows(
+    project: Project, ld_server: LaunchDarklyServer, monkeypatch: pytest.MonkeyPatch
+):
+    """A per-key job killed midway: the workers' clients answered (and counted) the rows before
+    the kill; the driver's record stands for the killed rows alone, counted in the outage window
+    and the summary under the source the chain answers from (not all the rows, under "")."""
+    import yaml
+
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
+    project.profile("launchdarkly", ld_server.profile())
+    (project.root / "policies").mkdir(exist_ok=True)
+    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
+    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    stage(100)
+    assignment = flagwarden.plan(FLAG, False)
+    assert assignment.mode == "per_key" and assignment.source == ""
+    failover = flagwarden.current().governed.inner
+    served: list[tuple[str, int]] = []
+    monkeypatch.setattr(failover, "count_served", lambda source, n: served.append((source, n)))
+    summary, _ = counted(lambda: flagwarden.record_exposures(assignment, 100, killed=30))
+    assert served == [("vendor", 30)]
+    assert sum(summary.values()) == 30
+    assert all("" not in key and "vendor" in key for key in summary), summary

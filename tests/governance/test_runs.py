@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from openfeature.evaluation_context import EvaluationContext
 from structlog.testing import capture_logs
 
 import flagwarden
 from flagwarden.governance import runs
 from tests.conftest import POLICY, Project, governed_project
 from tests.governance.test_assign import KEYS, stage
+from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
 FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,3 +195,39 @@ def test_the_run_is_the_blocks_only(project: Project):
             assert flagwarden.plan(FLAG, False).run_id == "inner"
         assert flagwarden.plan(FLAG, False).run_id == RUN
     assert flagwarden.plan(FLAG, False).run_id is None
+
+
+SECRET_CONTEXT = EvaluationContext("svc-account", {"tenant": "acme", "api_token": "tok-SECRET"})
+
+
+def test_a_pinned_plan_carries_the_callers_context_only_when_asked_per_key(project: Project):
+    """As an unpinned plan: a bucket plan carries no context (it would travel with a job's
+    closure to every worker, secrets included), whether pinned now, read from this process's
+    memo or from the store."""
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    unpinned = flagwarden.plan(FLAG, False, context=SECRET_CONTEXT)
+    assert (unpinned.mode, unpinned.context, unpinned.context_key) == ("bucket", {}, None)
+    for attempt in ("pinned now", "from the memo", "from the store"):
+        if attempt == "from the store":
+            runs._memo.clear()
+        pin = flagwarden.plan(FLAG, False, context=SECRET_CONTEXT, run_id=RUN)
+        assert pin.pinned and pin.mode == "bucket", attempt
+        assert (pin.context, pin.context_key) == ({}, None), attempt
+        assert b"tok-SECRET" not in pickle.dumps(pin), attempt
+        assert pin.apply(KEYS) == unpinned.apply(KEYS)
+
+
+def test_a_pinned_per_key_plan_keeps_the_callers_context(
+    project: Project, ld_server: LaunchDarklyServer
+):
+    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
+    project.profile("launchdarkly", ld_server.profile())
+    (project.root / "policies").mkdir(exist_ok=True)
+    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
+    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    stage(100)
+    for _ in range(2):  # pinned now, then from the memo
+        pin = flagwarden.plan(FLAG, False, context=SECRET_CONTEXT, run_id=RUN)
+        assert pin.pinned and pin.mode == "per_key"
+        assert pin.context == SECRET_CONTEXT.attributes and pin.context_key == "svc-account"

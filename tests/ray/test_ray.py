@@ -210,6 +210,61 @@ def test_a_vendor_rule_on_the_key_is_asked_per_key_on_the_workers(
     assert table.column("arm").to_pylist() == ["treatment" if v else "control" for v in values]
 
 
+def test_every_block_has_one_value_type(ray_session: Any, project: Project, tmp_path: Any):
+    """control 1, treatment 1.5: a block served only control is double like the others (not
+    int64), and so is an empty block; the dataset has one schema and its Parquet files read
+    back as one table."""
+    import pyarrow as pa
+    import pyarrow.dataset as pds
+
+    policy = {"variants": {"control": 1, "treatment": 1.5}}
+    flagwarden.configure(governed_project(project, serve=1.5, policy=policy))
+    stage(25)
+    keys = [f"order-{i}" for i in range(400)]
+    served_keys = flagwarden.assign(FLAG, keys, 0.0)
+    capped = [k for k, v in zip(keys, served_keys, strict=True) if v == 1][:50]
+    blocks = [
+        pa.table({"k": pa.array(capped)}),
+        pa.table({"k": pa.array(keys[:50])}),
+        pa.table({"k": pa.array([], pa.string())}),
+    ]
+    routed = assign_dataset(ray_session.data.from_arrow(blocks), FLAG, "k", 0.0)
+    tables = [t for t in ray_session.get(routed.to_arrow_refs()) if t.num_rows]
+    assert len(tables) == 2  # (Ray routes no empty block)
+    assert {t.schema.field("variant").type for t in tables} == {pa.float64()}
+    assert routed.schema().base_schema.field("variant").type == pa.float64()
+    routed.write_parquet(str(tmp_path / "out"))
+    back = pds.dataset(str(tmp_path / "out")).to_table()
+    assert back.schema.field("variant").type == pa.float64() and back.num_rows == 100
+    assert back.column("variant").to_pylist() == flagwarden.assign(
+        FLAG, back.column("k").to_pylist(), 0.0
+    )
+
+
+def test_a_per_key_object_flag_is_asked_with_the_planned_default(
+    ray_session: Any, project: Project, ld_server: LaunchDarklyServer
+):
+    """A dict flag the vendor decides per key: the workers ask with the dict default (its JSON
+    text asked for a string: a type mismatch, the default for every key)."""
+    flag = boolean_flag(FLAG, rollout_percent=40)
+    flag["variations"] = [{"m": 1}, {"m": 2}]
+    ld_server.set_flag(flag)
+    project.profile("launchdarkly", ld_server.profile())
+    (project.root / "policies").mkdir(exist_ok=True)
+    policy = {**POLICY, "variants": {"control": {"m": 1}, "treatment": {"m": 2}}}
+    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(policy))
+    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    stage(100)
+    keys, ds = keys_dataset(ray_session, 1_000, blocks=2)
+    _, values, table = served(assign_dataset(ds, FLAG, "k", {"m": 0}, arm="arm", record=False))
+    want = flagwarden.assign(FLAG, keys, {"m": 0})
+    assert [json.loads(v) for v in values] == want
+    assert {v["m"] for v in want} == {0, 1, 2}  # 0: the default, for the missing keys
+    arms = table.column("arm").to_pylist()
+    by_value = {1: "control", 2: "treatment", 0: "none"}
+    assert arms == [by_value[v["m"]] for v in want]
+
+
 def test_a_config_file_is_required(
     ray_session: Any, project: Project, monkeypatch: pytest.MonkeyPatch
 ):

@@ -92,8 +92,12 @@ def test_a_shared_unit_and_object_values(spark: Any, project: Project):
 
 
 def test_the_pandas_udf_serves_the_same_column(spark: Any, project: Project):
-    """``udf="pandas"`` (what Spark < 4.1 gets): the same values, arms and counts."""
+    """``udf="pandas"`` (what Spark < 4.1 gets): the same values, arms and counts, for string
+    keys and nullable integer keys (pandas gets a batch of longs holding a null as floats,
+    "1.152921504606847e+18", beyond 2**53 not even the same number: both UDFs must route the
+    integers' own text, as assign does over the collected keys)."""
     from openfeature.evaluation_context import EvaluationContext
+    from pyspark.sql import functions as F
 
     flagwarden.configure(governed_project(project, serve=True))
     stage(25)
@@ -106,6 +110,29 @@ def test_the_pandas_udf_serves_the_same_column(spark: Any, project: Project):
     assert counted(lambda: assign_column(frame, FLAG, "k", False, udf="pandas")) == counted(
         lambda: flagwarden.assign(FLAG, keys, False)
     )
+    longs = frame.select(
+        "id",
+        F.when(F.col("id") % 97 == 0, F.lit(None))
+        .otherwise(F.col("id") * 7_919 + F.lit(2**60))
+        .cast("long")
+        .alias("n"),
+    )
+    by_kind = {
+        kind: assign_column(longs, FLAG, "n", False, arm="arm", udf=kind, record=False)
+        .orderBy("id")
+        .select("n", "variant", "arm")
+        .toArrow()
+        for kind in ("arrow", "pandas")
+    }
+    keys = by_kind["arrow"].column("n").to_pylist()
+    assert None in keys and max(k for k in keys if k is not None) > 2**60
+    want = flagwarden.assign(FLAG, keys, False)
+    assert by_kind["arrow"].column("variant").to_pylist() == want
+    assert by_kind["pandas"].column("variant").to_pylist() == want
+    assert by_kind["pandas"].column("arm") == by_kind["arrow"].column("arm")
+    assert counted(lambda: assign_column(longs, FLAG, "n", False, udf="pandas")) == counted(
+        lambda: flagwarden.assign(FLAG, keys, False)
+    )
     policy = {"unit": "tenant", "variants": {"control": {"m": 1}, "treatment": {"m": 2}}}
     flagwarden.configure(governed_project(project, serve={"m": 2}, policy=policy))
     stage(50)
@@ -116,6 +143,60 @@ def test_the_pandas_udf_serves_the_same_column(spark: Any, project: Project):
     assert [json.loads(v) for v in values] == want
     with pytest.raises(ValueError, match="expected 'auto', 'arrow' or 'pandas'"):
         assign_column(frame, FLAG, "k", False, udf="numpy")  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+def test_the_pandas_udf_reads_timestamp_keys_as_the_arrow_udf(spark: Any, project: Project):
+    """A timestamp key is its wall-clock time in the session time zone, without offset, in both
+    UDFs (the Arrow UDF gets it with the zone attached: "...-05:00"; the pandas_udf without)."""
+    from pyspark.sql import functions as F
+
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(50)
+    frame = spark.range(0, 20_000, numPartitions=2).select(
+        "id",
+        F.when(F.col("id") % 89 == 0, F.lit(None))
+        .otherwise(F.expr("timestamp_seconds(1700000000 + id * 37 + (id % 4) * 0.25)"))
+        .alias("ts"),
+    )
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        wall_clock = F.regexp_replace(
+            F.date_format("ts", "yyyy-MM-dd HH:mm:ss.SSSSSS"), r"\.000000$", ""
+        )
+        texts = frame.orderBy("id").select(wall_clock.alias("t")).toArrow()
+        keys = texts.column("t").to_pylist()
+        assert "2023-11-14 17:13:57.250000" in keys and "2023-11-14 17:15:48" in keys
+        want = flagwarden.assign(FLAG, keys, False)
+        for kind in ("arrow", "pandas"):
+            got = assign_column(frame, FLAG, "ts", False, udf=kind, record=False)
+            values = got.orderBy("id").select("variant").toArrow().column(0).to_pylist()
+            assert values == want, kind
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+def test_arguments_are_checked_before_anything_is_planned_or_pinned(spark: Any, project: Project):
+    flagwarden.configure(governed_project(project, serve=True))
+    stage(25)
+    frame = keys_frame(spark, 10, partitions=1)
+    bad: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"udf": "numpy"}, ValueError, "expected 'auto', 'arrow' or 'pandas'"),
+        ({"kill_check_seconds": "1"}, TypeError, "kill_check_seconds must be a number"),
+        ({"kill_check_seconds": float("nan")}, ValueError, "kill_check_seconds must be a finite"),
+        ({"key_col": 3}, TypeError, "key_col must be a column name"),
+        ({"df": None}, TypeError, "df must be a Spark DataFrame, not NoneType"),
+        ({"arm": "variant"}, ValueError, "arm and out name the same column"),
+    ]
+    for arguments, error, match in bad:
+        call = {"df": frame, "key_col": "k", **arguments}
+        with pytest.raises(error, match=match):
+            assign_column(flag_key=FLAG, default=False, run_id="run-1", **call)
+    store = flagwarden.current().governed.cache.store
+    assert store is not None and store.documents("run:run-1") == {}  # nothing pinned
+    audit = flagwarden.current().governance.audit
+    assert audit is not None and list(audit.records(flag=FLAG, kind="run_pinned")) == []
 
 
 @pytest.fixture(scope="module")

@@ -136,23 +136,46 @@ def record_exposures(
     unit (what ``Assignment.route`` returns, summed over the batches) and ``killed`` served
     control after a kill reached the job. Counted as the same answers of one evaluation each
     would be: Prometheus, the exposure summaries, violations and the open outage window (no
-    exposure lines: those are per unit)."""
+    exposure lines: those are per unit).
+
+    A ``per_key`` plan's rows were answered by the workers' own clients, and counted there:
+    only its ``killed`` rows are counted here, under the source the vendor chain answers from
+    now (as a per-key evaluation of the killed flag would be counted)."""
     runtime = _runtime("record_exposures")
     exposures = assignment.exposures(n, treated=treated, missing=missing, killed=killed)
-    if exposures:
-        runtime.governed.inner.count_served(assignment.source, n)
-    _record(runtime, assignment, exposures)
+    if not exposures:
+        return
+    source, served = assignment.source, n
+    if assignment.mode == "per_key":  # the driver's record stands for the killed rows alone
+        source, served = _answering_source(runtime, assignment), killed
+    runtime.governed.inner.count_served(source, served)
+    _record(runtime, assignment, exposures, source)
 
 
-def _record(runtime: Runtime, assignment: Assignment, exposures: list[Exposure]) -> None:
+def _answering_source(runtime: Runtime, assignment: Assignment) -> str:
+    """The source the vendor chain answers ``assignment``'s flag from now (one probe, not
+    counted: the caller counts what it stands for)."""
+    failover = runtime.governed.inner
+    flag_type = _flag_type(assignment.default)
+    context = EvaluationContext(assignment.context_key or _PROBE, dict(assignment.context))
+    _, source = failover.answer(flag_type, assignment.flag, assignment.default, context)
+    failover.uncount_served(source)
+    return source
+
+
+def _record(
+    runtime: Runtime,
+    assignment: Assignment,
+    exposures: list[Exposure],
+    source: str | None = None,
+) -> None:
     recorder = runtime.telemetry.recorder
     violations = runtime.governed.violations
     flag = assignment.flag
     error = ErrorCode(assignment.error) if assignment.error else None
+    source = assignment.source if source is None else source
     for e in exposures:
-        recorder.count(
-            flag, e.variant, e.reason, error, assignment.source, e.arm, e.capped, e.count
-        )
+        recorder.count(flag, e.variant, e.reason, error, source, e.arm, e.capped, e.count)
         if e.violation is not None:
             violations.count(flag, e.violation, e.count)
 

@@ -92,7 +92,7 @@ def pinned(
     remembered = (store.url if store is not None else "", kind, key)
     memo = _memo.get(remembered)
     if memo is not None:  # a pin never changes: read once per process and store
-        return replace(memo, default=default, context=context, context_key=targeting_key)
+        return _callers(memo, default, context, targeting_key)
     fresh: Assignment | None = None
     try:
         if store is None:
@@ -122,7 +122,18 @@ def pinned(
     if len(_memo) >= _MEMO_SIZE:  # a long-lived process of many runs: forget the old ones
         _memo.clear()
     _memo[remembered] = found
-    return replace(found, default=default, context=context, context_key=targeting_key)
+    return _callers(found, default, context, targeting_key)
+
+
+def _callers(
+    pin: Assignment, default: Any, context: dict[str, Any], targeting_key: str | None
+) -> Assignment:
+    """A pin for this caller: its default, and its context only when the vendor is asked per
+    key with it (as an unpinned plan: a bucket or constant plan carries no context, so a
+    caller's attributes, secrets included, never travel with a job that does not need them)."""
+    if pin.mode == "per_key":
+        return replace(pin, default=default, context=context, context_key=targeting_key)
+    return replace(pin, default=default, context={}, context_key=None)
 
 
 # Pins this process has read or written, by (store URL, kind, key): they never change.
