@@ -46,19 +46,16 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
+from flagwarden.governance.arms import ArmRule, arm_names, arm_rule
 from flagwarden.governance.batches import (
-    ArmRule,
     BatchRouter,
     OnKill,
-    arm_names,
-    arm_rule,
     pandas_dtype,
-    plugin_setup,
-    plugin_teardown,
     prepare,
     record_outcomes,
 )
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
+from flagwarden.governance.workers import plugin_setup, plugin_teardown
 
 if TYPE_CHECKING:
     import dask.dataframe as dd

@@ -18,7 +18,7 @@ FlagKilled` (``on_kill="abort"``): consuming the dataset then raises an error na
 When the vendor's own rule depends on the record key, the router asks the client key by key
 (with the planned default's type: an object flag's answers become JSON text), with one
 ``flagwarden.configure()`` per Ray worker process from the same config file, done once, under
-a lock (:func:`~flagwarden.governance.batches.worker_runtime`); those answers are counted by
+a lock (:func:`~flagwarden.governance.workers.worker_runtime`); those answers are counted by
 the workers.
 
 Ray Data is lazy: ``assign_dataset`` returns a dataset whose batches are routed when it is
@@ -39,15 +39,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flagwarden.governance.batches import (
-    ArmRule,
-    BatchRouter,
-    OnKill,
-    arm_names,
-    arm_rule,
-    prepare,
-    record_outcomes,
-)
+from flagwarden.governance.arms import ArmRule, arm_names, arm_rule
+from flagwarden.governance.batches import BatchRouter, OnKill, prepare, record_outcomes
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ FlagKilled` (``on_kill="abort"``, for transactional sinks).
 When the vendor's own rule depends on the record key, the UDF asks the client key by key
 (with the planned default's type: an object flag's answers become JSON text), with one
 ``flagwarden.configure()`` per Python worker process from the same config file, done once,
-under a lock (:func:`~flagwarden.governance.batches.worker_runtime`).
+under a lock (:func:`~flagwarden.governance.workers.worker_runtime`).
 
 Exposures are counted once, on the driver: with ``record=True`` (the default) one aggregate
 over the new column counts the rows per outcome and ``flagwarden.record_exposures`` records
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from flagwarden.governance.arms import constant_arm as arm_of_plan
 from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.batches import (
     CONSTANT,
@@ -57,7 +58,6 @@ from flagwarden.governance.batches import (
     prepare,
     record_outcomes,
 )
-from flagwarden.governance.batches import constant_arm as arm_of_plan
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
 if TYPE_CHECKING:

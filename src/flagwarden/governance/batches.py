@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,8 +26,9 @@ import numpy as np
 
 from flagwarden.governance import columns
 from flagwarden.governance.assign import plan, record_exposures
-from flagwarden.governance.assignment import Assignment, AssignmentError
+from flagwarden.governance.assignment import Assignment
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled, kill_check
+from flagwarden.governance.workers import worker_runtime
 from flagwarden.logs import get_logger
 
 if TYPE_CHECKING:
@@ -42,23 +40,17 @@ __all__ = [
     "KILLED",
     "MISSING",
     "TREATED",
-    "ArmRule",
     "BatchRouter",
     "OnKill",
-    "arm_names",
-    "arm_rule",
     "as_json",
     "check_arguments",
     "config_file",
-    "constant_arm",
     "for_workers",
+    "is_pandas",
     "pandas_dtype",
-    "plugin_setup",
-    "plugin_teardown",
     "prepare",
     "record_outcomes",
     "value_type",
-    "worker_runtime",
 ]
 
 _log = get_logger("flagwarden.batches")
@@ -131,7 +123,7 @@ class BatchRouter:
     # -- the values, of the job's one type --------------------------------------------------
 
     def _constant(self, keys: Any, value: Any) -> Any:
-        if _is_pandas(keys):
+        if is_pandas(keys):
             return self._typed(columns.constant(keys, value))
         import pyarrow as pa
 
@@ -140,7 +132,7 @@ class BatchRouter:
         return pa.repeat(pa.scalar(value, _arrow_type(self.value_type)), len(keys))
 
     def _column(self, keys: Any, values: list[Any]) -> Any:
-        if _is_pandas(keys):
+        if is_pandas(keys):
             import pandas as pd
 
             return self._typed(pd.Series(values, index=keys.index, name=keys.name))
@@ -154,7 +146,7 @@ class BatchRouter:
         """``values`` (a pandas or Arrow column) as the job's value type."""
         if self.value_type is None:
             return values
-        if _is_pandas(values):
+        if is_pandas(values):
             dtype = pandas_dtype(self.value_type)
             if values.dtype == dtype:
                 return values
@@ -179,14 +171,14 @@ def _json_text(value: Any) -> Any:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
-def _is_pandas(values: Any) -> bool:
+def is_pandas(values: Any) -> bool:
     return type(values).__module__.split(".")[0] == "pandas"
 
 
 def _missing(keys: Any) -> Any:
     """Whether each key is no unit (null, or empty text): a numpy bool array, for an Arrow
     array or a pandas column (pandas' NA, NaN, NaT and None are missing there, as in assign)."""
-    if _is_pandas(keys):
+    if is_pandas(keys):
         return _missing_pandas(keys)
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -400,121 +392,7 @@ def _load_kernels() -> None:
     murmur.load_kernels()
 
 
-# -- a worker's flagwarden runtime (per-key flags, FlagwardenPlugin) ------------------------
-
-
-class _WorkerRuntime:
-    """The runtime a worker process's per-key batches ask, configured once per process from the
-    job's config file, under one lock: the threads of a worker (Dask's, Spark's, Ray's) wait
-    for the first one's ``configure()`` instead of each replacing the runtime another uses.
-
-    The routers replace only a runtime they created themselves, and only while no batch uses it
-    (a later job of another config on a reused worker); a runtime the process's own code or
-    :class:`~flagwarden.dask.FlagwardenPlugin` created is never replaced (a per-key batch of
-    another config is refused). The plugin shuts down only the runtime it created."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.changed = threading.Condition()
-        self.users = 0  # per-key batches asking the current runtime now
-        self.ours: Any = None  # the runtime the routers configured
-        self.plugin: Any = None  # the runtime the plugin configured
-        self.plugin_holds = 0  # the plugin's setups holding it (in-process workers share it)
-
-    def after_fork_in_child(self) -> None:
-        self.changed = threading.Condition()  # the parent's threads (and their holds) are gone
-        self.users = 0
-
-
-_WORKER = _WorkerRuntime()
-os.register_at_fork(after_in_child=_WORKER.after_fork_in_child)
-
-
-def _source(runtime: Any) -> str | None:
-    source = runtime.settings.source
-    return None if source is None else str(source)
-
-
-@contextmanager
-def worker_runtime(config: str) -> Iterator[None]:
-    """This process's runtime configured from ``config`` (configured now, once, if none is),
-    held while the block asks it: never replaced meanwhile. AssignmentError when the process
-    runs flagwarden from another configuration that flagwarden's routers did not create."""
-    import flagwarden
-
-    w = _WORKER
-    with w.changed:
-        while True:
-            runtime = flagwarden.current()
-            if runtime is not None and _source(runtime) == config:
-                break
-            if runtime is None or (runtime is w.ours and w.users == 0):
-                flagwarden.configure(config)  # replaces (shuts down) only an idle one of ours
-                w.ours = flagwarden.current()
-                break
-            if runtime is not w.ours:
-                raise AssignmentError(
-                    f"this process runs flagwarden configured from {_source(runtime) or 'no file'}"
-                    f" (not by flagwarden's batch routing), and a per-key batch of a job "
-                    f"planned from {config} would ask it: flagwarden never replaces a runtime "
-                    "it did not create; configure the workers from the job's config file"
-                )
-            w.changed.wait()  # ours, of another job's config, in use by that job's batches
-        w.users += 1
-    try:
-        yield
-    finally:
-        with w.changed:
-            w.users -= 1
-            w.changed.notify_all()
-
-
-def plugin_setup(config: str) -> None:
-    """``FlagwardenPlugin.setup``: configure this worker process from ``config`` unless it
-    already runs flagwarden (in-process workers share the client's runtime: left alone)."""
-    import flagwarden
-
-    w = _WORKER
-    with w.changed:
-        runtime = flagwarden.current()
-        if runtime is None:
-            flagwarden.configure(config)
-            w.plugin, w.plugin_holds = flagwarden.current(), 1
-        elif runtime is w.plugin:
-            w.plugin_holds += 1
-        elif _source(runtime) != config:
-            _log.warning(
-                "flagwarden.plugin_left_runtime",
-                config=config,
-                running=_source(runtime),
-                note="this worker process already runs flagwarden: the plugin leaves it",
-            )
-
-
-def plugin_teardown(wait: float = 30.0) -> None:
-    """``FlagwardenPlugin.teardown``: shut down the runtime the plugin created (once the last
-    setup holding it is torn down, and per-key batches using it are done, at most ``wait``
-    seconds), never another."""
-    import flagwarden
-
-    w = _WORKER
-    with w.changed:
-        if w.plugin is None:
-            return
-        w.plugin_holds -= 1
-        if w.plugin_holds > 0:
-            return
-        created, w.plugin = w.plugin, None
-        w.changed.wait_for(lambda: w.users == 0, timeout=wait)
-        if flagwarden.current() is created:
-            flagwarden.shutdown()
-
-
 # -- shared by the engines' adapters (Spark, Dask, Ray) ------------------------------
-
-ArmRule = str | tuple[Any, Any]  # an arm, or a per-key plan's (treatment, control) values
 
 
 def config_file(what: str) -> str:
@@ -543,19 +421,6 @@ def for_workers(assignment: Assignment) -> Assignment:
     return as_json(assignment) if isinstance(assignment.default, dict | list) else assignment
 
 
-def arm_rule(assignment: Assignment, shipped: Assignment) -> ArmRule:
-    """The arm of the rows served the plan's one answer: its arm, or, when the vendor is asked
-    per key, each row's by its value (the shipped treatment and control values)."""
-    if assignment.mode == "per_key":
-        return (shipped.treatment, shipped.control)
-    return constant_arm(assignment)
-
-
-def constant_arm(assignment: Assignment) -> str:
-    outcome = assignment.outcome
-    return outcome.arm if outcome is not None else "none"
-
-
 def as_json(assignment: Assignment) -> Assignment:
     """Object values as JSON text (Spark columns hold no free-form objects)."""
 
@@ -569,33 +434,3 @@ def as_json(assignment: Assignment) -> Assignment:
         treatment=text(assignment.treatment),
         control=text(assignment.control),
     )
-
-
-def arm_names(values: Any, outcome: Any, arm_rule: ArmRule) -> Any:
-    """Each row's arm (an object ndarray of str) from its outcome code; the rows served the
-    plan's one answer get ``arm_rule`` (an arm), or, for a per-key plan, the arm of their value
-    (``arm_rule`` is then the (treatment, control) values; "none" for any other value)."""
-    import numpy as np
-
-    codes = outcome.to_numpy(zero_copy_only=False)
-    constant: Any = arm_rule
-    if isinstance(arm_rule, tuple):
-        treatment, control = arm_rule
-        constant = np.array(
-            [arm_of(value, treatment, control) for value in _to_list(values)], dtype=object
-        )
-    arms = np.where(codes == TREATED, "treatment", np.where(codes == CONSTANT, constant, "control"))
-    return arms.astype(object)
-
-
-def _to_list(values: Any) -> list[Any]:
-    return values.tolist() if _is_pandas(values) else values.to_pylist()
-
-
-def arm_of(value: Any, treatment: Any, control: Any) -> str:
-    def same(a: Any, b: Any) -> bool:
-        return b is not None and isinstance(a, bool) == isinstance(b, bool) and a == b
-
-    if same(value, treatment):
-        return "treatment"
-    return "control" if same(value, control) else "none"
