@@ -437,8 +437,10 @@ def _reach_vendor(settings: Settings, profile: Profile) -> Finding:
     its log lines come out as a worker's would (structured, the profile's secrets masked)."""
     from flagwarden.logs import configure_pending
     from flagwarden.runtime import build_vendor
+    from flagwarden.telemetry.logging import configure_logging
     from flagwarden.telemetry.stdlib_logs import register_secrets
 
+    configure_logging(settings.config.telemetry.log_format)  # the project's, as a worker's
     configure_pending()
     register_secrets(settings, profile)
 

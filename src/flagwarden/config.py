@@ -181,6 +181,15 @@ class TelemetryConfig(_Model):
     # Distinct flags without a policy counted under their own label; the rest share one.
     max_unregistered_flags: int = Field(default=100, ge=0)
 
+    @model_validator(mode="after")
+    def _log_records_need_exposures(self) -> TelemetryConfig:
+        if self.otel.logs and not self.exposure_log.enabled:
+            raise ValueError(
+                "otel.logs: true sends the first exposures, which exposure_log.enabled: false "
+                "turns off: enable exposure_log or set otel.logs: false"
+            )
+        return self
+
 
 NotifyEvent = Literal[
     "transition",  # every state change (a kill and a rollback too)

@@ -107,6 +107,7 @@ def configure(
         if not _fork_hooks_registered:  # once per process: register_at_fork cannot be undone
             os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
             atexit.register(_flush_at_exit)
+            _watch_process_ends()
             _fork_hooks_registered = True
         if _current is not None:
             shutdown()
@@ -269,8 +270,9 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _flushed
     _lock = threading.RLock()
+    _flushed = False
     if _current is not None:
         _current.telemetry.after_fork_in_child()
     for governed in list(_live):
@@ -281,10 +283,39 @@ def _after_fork_in_child() -> None:
 
 
 def _flush_at_exit() -> None:
-    """A process that ends without shutdown(): its waiting exposure lines and counts go out."""
+    """A process that ends without shutdown(): its waiting exposure lines and counts go out
+    (once, whichever of atexit and multiprocessing's finalizers calls first)."""
+    global _flushed
     runtime = _current
-    if runtime is not None:
+    if runtime is not None and not _flushed:
+        _flushed = True
         runtime.telemetry.flush_at_exit()
 
+
+class _ForkToken:
+    """What multiprocessing's after-fork registry holds (it keeps weak references)."""
+
+
+_FORK_TOKEN = _ForkToken()
+
+
+def _watch_process_ends() -> None:
+    """A multiprocessing (or billiard: Celery's prefork) child ends with ``os._exit``: no
+    atexit, but its finalizers run. Each child registers one that flushes (registered after
+    the child clears the finalizers it inherited)."""
+    import sys
+    from multiprocessing import util
+
+    util.register_after_fork(
+        _FORK_TOKEN, lambda _: util.Finalize(None, _flush_at_exit, exitpriority=100)
+    )
+    billiard = sys.modules.get("billiard.util")
+    if billiard is not None:
+        billiard.register_after_fork(
+            _FORK_TOKEN, lambda _: billiard.Finalize(None, _flush_at_exit, exitpriority=100)
+        )
+
+
+_flushed = False
 
 _fork_hooks_registered = False  # set by the first configure(), under _lock (atexit too)

@@ -286,6 +286,42 @@ def test_forked_children_send_their_own_counts_once(project: Project, receiver: 
     assert sum(by_writer.values()) == 40
 
 
+def test_multiprocessing_children_send_their_counts_at_their_end(
+    project: Project, receiver: OtlpReceiver
+):
+    """multiprocessing's children (a Process, a Pool's workers) end with os._exit, never
+    running atexit: their finalizer exports what they counted. 3 x 10 + 4 x 10 + 10."""
+    config = otel_project(project)
+    finish(pipeline(config, "mp", "10", "3", env=otel_env(receiver.url)))
+    assert sum(p.value for p in receiver.points(METRIC)) == 80
+
+
+def test_otlp_headers_and_endpoint_keys_never_reach_a_line(project: Project):
+    """The exporter quotes its URL in its own warnings (a collector that is down), check shows
+    the endpoint: header values and query keys are masked in both."""
+    closed = free_port()
+    config = otel_project(project)
+    env = otel_env(
+        f"http://127.0.0.1:{closed}",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{closed}/v1/metrics?key=Zq81kKs9",
+        OTEL_EXPORTER_OTLP_HEADERS='x-honeycomb-team="Xk3h9ZpQ2vLm8R",x-sf-token=Ab3dEf9qQ',
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+    )
+    _, stderr = finish(pipeline(config, "run", "5", "0", env=env))
+    checked = subprocess.run(
+        [sys.executable, "-m", "flagwarden.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    said = stderr + checked.stdout + checked.stderr
+    assert "OpenTelemetry" in checked.stdout
+    for secret in ("Zq81kKs9", "Xk3h9ZpQ2vLm8R", "Ab3dEf9qQ"):
+        assert secret not in said, secret
+
+
 def test_prefork_multiprocess_mode_counts_once(
     project: Project, receiver: OtlpReceiver, tmp_path: Path
 ):
@@ -479,6 +515,16 @@ def test_exposure_lines_lowercase_reasons_and_error_type_only_on_errors():
 # -- the pipeline ------------------------------------------------------------------------------
 
 
+def test_log_records_need_the_exposure_log(project: Project):
+    config = governed_project(
+        project,
+        telemetry={"otel": {"enabled": True, "logs": True}, "exposure_log": {"enabled": False}},
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    assert "exposure_log.enabled: false" in raised.value.problem
+
+
 def _evaluate(client: Any, n: int) -> Counter[str]:
     from openfeature.evaluation_context import EvaluationContext
 
@@ -535,6 +581,18 @@ def _child(config: str, n: int) -> None:
     flagwarden.shutdown()
 
 
+def _child_without_shutdown(config: str, n: int) -> None:
+    import flagwarden
+
+    _evaluate(flagwarden.current().client, n)  # type: ignore[union-attr]
+
+
+def _pool_task(n: int) -> int:
+    import flagwarden
+
+    return sum(_evaluate(flagwarden.current().client, n).values())  # type: ignore[union-attr]
+
+
 def main(argv: list[str]) -> None:
     import flagwarden
 
@@ -574,6 +632,22 @@ def main(argv: list[str]) -> None:
         for proc in procs:
             proc.join(60)
             assert proc.exitcode == 0, proc.exitcode
+        _evaluate(client, n)
+    elif mode == "mp":  # multiprocessing children end with os._exit: no atexit, no shutdown
+        n, workers = int(argv[2]), int(argv[3])
+        ctx = multiprocessing.get_context("fork")
+        procs = [
+            ctx.Process(target=_child_without_shutdown, args=(config, n)) for _ in range(workers)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0, proc.exitcode
+        pool = ctx.Pool(2)
+        assert pool.map(_pool_task, [n] * 4) == [n] * 4
+        pool.close()  # the workers end normally (not terminate(): a signal)
+        pool.join()
         _evaluate(client, n)
     elif mode == "exit":
         _evaluate(client, int(argv[2]))

@@ -367,3 +367,44 @@ def test_structlog_configured_after_configure_gets_the_events(project: Project):
     result = run(script)
     assert result.stdout.strip() == "['after', 'before']"  # the waiting line went through it too
     assert exposure_keys(result.stderr) == []
+
+
+MANY_WRITERS = """
+import multiprocessing, sys
+import flagwarden
+from openfeature.evaluation_context import EvaluationContext as E
+client = flagwarden.configure(sys.argv[1])
+flagwarden.current().telemetry.recorder.writer._limit = 512  # batches of ~200 KB
+
+def work(n):
+    import flagwarden
+    for i in range(3000):
+        flagwarden.current().client.get_boolean_value("new-scoring-model", True, E(f"w{n}-{i}"))
+    flagwarden.shutdown()
+
+procs = [multiprocessing.get_context("fork").Process(target=work, args=(n,)) for n in range(3)]
+for p in procs:
+    p.start()
+for i in range(3000):
+    client.get_boolean_value("new-scoring-model", True, E(f"main-{i}"))
+for p in procs:
+    p.join()
+flagwarden.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_processes_sharing_stderr_never_split_each_others_lines(project: Project):
+    """Four processes writing exposure batches to one pipe: each write is whole lines of at
+    most PIPE_BUF bytes, which a pipe never interleaves (a 200 KB write it may split)."""
+    config = governed_project(project, serve=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_WRITERS, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    keys = [json.loads(line).get("feature_flag.context.id") for line in done.stderr.splitlines()]
+    assert len([k for k in keys if k]) == 12_000

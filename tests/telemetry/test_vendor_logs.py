@@ -280,3 +280,112 @@ def test_warnings_and_thread_crashes_are_json_too(project: Project):
     (crash,) = [e for e in events if e.get("logger") == "threading"]
     assert crash["event"] == "Exception in thread loader" and crash["level"] == "error"
     assert "ValueError: a worker thread failed" in crash["exception"]
+
+
+FORK_WHILE_WRITING = """
+import os, sys, threading, time
+import structlog
+import flagwarden
+from openfeature.evaluation_context import EvaluationContext
+client = flagwarden.configure(sys.argv[1])
+lock = structlog.WriteLogger(sys.stderr)._lock  # held by a writer when the fork happens
+held, release = threading.Event(), threading.Event()
+
+def writer():
+    with lock:
+        held.set()
+        release.wait()
+
+thread = threading.Thread(target=writer)
+thread.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    client.get_boolean_value("new-scoring-model", False, EvaluationContext("child"))
+    flagwarden.current().telemetry.recorder.close()
+    structlog.get_logger("t").warning("child.done")
+    os._exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("child hung", flush=True)
+release.set()
+thread.join()
+flagwarden.shutdown()
+"""
+
+
+def test_a_child_forked_while_a_line_is_written_can_write(project: Project):
+    """structlog's lock for stderr, held by a writing thread at the fork, is the child's to
+    use: its exposure and log lines come out (before: it waited for ever)."""
+    config = governed_project(project)
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_WRITING, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "child hung" not in done.stdout
+    events = json_lines(done.stderr)
+    assert any(e.get("event") == "child.done" for e in events)
+    assert any(e.get("feature_flag.context.id") == "child" for e in events)
+
+
+AFTER_CONFIGURE = """
+import logging, logging.config, sys, threading, warnings
+import flagwarden
+flagwarden.configure(sys.argv[1])
+warnings.warn("first", UserWarning)
+logging.config.dictConfig({"version": 1, "root": {"handlers": ["plain"], "level": "INFO"},
+    "handlers": {"plain": {"class": "logging.StreamHandler", "formatter": "f"}},
+    "formatters": {"f": {"format": "APP|%(name)s|%(message)s"}}})
+warnings.warn("second", UserWarning)
+def boom():
+    raise ValueError("after the application's set-up")
+thread = threading.Thread(target=boom)
+thread.start()
+thread.join()
+"""
+
+NAMED_LOGGER = """
+import json, logging, sys
+logging.getLogger("myapp").addHandler(logging.StreamHandler())
+import flagwarden
+flagwarden.configure(sys.argv[1])
+print(json.dumps([type(h).__name__ for h in logging.getLogger().handlers]))
+"""
+
+
+def test_an_application_configuring_logging_later_or_by_name_is_left_alone(project: Project):
+    config = governed_project(project)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    later = subprocess.run(
+        [sys.executable, "-W", "always", "-c", AFTER_CONFIGURE, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert later.returncode == 0, later.stderr[-2000:]
+    # Before the application's set-up: through the bridge; after: Python's own, never lost.
+    lines = later.stderr.splitlines()
+    first = [json.loads(line) for line in lines if line.startswith("{") and "first" in line]
+    assert first and first[0]["logger"] == "py.warnings"
+    assert "UserWarning: second" in later.stderr
+    assert "ValueError: after the application's set-up" in later.stderr
+    named = subprocess.run(
+        [sys.executable, "-c", NAMED_LOGGER, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert json.loads(named.stdout.splitlines()[-1]) == []  # no bridge on the root logger

@@ -50,10 +50,31 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     )
     global _own
     _own = (processors, stream, level) if not console else None
+    _release_in_forked_children(stream)
     from flagwarden.telemetry import stdlib_logs  # pydantic: not before the first log line
 
     stdlib_logs.install(console=console, stream=stream, level=level)
     return True
+
+
+_released: set[int] = set()  # the streams whose write lock a forked child frees
+
+
+def _release_in_forked_children(stream: TextIO) -> None:
+    """structlog's lock for ``stream`` (the one its writers, flagwarden's exposure batches and
+    the vendors' log bridge share) is never renewed after a fork: a child forked while another
+    thread was writing would wait for it forever. The thread is gone in the child, so the child
+    releases it (a plain lock may be released by any thread)."""
+    if id(stream) in _released:
+        return
+    _released.add(id(stream))
+    lock = structlog.WriteLogger(stream)._lock  # structlog's per-stream lock, shared by all
+
+    def release() -> None:
+        if lock.locked():
+            lock.release()
+
+    os.register_at_fork(after_in_child=release)
 
 
 def exposure_stream() -> TextIO | None:

@@ -67,6 +67,7 @@ from flagwarden.telemetry.otel_sdk import (
     Pipeline,
     env_number,
     info_severity,
+    register_secrets,
     signal_endpoint,
 )
 from flagwarden.telemetry.writer import error_type, reason_value
@@ -98,6 +99,7 @@ METRICS_THREAD = "flagwarden-otel-metrics"
 LOGS_THREAD = "flagwarden-otel-logs"
 ENV = "FLAGWARDEN_OTEL"
 CLOSE_TIMEOUT = 10.0  # seconds shutdown waits for the last exports, at most
+FORKED_EXPORT_INTERVAL = 5.0  # seconds between a forked child's exports, at most
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 # What the [otel] extra installs (the SDK and the OTLP/HTTP exporter).
@@ -208,6 +210,7 @@ class OtelExposures:
         problem = missing_extra()
         if problem is not None:
             raise problem
+        register_secrets()  # before the exporters can log their URL
         self.logs = config.logs
         # First exposures waiting for the logs thread; beyond the bound they are dropped (and
         # counted in ``dropped``) rather than held: OTEL_BLRP_MAX_QUEUE_SIZE, 2048 by default.
@@ -216,7 +219,7 @@ class OtelExposures:
         self.dropped = 0
         self._attributes: dict[tuple[Any, ...], dict[str, str | bool]] = {}
         #: The version and flag set id of a flag's definition (the chain's ``flag_version``),
-        #: read at export: ``feature_flag.version`` and ``feature_flag.set.id``.
+        #: read at each fold (once a second): ``feature_flag.version`` and ``feature_flag.set.id``.
         self.identify: Callable[[str], tuple[str | None, str | None]] | None = None
         self._failures = 0  # add() calls that raised
         self._last_failure = ""
@@ -344,6 +347,9 @@ class OtelExposures:
         self._logs_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = []
+        # A worker can be ended by a signal (a pool's terminate()): export often enough that
+        # little is lost; its normal end flushes the rest (runtime's finalizer).
+        self._metric_interval = min(self._metric_interval, FORKED_EXPORT_INTERVAL)
         if self.own_metrics or self.pipeline.processor is not None:
             try:
                 self.pipeline = Pipeline(self.logs)

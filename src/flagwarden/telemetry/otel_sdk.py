@@ -25,6 +25,7 @@ __all__ = [
     "env_number",
     "info_severity",
     "is_proxy",
+    "register_secrets",
     "signal_endpoint",
 ]
 
@@ -67,9 +68,24 @@ def _resource() -> Any:
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create()
-    if "service.instance.id" not in resource.attributes:
+    given = resource.attributes.get("service.instance.id")
+    if given is None:
         resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
+    elif _forked:  # the parent's id is the parent's: a writer of its own (single-writer rule)
+        own = f"{given}-{uuid.uuid4().hex[:12]}"
+        resource = resource.merge(Resource({"service.instance.id": own}))
     return resource
+
+
+_forked = False  # set in a forked child: its exporters are a new writer
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def _temporality() -> dict[type, Any]:
@@ -261,4 +277,30 @@ def signal_endpoint(signal: str) -> str:
         url = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
         if signal:
             url = f"{url.rstrip('/')}/v1/{signal.lower()}"
-    return str(redact_url(url))
+    scheme_host_path = url.split("?", 1)[0].split("#", 1)[0]  # a query may carry a key
+    return str(redact_url(scheme_host_path))
+
+
+def register_secrets() -> None:
+    """Mask what the OTLP set-up may hold in every log line (the exporters' own warnings quote
+    their URL): each header value of ``OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]HEADERS`` and the
+    endpoints' credentials and query values."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    from flagwarden.telemetry.stdlib_logs import register_secret, register_url
+
+    env: Mapping[str, str] = os.environ
+    for signal in ("", "METRICS_", "LOGS_"):
+        for pair in env.get(f"OTEL_EXPORTER_OTLP_{signal}HEADERS", "").split(","):
+            _, _, value = pair.partition("=")
+            value = unquote(value.strip()).strip('"')
+            if value:
+                register_secret(value)
+                scheme, _, credential = value.partition(" ")  # "Bearer abc": abc alone too
+                if credential and scheme.isalpha():
+                    register_secret(credential)
+        url = env.get(f"OTEL_EXPORTER_OTLP_{signal}ENDPOINT", "").strip()
+        if url:
+            register_url(url)
+            for _, value in parse_qsl(urlsplit(url).query):
+                register_secret(value)

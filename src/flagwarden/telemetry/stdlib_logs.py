@@ -20,14 +20,17 @@ of its own keeps it; below WARNING, the chatty loggers of :data:`QUIET_LOGGERS` 
 level of their own are set to WARNING (``logging.getLogger("urllib3").setLevel(...)`` before
 ``configure()`` keeps yours).
 
-Python's warnings (``logging.captureWarnings``: the ``py.warnings`` logger) and a thread's
-uncaught exception (``threading.excepthook``, when it is Python's own) go the same way.
+Python's warnings (``warnings.showwarning``, as ``py.warnings`` records) and a thread's
+uncaught exception (``threading.excepthook``, as ``threading`` records), when their hooks are
+Python's own, go the same way, straight to the bridge while it is the root logger's (Python's
+own behaviour again once an application's later set-up replaced it).
 
-An application that configured logging itself (a handler on the root logger, or structlog)
-keeps it: nothing is added or changed. Configure it before ``flagwarden.configure()``; after,
-``logging.basicConfig(force=True)`` or ``logging.config.dictConfig`` replace the handler
-(``basicConfig`` without ``force`` does nothing once the root logger has a handler, and a
-structlog configuration made later leaves the handler in place).
+An application that configured logging itself (a handler on the root logger or on any named
+logger, or structlog) keeps it: nothing is added or changed. Configure it before
+``flagwarden.configure()``; after, ``logging.basicConfig(force=True)`` or
+``logging.config.dictConfig`` replace the handler (``basicConfig`` without ``force`` does
+nothing once the root logger has a handler, and a structlog configuration made later leaves
+the handler in place).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import contextlib
 import logging
 import re
 import threading
+import warnings
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, quote_plus
@@ -236,34 +240,87 @@ def _unformatted(record: logging.LogRecord, exc: Exception) -> logging.LogRecord
     return logging.makeLogRecord({**record.__dict__, "msg": said, "args": ()})
 
 
+def _bridge() -> _Bridge | None:
+    """The bridge, while it is still the root logger's (an application's later set-up may
+    have replaced it: then Python's own behaviour again)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Bridge):
+            return handler
+    return None
+
+
+def _showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one ``py.warnings`` record of the bridge (handed to it directly: no logger
+    an application's ``dictConfig`` could disable stands in between)."""
+    bridge = _bridge()
+    if file is not None or bridge is None:
+        original = warnings._showwarning_orig  # type: ignore[attr-defined]
+        original(message, category, filename, lineno, file, line)
+        return
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    bridge.handle(
+        logging.LogRecord("py.warnings", logging.WARNING, filename, lineno, text, None, None)
+    )
+
+
 def _thread_exception(args: threading.ExceptHookArgs) -> None:
-    """A thread's uncaught exception as one record of the ``threading`` logger (what
-    Python's default hook prints as plain text); SystemExit stays silent, as there."""
+    """A thread's uncaught exception as one ``threading`` record of the bridge (what Python's
+    default hook prints as plain text); SystemExit stays silent, as there."""
+    bridge = _bridge()
+    if bridge is None:
+        threading.__excepthook__(args)
+        return
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
     exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
-    logging.getLogger("threading").error(
+    record = logging.LogRecord(
+        "threading",
+        logging.ERROR,
+        __file__,
+        0,
         "Exception in thread %s",
-        name,
-        exc_info=exc_info,  # type: ignore[arg-type]
+        (name,),
+        exc_info,  # type: ignore[arg-type]
     )
+    bridge.handle(record)
+
+
+def _configured_by_application(root: logging.Logger) -> bool:
+    """A handler of the application's on the root logger or on any named logger (a library's
+    ``NullHandler`` does not count)."""
+    if any(not isinstance(handler, _Bridge) for handler in root.handlers):
+        return True
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        handlers = getattr(logger, "handlers", ())
+        if any(not isinstance(h, logging.NullHandler | _Bridge) for h in handlers):
+            return True
+    return False
 
 
 def install(*, console: bool, stream: TextIO, level: int) -> bool:
     """Route the root logger's records through the bridge (see the module doc); False, and
-    nothing changed, when the application put a handler of its own on the root logger."""
+    nothing changed, when the application put a handler of its own on the root logger or on
+    any named logger."""
     root = logging.getLogger()
     with _lock:
-        if any(not isinstance(handler, _Bridge) for handler in root.handlers):
+        if _configured_by_application(root):
             return False
         for handler in list(root.handlers):  # flagwarden's, from an earlier configuration
             root.removeHandler(handler)
         root.addHandler(_Bridge(console, stream, level))
         root.setLevel(level)
-        # Python's warnings and a thread's uncaught exception, too: through logging, so that
-        # every line of the run's stderr is in one format (the defaults print plain text).
-        logging.captureWarnings(True)
+        # Python's warnings and a thread's uncaught exception, too, so that every line of the
+        # run's stderr is in one format (Python's own hooks print plain text).
+        if warnings.showwarning is warnings._showwarning_orig:  # type: ignore[attr-defined]
+            warnings.showwarning = _showwarning
         if threading.excepthook is threading.__excepthook__:
             threading.excepthook = _thread_exception
         if level < logging.WARNING:

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _escape
 from typing import Any, TextIO
@@ -184,13 +184,15 @@ class ExposureWriter:
                     self.rerouted = True
                     _through_structlog(batch)
                 else:
-                    # Through structlog's writer for the stream: one write (whole lines on a
-                    # pipe shared with other processes) under the lock structlog and the
-                    # vendors' log bridge hold for each of their lines, so a batch never lands
-                    # inside one of them. msg adds the last "\n".
+                    # Through structlog's writer for the stream, under the lock structlog and
+                    # the vendors' log bridge hold for each of their lines (a batch never lands
+                    # inside one of them), in writes of whole lines of at most PIPE_BUF bytes:
+                    # on a pipe shared with other processes, such a write is never split.
                     from structlog import WriteLogger  # imported already: it gave the stream
 
-                    WriteLogger(stream).msg("".join(batch)[:-1])
+                    writer = WriteLogger(stream)
+                    for chunk in _chunks(batch):
+                        writer.msg(chunk[:-1])  # msg adds the last "\n"
             except Exception:
                 self.dropped += len(batch)
             else:
@@ -217,3 +219,22 @@ def _through_structlog(lines: list[str]) -> None:
         for key in ("event", "level", "timestamp"):
             event.pop(key, None)
         log.info("feature_flag.evaluation", **event)
+
+
+PIPE_BUF = 4096  # POSIX: a write to a pipe of at most this many bytes is never interleaved
+
+
+def _chunks(lines: list[str]) -> Iterator[str]:
+    """``lines`` joined into texts of whole lines of at most PIPE_BUF bytes each (a longer line
+    alone)."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "surrogateescape")) if not line.isascii() else len(line)
+        if chunk and size + length > PIPE_BUF:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "".join(chunk)
