@@ -165,7 +165,7 @@ class SourceProvider(AbstractProvider):
     def flag_version(self, flag_key: str) -> tuple[str | None, str | None]:
         """The flag definition's version and flag set id where the source has them
         (OpenTelemetry's ``feature_flag.version`` and ``feature_flag.set.id``); read when
-        counts are exported, never on the evaluation path."""
+        counts are folded (once a second), never on the evaluation path."""
         return None, None
 
     def last_known_replay(self) -> SourceProvider | None:

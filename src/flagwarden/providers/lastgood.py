@@ -53,7 +53,7 @@ class LastKnownGood:
 
     def load(self) -> None:
         """Start the last-known-good replay: of what the vendor still holds in memory
-        (:meth:`~flagwarden.providers.base.SourceProvider.last_known`), else of the snapshot
+        (:meth:`~flagwarden.providers.base.SourceProvider.last_known_replay`), else of the snapshot
         store's copy. A snapshot that cannot be read or replayed is reported (location and
         reason) and the chain goes on without it: the writer replaces it at the vendor's next
         good answer."""
@@ -115,16 +115,16 @@ class LastKnownGood:
             except Exception as exc:
                 self._unusable(f"{self._store.location}: cannot seed ({type(exc).__name__})")
 
-    def _replay(self, data: dict[str, Any], location: str, written_at: datetime) -> bool:
+    def _replay(self, data: dict[str, Any], location: str, written_at: datetime) -> None:
         try:
             restored = self._restore(data)
         except Exception as exc:  # a replay the vendor's offline mode refuses outright
             self._unusable(f"{location}: cannot replay ({type(exc).__name__}: {exc})")
-            return False
+            return
         if not restored.start():
             restored.shutdown()
             self._unusable(f"{location}: cannot replay ({restored.status_message})")
-            return False
+            return
         self._serve(restored)
         self.events.emit(
             "flagwarden.snapshot_loaded",
@@ -132,7 +132,6 @@ class LastKnownGood:
             written_at=written_at.isoformat(),
             location=location,
         )
-        return True
 
     def _unusable(self, error: str) -> None:
         if error == self._problem:
