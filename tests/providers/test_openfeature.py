@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -203,21 +204,33 @@ def test_an_ofrep_outage_mid_run_fails_no_evaluation(project: Project, ofrep: An
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store", ["file", "redis"])
 def test_a_cold_start_during_an_outage_answers_from_the_stored_answers(
-    project: Project, ofrep: Any
+    project: Project, ofrep: Any, store: str
 ):
     """A worker that starts while the OFREP server is down answers the contexts answered
-    before from the snapshot store (fingerprints only: no targeting key is stored); a context
-    never answered gets the caller's default and says why."""
+    before from the snapshot store, a file or Redis (fingerprints only: no targeting key is
+    stored); a context never answered gets the caller's default and says why."""
     governed(project)
     project.profile(
         "ofrep", {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
     )
-    config = project.config("ofrep")
+    key = f"flagwarden:test:{uuid.uuid4().hex}"
+    if store == "redis":
+        location = f"redis://127.0.0.1:6379/0?key={key}"
+        config = project.config("ofrep", fallback={"snapshot": location, "snapshot_debounce": 0.05})
+    else:
+        config = project.config("ofrep")
     client = flagwarden.configure(config)
     before = answers(client)
     flagwarden.shutdown()
-    stored = project.snapshot_file.read_text()
+    if store == "redis":
+        import redis
+
+        stored = redis.Redis().get(key).decode()
+        request_cleanup = redis.Redis()
+    else:
+        stored = project.snapshot_file.read_text()
     assert json.loads(stored)["vendor"] == "openfeature"
     assert "order-1" not in stored
     ofrep.stop()
@@ -233,6 +246,9 @@ def test_a_cold_start_during_an_outage_answers_from_the_stored_answers(
     assert new.error_code == ErrorCode.PROVIDER_NOT_READY
     assert "no answer was kept" in (new.error_message or "")
     assert new.flag_metadata["flagwarden.source"] == "default"
+    if store == "redis":
+        flagwarden.shutdown()
+        request_cleanup.delete(key)
 
 
 @pytest.mark.slow
