@@ -147,7 +147,7 @@ def _check_profiles(settings: Settings, where: str, found: list[Finding]) -> dic
             found.extend(_errors(exc))
             continue
         if isinstance(profile, OpenFeatureProfile):
-            from flagwarden.providers.openfeature import load_target
+            from flagwarden.providers.targets import load_target
 
             try:
                 load_target(profile)  # imported and its options bound, not yet called

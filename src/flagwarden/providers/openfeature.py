@@ -24,12 +24,8 @@ is weaker than a native snapshot: a context that was never answered gets the cal
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import threading
-import typing
-from collections.abc import Callable, Mapping
-from enum import Enum
+from collections.abc import Mapping
 from typing import Any
 
 from openfeature.evaluation_context import EvaluationContext
@@ -38,14 +34,12 @@ from openfeature.exception import ErrorCode, OpenFeatureError
 from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import FeatureProvider, ProviderStatus
 
-from flagwarden.config import looks_secret
-from flagwarden.errors import ConfigError
-from flagwarden.profiles import OPENFEATURE, OpenFeatureProfile, registered_types
+from flagwarden.profiles import OpenFeatureProfile
 from flagwarden.providers.answers import AnswerCache, AnswerReplay, callers_default, fingerprint
 from flagwarden.providers.base import SourceProvider, error_details, type_matches
-from flagwarden.storage import redact_text
+from flagwarden.providers.targets import coerce_options, load_target, scrubber
 
-__all__ = ["OpenFeatureSource", "coerce_options", "load_target", "replay"]
+__all__ = ["OpenFeatureSource", "replay"]
 
 _METHODS = {
     FlagType.BOOLEAN: "resolve_boolean_details",
@@ -63,119 +57,10 @@ _STATUS_FOR_EVENT = {
     ProviderEvent.PROVIDER_STALE: ProviderStatus.STALE,
     ProviderEvent.PROVIDER_ERROR: ProviderStatus.ERROR,
 }
-_SECRET_OPTION = ("key", "token", "secret", "password", "credential", "auth", "header")
-_SHORTEST_SECRET = 4  # a shorter value would mask ordinary words in every message
 _CHECK_FLAG = "flagwarden-connect-check"
 _MAX_VERSIONS = 4096  # flags whose version is remembered (unregistered keys are unbounded)
 
 Probe = tuple[FlagType, str, Any, EvaluationContext | None]
-
-
-def load_target(profile: OpenFeatureProfile) -> Callable[..., Any]:
-    """The provider class (or factory) a profile names, checked against its ``options``."""
-    if profile.type == OPENFEATURE:
-        assert profile.target is not None  # the profile's validation requires it
-        module_name, _, attribute = profile.target.partition(":")
-        try:
-            found: Any = importlib.import_module(module_name)
-        except Exception as exc:  # a module that fails at import, however it fails
-            raise ConfigError(
-                None,
-                "class",
-                f"profile {profile.name!r}: cannot import {module_name!r} "
-                f"({type(exc).__name__}: {exc})",
-            ) from None
-        for part in attribute.split("."):
-            found = getattr(found, part, None)
-            if found is None:
-                raise ConfigError(
-                    None, "class", f"profile {profile.name!r}: {module_name} has no {attribute!r}"
-                )
-        where = f"{profile.target!r}"
-    else:
-        entry = registered_types()[profile.type]
-        try:
-            found = entry.load()
-        except Exception as exc:
-            raise ConfigError(
-                None,
-                "type",
-                f"profile {profile.name!r}: the entry point {entry.value!r} registered for type "
-                f"{profile.type!r} cannot be loaded ({type(exc).__name__}: {exc})",
-            ) from None
-        where = f"{entry.value!r} (type {profile.type!r})"
-    if not callable(found):
-        raise ConfigError(None, "class", f"profile {profile.name!r}: {where} is not callable")
-    try:
-        inspect.signature(found).bind(**profile.options)
-    except TypeError as exc:
-        raise ConfigError(
-            None, "options", f"profile {profile.name!r}: {where} does not take these: {exc}"
-        ) from None
-    except ValueError:
-        pass  # a builtin without a signature: its own call will say
-    return found
-
-
-def coerce_options(target: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with each text given for a parameter annotated with an Enum turned into
-    that Enum's member (by value, else by name: ``in-process`` or ``IN_PROCESS``), as a YAML
-    file cannot spell an Enum; everything else as given."""
-    try:
-        annotated = target.__init__ if isinstance(target, type) else target  # type: ignore[misc]
-        hints = typing.get_type_hints(annotated)
-    except Exception:
-        return dict(options)
-    coerced = dict(options)
-    for name, value in options.items():
-        if not isinstance(value, str):
-            continue
-        for kind in typing.get_args(hints.get(name)) or (hints.get(name),):
-            if isinstance(kind, type) and issubclass(kind, Enum):
-                member = _member(kind, value)
-                if member is not None:
-                    coerced[name] = member
-                    break
-    return coerced
-
-
-def _member(kind: type[Enum], value: str) -> Enum | None:
-    try:
-        return kind(value)
-    except ValueError:
-        return kind.__members__.get(value.upper().replace("-", "_"))
-
-
-def _scrubber(options: Mapping[str, Any]) -> Callable[[str], str]:
-    """Masks the option values that may be secrets (by name or look) in provider messages."""
-    secrets: set[str] = set()
-    urls: list[str] = []
-
-    def walk(name: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                walk(f"{name}.{key}", item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(name, item)
-        elif isinstance(value, str | int | float) and not isinstance(value, bool):
-            text = str(value)
-            if "://" in text:
-                urls.append(text)
-            elif len(text) >= _SHORTEST_SECRET and (
-                looks_secret(text) or any(word in name.lower() for word in _SECRET_OPTION)
-            ):
-                secrets.add(text)
-
-    walk("", options)
-    ordered = sorted(secrets, key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for secret in ordered:
-            text = text.replace(secret, "***")
-        return redact_text(text, *urls)
-
-    return scrub
 
 
 class OpenFeatureSource(SourceProvider):
@@ -192,7 +77,7 @@ class OpenFeatureSource(SourceProvider):
         self.profile = profile
         self._factory = load_target(profile)
         self._options = coerce_options(self._factory, profile.options)
-        self._scrub = _scrubber(profile.options)
+        self._scrub = scrubber(profile.options)
         self._restored = restored  # a native snapshot this replay answers from
         self._inner: FeatureProvider | None = None
         self._native = False
