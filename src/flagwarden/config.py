@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,8 +25,14 @@ from pydantic import (
     model_validator,
 )
 
-from flagwarden.documents import MAX_DURATION, interpolate, parse_duration, read_yaml
+from flagwarden.documents import interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
+from flagwarden.validation import (
+    MAX_SECONDS,
+    Model,
+    describe_validation_error,
+    looks_secret,
+)
 
 if TYPE_CHECKING:
     from flagwarden.profiles import Profile
@@ -55,25 +59,6 @@ DEFAULT_CONFIG_NAME = "flagwarden.yaml"
 # Shorter summary intervals spend the worker's CPU on flushing (0s was a busy loop).
 SUMMARY_INTERVAL_MIN = timedelta(seconds=1)
 
-# The last part of a field name whose value is never echoed back in an error message.
-_SECRET_FIELDS = re.compile(
-    r"(^|[._])(\w*_)?(key|apikey|secret|token|password|passwd|pwd|credentials?)$",
-    re.IGNORECASE,
-)
-# A value that looks like a credential whatever its field: a URL with a user part, a known key
-# prefix, or a long token of letters and digits.
-_SECRET_VALUES = re.compile(
-    r"://[^/\s]*@|^(sdk|api|sk|pk|rk)[-_]|^(ghp|gho|ghs|github_pat)_|^xox[abp]-|^AKIA[0-9A-Z]"
-    r"|^eyJ|^(?=[^\s/]*\d)(?=[^\s/]*[A-Za-z])[A-Za-z0-9_\-+=.]{16,}$"
-)
-# Every duration and interval is bounded as parse_duration bounds them (0 to 3650 days).
-_MAX_SECONDS = MAX_DURATION.total_seconds()
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 _STATE_SCHEMES = ("sqlite:///", "redis://", "rediss://", "unix://", "postgresql://", "postgres://")
 _AUDIT_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 
@@ -84,12 +69,12 @@ def _scheme(url: str) -> str:
     return f"{scheme}://..." if sep else "a URL without a scheme"
 
 
-class FallbackConfig(_Model):
+class FallbackConfig(Model):
     """Where answers come from when the vendor cannot give them."""
 
     snapshot: str | None = "file:.flagwarden/snapshot.json"
     env_prefix: str | None = "FLAGWARDEN_FLAG_"  # null turns environment overrides off
-    snapshot_debounce: float = Field(default=1.0, ge=0, le=_MAX_SECONDS)
+    snapshot_debounce: float = Field(default=1.0, ge=0, le=MAX_SECONDS)
 
     @field_validator("snapshot")
     @classmethod
@@ -99,7 +84,7 @@ class FallbackConfig(_Model):
         raise ValueError("expected 'file:PATH' or 'redis://HOST:PORT/DB'")
 
 
-class ShadowConfig(_Model):
+class ShadowConfig(Model):
     """A second profile evaluated beside the primary to find disagreements during a migration."""
 
     provider: str
@@ -110,7 +95,7 @@ class ShadowConfig(_Model):
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-class PrometheusConfig(_Model):
+class PrometheusConfig(Model):
     """Getting metrics out: an HTTP endpoint, Pushgateway pushes, and where guards query."""
 
     port: int | None = Field(default=None, ge=0, le=65535)  # serve /metrics on this port
@@ -140,7 +125,7 @@ class PrometheusConfig(_Model):
         return value
 
 
-class ExposureLogConfig(_Model):
+class ExposureLogConfig(Model):
     enabled: bool = True
     dedup_window: timedelta = timedelta(hours=1)
     summary_interval: timedelta = timedelta(seconds=60)
@@ -156,7 +141,7 @@ class ExposureLogConfig(_Model):
         return duration
 
 
-class OtelConfig(_Model):
+class OtelConfig(Model):
     """``telemetry.otel``: exposures as OpenTelemetry metrics (and log records) over OTLP/HTTP,
     set up by the standard ``OTEL_*`` variables; needs the ``[otel]`` extra."""
 
@@ -170,7 +155,7 @@ class OtelConfig(_Model):
         return self
 
 
-class TelemetryConfig(_Model):
+class TelemetryConfig(Model):
     prometheus: PrometheusConfig = PrometheusConfig()
     exposure_log: ExposureLogConfig = ExposureLogConfig()
     otel: OtelConfig = OtelConfig()
@@ -201,10 +186,9 @@ NotifyEvent = Literal[
     "outage_start",
     "outage_end",
 ]
-_WEBHOOK_URL = re.compile(r"^notify(\.\d+)?(\.url)?$")  # a webhook URL is a credential
 
 
-class NotifyTarget(_Model):
+class NotifyTarget(Model):
     """A webhook that hears about changes (``notify:``). Its URL is a secret (Slack's path is
     the credential): it is never logged, shown in an error, a metric or a report; a target is
     named by ``name`` (else ``notify.INDEX``) and shown as ``scheme://host/…``."""
@@ -256,7 +240,7 @@ class NotifyTarget(_Model):
         return f"{scheme}://{host}/…"
 
 
-class ServerConfig(_Model):
+class ServerConfig(Model):
     """``flagwarden serve``: where it listens, and how long a browser session lasts."""
 
     host: str = "127.0.0.1"
@@ -278,7 +262,7 @@ class ServerConfig(_Model):
         return value
 
 
-class AuditConfig(_Model):
+class AuditConfig(Model):
     """``audit:``: where the log lives and its Ed25519 keys (docs/audit.md#signing). A plain
     string is the URL alone; the keys are loaded by :mod:`flagwarden.audit.signing`."""
 
@@ -306,7 +290,7 @@ class AuditConfig(_Model):
         return None if isinstance(value, str) and not value.strip() else value  # ${VAR:-}
 
 
-class FlagwardenConfig(_Model):
+class FlagwardenConfig(Model):
     """``flagwarden.yaml``."""
 
     provider: str
@@ -401,46 +385,6 @@ class Settings:
 
 def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
-
-
-def _describe(detail: Any) -> tuple[str | None, str]:
-    """(field, problem) for one pydantic error: the value unless secret, the expectation."""
-    loc = [str(p) for p in detail["loc"]]
-    field = ".".join(loc) or None
-    kind = detail["type"]
-    if kind == "missing":
-        return field, "is required but missing"
-    if kind == "extra_forbidden":
-        return field, "is not a known field"
-    msg = detail["msg"].removeprefix("Value error, ")
-    msg = msg[:1].lower() + msg[1:]
-    value = detail.get("input")
-    secret_field = field and (_SECRET_FIELDS.search(field) or _WEBHOOK_URL.match(field))
-    if secret_field or looks_secret(value):
-        # Neither pydantic's words nor ours may carry it: cut the quoted value off.
-        if ", got " in msg:
-            msg = msg.split(", got ", 1)[0] + " (the value is not shown: it may be a secret)"
-        return field, msg
-    if ", got " in msg or not isinstance(value, str | int | float | bool | None):
-        return field, msg
-    return field, f"{msg}, got {value!r}"
-
-
-def looks_secret(value: Any) -> bool:
-    """Whether a value looks like a credential (a URL with a password, an API key, a token)."""
-    return isinstance(value, str) and bool(_SECRET_VALUES.search(value.strip()))
-
-
-def describe_validation_error(error: ValidationError, file: Path | str) -> ConfigError:
-    """Every problem of one file as a ConfigError (the first, with ``problems`` listing all)."""
-    found: list[tuple[str | None, str]] = []
-    for detail in error.errors():
-        described = _describe(detail)
-        if described not in found:  # a union reports one problem once per member
-            found.append(described)
-    errors = [ConfigError(file, field, problem) for field, problem in found]
-    first = errors[0]
-    return ConfigError(file, first.field, first.problem, more=errors[1:])
 
 
 def _default_settings() -> Settings:

@@ -18,15 +18,9 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from flagwarden.config import (
-    _MAX_SECONDS,
-    _Model,
-    _resolve,
-    describe_validation_error,
-    looks_secret,
-)
 from flagwarden.documents import interpolate, read_yaml
 from flagwarden.errors import ConfigError
+from flagwarden.validation import MAX_SECONDS, Model, describe_validation_error, looks_secret
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -48,7 +42,7 @@ ENTRY_POINT_GROUP = "flagwarden.providers"
 _TARGET = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-class LaunchDarklyProfile(_Model):
+class LaunchDarklyProfile(Model):
     """A LaunchDarkly connection (the cloud, a relay proxy, or a local server)."""
 
     type: Literal["launchdarkly"]
@@ -58,12 +52,12 @@ class LaunchDarklyProfile(_Model):
     stream_uri: str | None = None
     events_uri: str | None = None
     stream: bool = True
-    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
+    start_wait: float = Field(default=5.0, ge=0, le=MAX_SECONDS)
     send_events: bool = True
-    initial_reconnect_delay: float = Field(default=1.0, gt=0, le=_MAX_SECONDS)
+    initial_reconnect_delay: float = Field(default=1.0, gt=0, le=MAX_SECONDS)
 
 
-class SplitProfile(_Model):
+class SplitProfile(Model):
     """A Split (Harness FME) connection; the URLs point at the cloud, a proxy or a local server."""
 
     type: Literal["split"]
@@ -75,13 +69,13 @@ class SplitProfile(_Model):
     streaming_api_base_url: str | None = None
     telemetry_api_base_url: str | None = None
     streaming: bool = True
-    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
-    features_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
-    segments_refresh_rate: int = Field(default=30, ge=1, le=_MAX_SECONDS)
+    start_wait: float = Field(default=5.0, ge=0, le=MAX_SECONDS)
+    features_refresh_rate: int = Field(default=30, ge=1, le=MAX_SECONDS)
+    segments_refresh_rate: int = Field(default=30, ge=1, le=MAX_SECONDS)
     impressions_mode: Literal["OPTIMIZED", "DEBUG", "NONE"] = "OPTIMIZED"
 
 
-class EnvProfile(_Model):
+class EnvProfile(Model):
     """Flags from the environment: ``new-scoring-model`` reads ``{prefix}NEW_SCORING_MODEL``."""
 
     type: Literal["env"]
@@ -89,16 +83,16 @@ class EnvProfile(_Model):
     prefix: str = "FLAGWARDEN_FLAG_"
 
 
-class FileProfile(_Model):
+class FileProfile(Model):
     """A flagd flag-definition file (JSON or YAML), evaluated in-process and reloaded on change."""
 
     type: Literal["file"]
     name: str = "file"
     path: Path
-    poll_interval: float = Field(default=0.5, ge=0.01, le=_MAX_SECONDS)  # below: a busy loop
+    poll_interval: float = Field(default=0.5, ge=0.01, le=MAX_SECONDS)  # below: a busy loop
 
 
-class OpenFeatureProfile(_Model):
+class OpenFeatureProfile(Model):
     """Any OpenFeature provider: ``class: package.module:Name`` (a provider class, or a callable
     returning a provider) called with ``options`` as keyword arguments; or, with ``type`` set to
     a name registered under the ``flagwarden.providers`` entry-point group, the entry point's
@@ -111,9 +105,9 @@ class OpenFeatureProfile(_Model):
     name: str = OPENFEATURE
     target: str | None = Field(default=None, alias="class")
     options: dict[str, Any] = Field(default_factory=dict)
-    start_wait: float = Field(default=5.0, ge=0, le=_MAX_SECONDS)
+    start_wait: float = Field(default=5.0, ge=0, le=MAX_SECONDS)
     # How often a provider that went out is asked again (off the evaluation path).
-    probe_interval: float = Field(default=2.0, ge=0.05, le=_MAX_SECONDS)
+    probe_interval: float = Field(default=2.0, ge=0.05, le=MAX_SECONDS)
     # Answers kept as the last-known-good of a provider that cannot export its definitions.
     answer_cache: int = Field(default=10_000, ge=0, le=1_000_000)
 
@@ -127,7 +121,7 @@ class OpenFeatureProfile(_Model):
 
 Profile = LaunchDarklyProfile | SplitProfile | EnvProfile | FileProfile | OpenFeatureProfile
 
-_BUILTIN: dict[str, type[_Model]] = {
+_BUILTIN: dict[str, type[Model]] = {
     "launchdarkly": LaunchDarklyProfile,
     "split": SplitProfile,
     "env": EnvProfile,
@@ -169,7 +163,7 @@ def load_profile(path: Path) -> Profile:
     if model is OpenFeatureProfile:
         _check_target(path, kind, data)
     if kind == "file" and isinstance(data.get("path"), str):
-        data["path"] = os.path.normpath(_resolve(path.parent, Path(data["path"])))
+        data["path"] = os.path.normpath(path.parent / data["path"])
     try:
         profile: Profile = model.model_validate(data)  # type: ignore[assignment]
     except ValidationError as exc:

@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from flagwarden.config import describe_validation_error
 from flagwarden.documents import interpolate, parse_duration, read_yaml
 from flagwarden.errors import ConfigError
+from flagwarden.validation import describe_validation_error
 
 __all__ = [
     "Approvals",

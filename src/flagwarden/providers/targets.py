@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
-from flagwarden.config import looks_secret
 from flagwarden.errors import ConfigError
 from flagwarden.profiles import OPENFEATURE, OpenFeatureProfile, registered_types
 from flagwarden.storage import redact_text
+from flagwarden.validation import looks_secret
 
 __all__ = ["coerce_options", "load_target", "scrubber"]
 

@@ -47,9 +47,9 @@ from urllib.parse import quote, quote_plus
 import structlog
 from pydantic import BaseModel, SecretStr
 
-from flagwarden.config import _SECRET_FIELDS, looks_secret
 from flagwarden.errors import ConfigError
 from flagwarden.storage import redact_text
+from flagwarden.validation import SECRET_FIELDS, looks_secret
 
 if TYPE_CHECKING:
     from flagwarden.config import Settings
@@ -162,7 +162,7 @@ def _walk(value: Any, *, secret: bool) -> None:
 def _secret_name(name: str) -> bool:
     """A field or key whose value is a secret: config's rule (``sdk_key``, ``token``...), and
     the credential headers."""
-    return bool(_SECRET_FIELDS.search(name) or _HEADER_NAME.fullmatch(name))
+    return bool(SECRET_FIELDS.search(name) or _HEADER_NAME.fullmatch(name))
 
 
 def scrub(text: str) -> str:
