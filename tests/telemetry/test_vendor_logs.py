@@ -389,3 +389,23 @@ def test_an_application_configuring_logging_later_or_by_name_is_left_alone(proje
     )
     assert named.returncode == 0, named.stderr[-2000:]
     assert json.loads(named.stdout.splitlines()[-1]) == []  # no bridge on the root logger
+
+
+def test_the_exception_that_ends_the_program_is_json_too(project: Project):
+    config = governed_project(project)
+    script = (
+        "import sys, flagwarden\n"
+        "flagwarden.configure(sys.argv[1])\n"
+        "raise RuntimeError('the pipeline failed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 1
+    (ended,) = [e for e in json_lines(done.stderr) if e.get("logger") == "uncaught"]
+    assert ended["level"] == "critical"
+    assert "RuntimeError: the pipeline failed" in ended["exception"]

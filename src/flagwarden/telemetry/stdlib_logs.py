@@ -20,10 +20,11 @@ of its own keeps it; below WARNING, the chatty loggers of :data:`QUIET_LOGGERS` 
 level of their own are set to WARNING (``logging.getLogger("urllib3").setLevel(...)`` before
 ``configure()`` keeps yours).
 
-Python's warnings (``warnings.showwarning``, as ``py.warnings`` records) and a thread's
-uncaught exception (``threading.excepthook``, as ``threading`` records), when their hooks are
-Python's own, go the same way, straight to the bridge while it is the root logger's (Python's
-own behaviour again once an application's later set-up replaced it).
+Python's warnings (``warnings.showwarning``, as ``py.warnings`` records), a thread's uncaught
+exception (``threading.excepthook``, as ``threading`` records) and the one that ends the
+program (``sys.excepthook``, as an ``uncaught`` record), when their hooks are Python's own,
+go the same way, straight to the bridge while it is the root logger's (Python's own
+behaviour again once an application's later set-up replaced it).
 
 An application that configured logging itself (a handler on the root logger or on any named
 logger, or structlog) keeps it: nothing is added or changed. Configure it before
@@ -38,9 +39,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Mapping, MutableMapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -293,6 +296,27 @@ def _thread_exception(args: threading.ExceptHookArgs) -> None:
     bridge.handle(record)
 
 
+def _uncaught(
+    exc_type: type[BaseException], exc_value: BaseException, traceback: TracebackType | None
+) -> None:
+    """The exception that ends the program as one ``uncaught`` record of the bridge, rather
+    than Python's plain-text traceback (a KeyboardInterrupt too: it ends the run)."""
+    bridge = _bridge()
+    if bridge is None:
+        sys.__excepthook__(exc_type, exc_value, traceback)
+        return
+    record = logging.LogRecord(
+        "uncaught",
+        logging.CRITICAL,
+        __file__,
+        0,
+        "Uncaught exception: the program ends",
+        None,
+        (exc_type, exc_value, traceback),
+    )
+    bridge.handle(record)
+
+
 def _configured_by_application(root: logging.Logger) -> bool:
     """A handler of the application's on the root logger or on any named logger (a library's
     ``NullHandler`` does not count)."""
@@ -323,6 +347,8 @@ def install(*, console: bool, stream: TextIO, level: int) -> bool:
             warnings.showwarning = _showwarning
         if threading.excepthook is threading.__excepthook__:
             threading.excepthook = _thread_exception
+        if sys.excepthook is sys.__excepthook__:
+            sys.excepthook = _uncaught
         if level < logging.WARNING:
             for name in QUIET_LOGGERS:
                 logger = logging.getLogger(name)
