@@ -375,8 +375,9 @@ class OtelExposures:
             thread = threading.Thread(target=_reported(name, step), name=name, daemon=True)
             try:
                 thread.start()
-            except RuntimeError:  # interpreter shutdown (atexit on 3.12+): no new threads
-                _reported(name, step)()
+            except RuntimeError:  # interpreter shutdown (atexit on 3.12.0-3.12.1): no threads
+                if time.monotonic() < deadline:  # inline, one at a time, while time is left
+                    _reported(name, step)()
                 continue
             running.append(thread)
         for thread in running:
