@@ -389,6 +389,22 @@ def test_an_application_configuring_logging_later_or_by_name_is_left_alone(proje
     )
     assert named.returncode == 0, named.stderr[-2000:]
     assert json.loads(named.stdout.splitlines()[-1]) == []  # no bridge on the root logger
+    # A framework's logger that keeps its lines to itself (dask.distributed's, Ray's).
+    framework = NAMED_LOGGER.replace(
+        'logging.getLogger("myapp").addHandler(logging.StreamHandler())',
+        'own = logging.getLogger("framework"); own.addHandler(logging.StreamHandler()); '
+        "own.propagate = False",
+    )
+    assert framework != NAMED_LOGGER
+    kept = subprocess.run(
+        [sys.executable, "-c", framework, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert json.loads(kept.stdout.splitlines()[-1]) == ["_Bridge"]
 
 
 def test_the_exception_that_ends_the_program_is_json_too(project: Project):

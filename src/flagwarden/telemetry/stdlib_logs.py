@@ -26,9 +26,9 @@ program (``sys.excepthook``, as an ``uncaught`` record), when their hooks are Py
 go the same way, straight to the bridge while it is the root logger's (Python's own
 behaviour again once an application's later set-up replaced it).
 
-An application that configured logging itself (a handler on the root logger or on any named
-logger, or structlog) keeps it: nothing is added or changed. Configure it before
-``flagwarden.configure()``; after, ``logging.basicConfig(force=True)`` or
+An application that configured logging itself (a handler on the root logger or on a named
+logger that propagates to it, or structlog) keeps it: nothing is added or changed. Configure
+it before ``flagwarden.configure()``; after, ``logging.basicConfig(force=True)`` or
 ``logging.config.dictConfig`` replace the handler (``basicConfig`` without ``force`` does
 nothing once the root logger has a handler, and a structlog configuration made later leaves
 the handler in place).
@@ -318,11 +318,15 @@ def _uncaught(
 
 
 def _configured_by_application(root: logging.Logger) -> bool:
-    """A handler of the application's on the root logger or on any named logger (a library's
-    ``NullHandler`` does not count)."""
+    """A handler of the application's on the root logger, or on a named logger whose records
+    also reach the root (``propagate``): the bridge would print those twice. A library's
+    ``NullHandler`` does not count, nor a framework's handler on a logger that does not
+    propagate (dask.distributed's, Ray's: their lines stay theirs)."""
     if any(not isinstance(handler, _Bridge) for handler in root.handlers):
         return True
     for logger in list(logging.Logger.manager.loggerDict.values()):
+        if not getattr(logger, "propagate", False):
+            continue
         handlers = getattr(logger, "handlers", ())
         if any(not isinstance(h, logging.NullHandler | _Bridge) for h in handlers):
             return True
