@@ -348,8 +348,11 @@ class Settings:
         return _resolve(self.base_dir, self.config.policies_dir)
 
     def snapshot_location(self) -> str | None:
-        """The snapshot store URL, with a ``file:`` path made absolute."""
+        """The snapshot store URL, ``{profile}`` replaced by the active provider's name (one
+        location per profile), with a ``file:`` path made absolute."""
         loc = self.config.fallback.snapshot
+        if loc is not None:
+            loc = loc.replace("{profile}", self.provider_name)
         if loc is None or not loc.startswith("file:"):
             return loc
         return "file:" + str(_resolve(self.base_dir, Path(loc[len("file:") :])))

@@ -121,7 +121,7 @@ def test_the_provider_class_and_its_options_are_checked(project: Project):
                 "options": {"base_url": "x", "api_kee": "sk-9f8e7d6c5b4a3f2e1d"},
             },
             "options",
-            "unexpected keyword argument 'api_kee'",
+            "does not take api_kee (it takes: base_url, headers_factory, timeout)",
         ),
         ({"type": "unleash"}, "type", "unknown type 'unleash'; expected one of launchdarkly"),
     ]
@@ -384,10 +384,17 @@ def test_enum_options_are_spelled_as_text(tmp_path: Path):
             {"class": FLAGD, "options": {"resolver_type": spelled, "offline_flag_source_path": "x"}}
         )
         assert OpenFeatureSource(profile)._options["resolver_type"] is ResolverType.IN_PROCESS
-    kept = OpenFeatureProfile.model_validate(
-        {"class": FLAGD, "options": {"resolver_type": "grpc?"}}
+    wrong = OpenFeatureProfile.model_validate(
+        {
+            "class": FLAGD,
+            "options": {"resolver_type": "inprocess", "offline_flag_source_pth": "x", "api": 1},
+        }
     )
-    assert OpenFeatureSource(kept)._options["resolver_type"] == "grpc?"
+    with pytest.raises(ConfigError) as info:  # every problem at once
+        OpenFeatureSource(wrong)
+    said = str(info.value)
+    assert "does not take api, offline_flag_source_pth (it takes: host, port," in said
+    assert "resolver_type: 'inprocess' is none of ResolverType's (rpc, in-process, file)" in said
 
 
 @pytest.mark.slow
@@ -728,3 +735,39 @@ def test_the_version_an_ofrep_answer_carries(project: Project, ofrep: Any):
     assert runtime.provider.flag_version("color") == (None, None)  # nothing answered yet
     client.get_string_value("color", "none", EvaluationContext("u1"))
     assert runtime.provider.flag_version("color") == ("3", "orders")
+
+
+def test_one_snapshot_location_per_profile_for_a_canary(project: Project, ofrep: Any):
+    """The migration recipe's canary: with ``{profile}`` in ``fallback.snapshot`` each profile
+    keeps its own last-known-good, so a worker of the new profile never replaces the old one's
+    (with one shared location it would, and the old profile's cold start would have none)."""
+    from flagwarden.config import load_settings
+    from flagwarden.governance.status import provider_status
+    from flagwarden.providers.snapshot import open_snapshot_store
+
+    governed(project)
+    for name in ("old", "new"):
+        project.profile(
+            name, {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+        )
+    fallback = {"snapshot": "file:.flagwarden/snapshot-{profile}.json", "snapshot_debounce": 0.05}
+    for name in ("old", "new"):
+        client = flagwarden.configure(project.config(name, fallback=fallback))
+        assert client.get_integer_value("batch-size", 0, EvaluationContext("u1")) == 500
+        flagwarden.shutdown()
+    assert (project.root / ".flagwarden" / "snapshot-old.json").exists()
+    assert (project.root / ".flagwarden" / "snapshot-new.json").exists()
+    ofrep.stop()
+    client = flagwarden.configure(project.config("old", fallback=fallback))
+    details = client.get_integer_details("batch-size", 0, EvaluationContext("u1"))
+    assert details.value == 500 and details.flag_metadata["flagwarden.source"] == "snapshot"
+    flagwarden.shutdown()
+    # status never shows another profile's snapshot as this provider's
+    shared = load_settings(project.config("new"))  # fallback: the shared default location
+    (project.root / ".flagwarden" / "snapshot.json").write_text(
+        (project.root / ".flagwarden" / "snapshot-old.json").read_text()
+    )
+    stored = open_snapshot_store(shared.snapshot_location() or "").load()
+    assert stored is not None and stored.profile == "old"
+    assert provider_status("new", None, stored).snapshot_age_seconds is None
+    assert provider_status("old", None, stored).snapshot_age_seconds is not None

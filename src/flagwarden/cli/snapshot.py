@@ -31,10 +31,14 @@ def snapshot(config: ConfigOption = None) -> None:
             )
         written = runtime.provider.write_snapshot()
         if written is None:
-            raise fail(
-                f"{runtime.profile.type} is not ready ({runtime.provider.vendor.status_message}); "
-                "the existing snapshot was left as it is"
+            vendor = runtime.provider.vendor
+            why = (
+                "has nothing to save yet (an OpenFeature provider's answer cache fills as it "
+                "answers)"
+                if vendor.status.value == "READY"
+                else f"is not ready ({vendor.status_message})"
             )
+            raise fail(f"{runtime.profile.type} {why}; the existing snapshot was left as it is")
         say(f"snapshot of {written.profile} written to {redact_url(location or '')}")
     finally:
         flagwarden.shutdown()

@@ -230,7 +230,9 @@ def provider_status(
     name: str, audit: AuditLog | None, snapshot: Any, now: datetime | None = None
 ) -> ProviderStatus:
     now = now or datetime.now(UTC)
-    written = snapshot.written_at if snapshot is not None else None
+    # Another profile's snapshot (a shared location) is not this provider's: never served.
+    ours = snapshot is not None and getattr(snapshot, "profile", name) == name
+    written = snapshot.written_at if ours else None
     outage = audit.records(kind="outage", newest_first=True).first() if audit is not None else None
     return ProviderStatus(
         name=name,

@@ -59,6 +59,7 @@ class LastKnownGood:
         good answer."""
         held = self.vendor.last_known_replay()
         if held is not None:
+            self._problem = None
             self._serve(held)
             self.events.emit(
                 "flagwarden.snapshot_loaded",
@@ -79,11 +80,14 @@ class LastKnownGood:
             self._unusable(f"{store.location}: {type(exc).__name__}: {exc}")
             return
         if snapshot is None:
-            self.events.emit(
-                "flagwarden.snapshot_missing", level="warning", location=store.location
-            )
+            if self._first_report("missing"):
+                self.events.emit(
+                    "flagwarden.snapshot_missing", level="warning", location=store.location
+                )
             return
         if not self._matches(snapshot):
+            if not self._first_report(f"mismatch {snapshot.vendor} {snapshot.profile}"):
+                return
             self.events.emit(
                 "flagwarden.snapshot_mismatch",
                 level="warning",
@@ -125,6 +129,7 @@ class LastKnownGood:
             restored.shutdown()
             self._unusable(f"{location}: cannot replay ({restored.status_message})")
             return
+        self._problem = None
         self._serve(restored)
         self.events.emit(
             "flagwarden.snapshot_loaded",
@@ -133,10 +138,17 @@ class LastKnownGood:
             location=location,
         )
 
+    def _first_report(self, problem: str) -> bool:
+        """Whether ``problem`` differs from the last one reported (the start and the outage it
+        opens both look for the snapshot: one report)."""
+        if problem == self._problem:
+            return False
+        self._problem = problem
+        return True
+
     def _unusable(self, error: str) -> None:
-        if error == self._problem:
-            return  # the start and the outage it opens both look: one report
-        self._problem = error
+        if not self._first_report(error):
+            return
         self.events.emit(
             "flagwarden.snapshot_unreadable",
             level="error",

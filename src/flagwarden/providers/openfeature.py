@@ -117,7 +117,13 @@ class OpenFeatureSource(SourceProvider):
         return made
 
     def _failed(self, what: str, exc: Exception) -> str:
-        return self._scrub(f"{what}{type(exc).__name__}: {exc}")
+        """What went wrong, for a status message or an error: the exception's words, or its
+        cause's when it has none (flagd's ProviderNotReadyError wraps the missing file's)."""
+        said = str(exc)
+        cause = exc.__cause__ or exc.__context__
+        if not said.strip() and cause is not None:
+            said = f"{type(cause).__name__}: {cause}"
+        return self._scrub(f"{what}{type(exc).__name__}: {said}".rstrip(": "))
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         self._init_context = evaluation_context

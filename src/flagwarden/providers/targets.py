@@ -59,14 +59,59 @@ def load_target(profile: OpenFeatureProfile) -> Callable[..., Any]:
         where = f"{entry.value!r} (type {profile.type!r})"
     if not callable(found):
         raise ConfigError(None, "class", f"profile {profile.name!r}: {where} is not callable")
-    try:
-        inspect.signature(found).bind(**profile.options)
-    except TypeError as exc:
+    problems = _option_problems(found, profile.options)
+    if problems:
         raise ConfigError(
-            None, "options", f"profile {profile.name!r}: {where} does not take these: {exc}"
-        ) from None
+            None, "options", f"profile {profile.name!r}: {where}: {'; '.join(problems)}"
+        )
+    return found
+
+
+def _option_problems(target: Callable[..., Any], options: Mapping[str, Any]) -> list[str]:
+    """Every way ``options`` do not fit the target's signature: the names it does not take,
+    all of them; the required ones missing; text given for an Enum parameter that names none
+    of its members."""
+    try:
+        signature = inspect.signature(target)
     except ValueError:
-        pass  # a builtin without a signature: its own call will say
+        return []  # a builtin without a signature: its own call will say
+    parameters = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = [
+        n
+        for n, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    problems = []
+    unknown = sorted(set(options) - set(named))
+    if unknown and not takes_any:
+        problems.append(f"does not take {', '.join(unknown)} (it takes: {', '.join(named)})")
+    else:
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            problems.append(str(exc))
+    for name, kind in _enum_parameters(target).items():
+        value = options.get(name)
+        if isinstance(value, str) and _member(kind, value) is None:
+            members = ", ".join(str(m.value) for m in kind)
+            problems.append(f"{name}: {value!r} is none of {kind.__name__}'s ({members})")
+    return problems
+
+
+def _enum_parameters(target: Callable[..., Any]) -> dict[str, type[Enum]]:
+    """The parameters annotated with an Enum (or an optional one), by name."""
+    try:
+        annotated = target.__init__ if isinstance(target, type) else target  # type: ignore[misc]
+        hints = typing.get_type_hints(annotated)
+    except Exception:
+        return {}
+    found = {}
+    for name, hint in hints.items():
+        for kind in typing.get_args(hint) or (hint,):
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                found[name] = kind
+                break
     return found
 
 
@@ -74,21 +119,11 @@ def coerce_options(target: Callable[..., Any], options: Mapping[str, Any]) -> di
     """``options`` with each text given for a parameter annotated with an Enum turned into
     that Enum's member (by value, else by name: ``in-process`` or ``IN_PROCESS``), as a YAML
     file cannot spell an Enum; everything else as given."""
-    try:
-        annotated = target.__init__ if isinstance(target, type) else target  # type: ignore[misc]
-        hints = typing.get_type_hints(annotated)
-    except Exception:
-        return dict(options)
     coerced = dict(options)
-    for name, value in options.items():
-        if not isinstance(value, str):
-            continue
-        for kind in typing.get_args(hints.get(name)) or (hints.get(name),):
-            if isinstance(kind, type) and issubclass(kind, Enum):
-                member = _member(kind, value)
-                if member is not None:
-                    coerced[name] = member
-                    break
+    for name, kind in _enum_parameters(target).items():
+        value = options.get(name)
+        if isinstance(value, str) and (member := _member(kind, value)) is not None:
+            coerced[name] = member
     return coerced
 
 
