@@ -57,24 +57,27 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
     return True
 
 
-_released: set[int] = set()  # the streams whose write lock a forked child frees
+# structlog's write locks of the streams flagwarden configured it with, by stream.
+_write_locks: dict[int, Any] = {}
 
 
 def _release_in_forked_children(stream: TextIO) -> None:
     """structlog's lock for ``stream`` (the one its writers, flagwarden's exposure batches and
     the vendors' log bridge share) is never renewed after a fork: a child forked while another
     thread was writing would wait for it forever. The thread is gone in the child, so the child
-    releases it (a plain lock may be released by any thread)."""
-    if id(stream) in _released:
-        return
-    _released.add(id(stream))
-    lock = structlog.WriteLogger(stream)._lock  # structlog's per-stream lock, shared by all
+    releases it (a plain lock may be released by any thread): see :func:`_release_write_locks`."""
+    _write_locks.setdefault(id(stream), structlog.WriteLogger(stream)._lock)
 
-    def release() -> None:
+
+def _release_write_locks() -> None:
+    for lock in list(_write_locks.values()):
         if lock.locked():
             lock.release()
 
-    os.register_at_fork(after_in_child=release)
+
+# Registered when this module is imported, before the runtime's own fork hooks (registered by
+# the first configure()): a child's hooks run in that order, and theirs may log a line.
+os.register_at_fork(after_in_child=_release_write_locks)
 
 
 def exposure_stream() -> TextIO | None:
