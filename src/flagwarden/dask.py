@@ -48,6 +48,7 @@ from distributed import WorkerPlugin
 
 from flagwarden.governance.arms import ArmRule, arm_names, arm_rule
 from flagwarden.governance.batches import (
+    OUTCOMES,
     BatchRouter,
     OnKill,
     pandas_dtype,
@@ -63,8 +64,6 @@ if TYPE_CHECKING:
     from openfeature.evaluation_context import EvaluationContext
 
 __all__ = ["FlagKilled", "FlagwardenPlugin", "assign_partitions"]
-
-_CODES = 5  # TREATED, CAPPED, MISSING, KILLED, CONSTANT
 
 
 def assign_partitions(
@@ -118,7 +117,7 @@ def assign_partitions(
             _count_partition, router, meta=_counts_meta(), enforce_metadata=False
         )
         totals = counts.compute().sum()
-        record_outcomes(assignment, {code: int(totals[code]) for code in range(_CODES)})
+        record_outcomes(assignment, {code: int(totals[code]) for code in range(OUTCOMES)})
     return ddf.map_partitions(
         _route_partition,
         router,
@@ -194,13 +193,9 @@ def _route_partition(
 
 
 def _count_partition(keys: pd.Series, router: BatchRouter) -> pd.DataFrame:
-    import numpy as np
     import pandas as pd
 
-    _, outcome = router.route(keys)
-    codes = np.asarray(outcome.to_numpy(zero_copy_only=False), dtype=np.int64)
-    counts = np.bincount(codes, minlength=_CODES)
-    return pd.DataFrame({code: [int(counts[code])] for code in range(_CODES)})
+    return pd.DataFrame({code: [n] for code, n in enumerate(router.count(keys))})
 
 
 def _empty(dtype: Any) -> pd.Series:
@@ -218,4 +213,4 @@ def _string_dtype() -> Any:
 def _counts_meta() -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame({code: pd.Series([], dtype="int64") for code in range(_CODES)})
+    return pd.DataFrame({code: pd.Series([], dtype="int64") for code in range(OUTCOMES)})

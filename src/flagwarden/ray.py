@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flagwarden.governance.arms import ArmRule, arm_names, arm_rule
-from flagwarden.governance.batches import BatchRouter, OnKill, prepare, record_outcomes
+from flagwarden.governance.batches import OUTCOMES, BatchRouter, OnKill, prepare, record_outcomes
 from flagwarden.governance.killcheck import DEFAULT_INTERVAL, FlagKilled
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     from ray.data import Dataset
 
 __all__ = ["FlagKilled", "assign_dataset"]
-
-_CODES = 5  # TREATED, CAPPED, MISSING, KILLED, CONSTANT
 
 
 def assign_dataset(
@@ -100,9 +98,8 @@ def assign_dataset(
             .map_batches(CountOutcomes(router, key_col), batch_format="pyarrow", batch_size=None)
             .take_all()
         )
-        record_outcomes(
-            assignment, {code: sum(int(row[f"c{code}"]) for row in rows) for code in range(_CODES)}
-        )
+        totals = {code: sum(int(row[f"c{code}"]) for row in rows) for code in range(OUTCOMES)}
+        record_outcomes(assignment, totals)
     append = AssignBatch(router, key_col, out, arm, arm_rule(assignment, shipped))
     return ds.map_batches(
         append, batch_format="pyarrow", batch_size=None, udf_modifying_row_count=False
@@ -148,13 +145,10 @@ class CountOutcomes:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import pyarrow as pa
-        import pyarrow.compute as pc
 
-        _, outcome = self.router.route(_keys(table, self.key_col))
-        counts = {f"c{code}": [0] for code in range(_CODES)}
-        for item in pc.value_counts(outcome).to_pylist():
-            counts[f"c{item['values']}"] = [int(item["counts"])]
-        return pa.table(counts, schema=pa.schema([(c, pa.int64()) for c in counts]))
+        counts = self.router.count(_keys(table, self.key_col))
+        columns = {f"c{code}": [n] for code, n in enumerate(counts)}
+        return pa.table(columns, schema=pa.schema([(c, pa.int64()) for c in columns]))
 
 
 def _keys(table: pa.Table, key_col: str) -> pa.Array:

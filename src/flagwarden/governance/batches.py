@@ -39,6 +39,7 @@ __all__ = [
     "CONSTANT",
     "KILLED",
     "MISSING",
+    "OUTCOMES",
     "TREATED",
     "BatchRouter",
     "OnKill",
@@ -59,6 +60,7 @@ OnKill = Literal["control", "abort"]
 
 # What a row's answer counts as (summed on the driver by record_outcomes).
 TREATED, CAPPED, MISSING, KILLED, CONSTANT = 0, 1, 2, 3, 4
+OUTCOMES = 5  # how many codes there are
 
 
 class BatchRouter:
@@ -89,6 +91,12 @@ class BatchRouter:
         # The job's own kill check: a kill seen stays seen for this job ("control from that
         # batch on"), even if the flag is revived before the job ends.
         self.job = uuid.uuid4().hex
+
+    def count(self, keys: Any) -> list[int]:
+        """How many of ``keys`` got each outcome code, by code (an engine's counting pass)."""
+        _, outcome = self.route(keys)
+        codes = np.asarray(outcome.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return [int(n) for n in np.bincount(codes, minlength=OUTCOMES)]
 
     def route(self, keys: Any) -> tuple[Any, Any]:
         """The served values and each row's outcome code (an Arrow int8 array). ``keys`` is an
