@@ -287,7 +287,7 @@ def register_secrets() -> None:
     endpoints' credentials and query values."""
     from urllib.parse import parse_qsl, unquote, urlsplit
 
-    from flagwarden.telemetry.stdlib_logs import register_secret, register_url
+    from flagwarden.telemetry.stdlib_logs import register_credential, register_secret, register_url
 
     env: Mapping[str, str] = os.environ
     for signal in ("", "METRICS_", "LOGS_"):
@@ -295,10 +295,7 @@ def register_secrets() -> None:
             _, _, value = pair.partition("=")
             value = unquote(value.strip()).strip('"')
             if value:
-                register_secret(value)
-                scheme, _, credential = value.partition(" ")  # "Bearer abc": abc alone too
-                if credential and scheme.isalpha():
-                    register_secret(credential)
+                register_credential(value)
         url = env.get(f"OTEL_EXPORTER_OTLP_{signal}ENDPOINT", "").strip()
         if url:
             register_url(url)

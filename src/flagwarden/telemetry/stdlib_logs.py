@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "QUIET_LOGGERS",
     "install",
+    "register_credential",
     "register_secret",
     "register_secrets",
     "register_url",
@@ -118,6 +119,15 @@ def register_secret(value: str | SecretStr | None) -> None:
         _values = tuple(sorted(set(_values) | forms, key=len, reverse=True))
 
 
+def register_credential(value: str) -> None:
+    """Mask a credential as :func:`register_secret` does, and, when it is written with its
+    scheme (``Bearer abc``), the credential alone too."""
+    register_secret(value)
+    scheme, _, credential = value.partition(" ")
+    if credential and scheme.isalpha():
+        register_secret(credential)
+
+
 def register_url(url: str) -> None:
     """Mask the credentials of ``url`` (a user's password, ``?password=``) wherever they
     appear in a record, alone, quoted or decoded (as :func:`~flagwarden.storage.redact_text`)."""
@@ -147,10 +157,7 @@ def _walk(value: Any, *, secret: bool) -> None:
         if "://" in value:
             register_url(value)
         if secret:
-            register_secret(value)
-            scheme, _, credential = value.partition(" ")  # "Bearer abc": abc alone too
-            if credential and scheme.isalpha():
-                register_secret(credential)
+            register_credential(value)
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
             _walk(getattr(value, name, None), secret=_secret_name(name))
