@@ -435,13 +435,11 @@ def _check_telemetry(settings: Settings) -> Iterator[Finding]:
 def _reach_vendor(settings: Settings, profile: Profile) -> Finding:
     """Start the vendor's SDK as a worker would (at most its ``start_wait``), then stop it;
     its log lines come out as a worker's would (structured, the profile's secrets masked)."""
-    from flagwarden.logs import configure_pending
     from flagwarden.runtime import build_vendor
     from flagwarden.telemetry.logging import configure_logging
     from flagwarden.telemetry.stdlib_logs import register_secrets
 
     configure_logging(settings.config.telemetry.log_format)  # the project's, as a worker's
-    configure_pending()
     register_secrets(settings, profile)
 
     secret = getattr(profile, "sdk_key", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["LazyLogger", "configure_on_first_use", "configure_pending", "get_logger"]
+__all__ = ["LazyLogger", "configure_on_first_use", "get_logger"]
 
 Format = Literal["auto", "json", "console"]
 _pending: Format | None = None
@@ -50,12 +50,6 @@ def _bind(name: str) -> Any:
         fmt, _pending = _pending, None
         configure_logging(fmt)
     return structlog.get_logger(name)
-
-
-def configure_pending() -> None:
-    """Configure structlog now if the command line asked for it on first use: before a vendor
-    SDK starts, so that its log lines (through the bridge) are in the same format."""
-    _bind("flagwarden")
 
 
 def get_logger(name: str) -> Any:
