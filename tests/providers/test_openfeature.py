@@ -771,3 +771,17 @@ def test_one_snapshot_location_per_profile_for_a_canary(project: Project, ofrep:
     assert stored is not None and stored.profile == "old"
     assert provider_status("new", None, stored).snapshot_age_seconds is None
     assert provider_status("old", None, stored).snapshot_age_seconds is not None
+
+
+def test_a_bad_openfeature_profile_never_blocks_a_kill(project: Project):
+    governed(project)
+    secret = "sk-live-12345678abcdefgh"
+    project.profile(
+        "bad", {"type": "openfeature", "class": "nowhere_mod:Prov", "options": {"api_key": secret}}
+    )
+    config = project.config("bad")
+    killed = run_cli(config, "kill", FLAG, "--reason", "bad source", actor="me")
+    assert killed.returncode == 0, killed.stderr
+    checked = run_cli(config, "check")
+    assert checked.returncode == 1 and "cannot import 'nowhere_mod'" in checked.stderr
+    assert secret not in killed.stdout + killed.stderr + checked.stdout + checked.stderr
