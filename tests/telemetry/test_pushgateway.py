@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client import Counter as PromCounter
 from prometheus_client.parser import text_string_to_metric_families
 
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
+from flagwarden.telemetry import export
 from flagwarden.telemetry.export import delete_pushed, push_metrics
 from tests.conftest import Project, governed_project, wait_for
 from tests.servers.launchdarkly import free_port
@@ -160,7 +161,7 @@ def failures(stderr: str) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["exit", "shutdown", "reconfigure"])
 def test_forked_workers_counts_reach_one_push_without_a_pid(
-    project: Project, pushgateway: str, tmp_path: Path, how: str
+    project: Project, pushgateway: str, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ):
     config = project_with(project, pushgateway)
     lines, _ = finish(pipeline(config, "fork", "3", "10", how, multiproc=tmp_path / "mp"))
@@ -183,6 +184,21 @@ def test_forked_workers_counts_reach_one_push_without_a_pid(
             assert not any(re.search(rf"\b{pid}\b", value) for pid in pids), (name, labels)
     stage = [v for n, _, v in samples(pushgateway) if n == "flagwarden_flag_stage_percent"]
     assert stage == [50.0]  # one series, not one per process
+
+    # A /metrics scrape of the same folder: the same total, and no series per process either.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mp"))
+    text = generate_latest(export._registry()).decode()
+    scraped = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert scraped
+    for sample in scraped:
+        assert "pid" not in sample.labels, sample
+    served = Counter[str]()
+    for sample in scraped:
+        if sample.name == "feature_flag_evaluations_total":
+            served[sample.labels["feature_flag_result_variant"]] += int(sample.value)
+    assert served == report["served"]
+    stage = [s.value for s in scraped if s.name == "flagwarden_flag_stage_percent"]
+    assert stage == [50.0]
 
 
 @pytest.mark.slow

@@ -90,20 +90,37 @@ GUARD_BREACHES = Counter(
     "Guard evaluations that found a limit breached",
     ["feature_flag_key", "guard"],
 )
+# Under PROMETHEUS_MULTIPROC_DIR every gauge names how the processes' values combine, so a
+# scrape or a push never carries one series per process id (prometheus_client's default).
 FLAG_STAGE = Gauge(
-    "flagwarden_flag_stage_percent", "Approved stage of each governed flag", ["feature_flag_key"]
+    "flagwarden_flag_stage_percent",
+    "Approved stage of each governed flag",
+    ["feature_flag_key"],
+    multiprocess_mode="mostrecent",  # the store's state, as the last process to see it wrote it
 )
-FLAG_KILLED = Gauge("flagwarden_flag_killed", "1 when the flag is killed", ["feature_flag_key"])
-FLAG_PAUSED = Gauge("flagwarden_flag_paused", "1 when the rollout is paused", ["feature_flag_key"])
+FLAG_KILLED = Gauge(
+    "flagwarden_flag_killed",
+    "1 when the flag is killed",
+    ["feature_flag_key"],
+    multiprocess_mode="mostrecent",
+)
+FLAG_PAUSED = Gauge(
+    "flagwarden_flag_paused",
+    "1 when the rollout is paused",
+    ["feature_flag_key"],
+    multiprocess_mode="mostrecent",
+)
 PROVIDER_STATE = Gauge(
     "flagwarden_provider_state",
     "1 for the provider chain's current OpenFeature status",
     ["feature_flag_provider_name", "state"],
+    multiprocess_mode="livemax",  # 1 while any live worker is in that state
 )
 FALLBACK_ACTIVE = Gauge(
     "flagwarden_fallback_active",
     "1 while the vendor is out and answers come from its cache, the snapshot or defaults",
     ["feature_flag_provider_name"],
+    multiprocess_mode="livemax",
 )
 METRIC_VALUE = Gauge(
     "flagwarden_data_quality",
