@@ -1,7 +1,7 @@
 """The command line starts at once: a transition loads only what a transition needs.
 
-Each transition runs in a process of its own under ``python -X importtime``, which names every
-module the process imported; none of the heavy ones may be among them. Times are not asserted
+Each transition runs in a process of its own that lists, as it exits, every module it
+imported; none of the heavy ones may be among them. Times are not asserted
 here (the machine is noisy): ``python -m bench.bench_cli`` measures them.
 """
 
@@ -35,6 +35,8 @@ HEAVY = (
     "starlette",
     "httpx",
     "jinja2",
+    "rich.traceback",  # structlog's console renderer's, never used by a JSON log line
+    "rich.pretty",
     "openfeature",
     "prometheus_client",
     "flagwarden.runtime",
@@ -58,13 +60,21 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _imported(stderr: str) -> set[str]:
-    """The modules a ``-X importtime`` run imported."""
-    names = set()
-    for line in stderr.splitlines():
-        if line.startswith("import time:") and "self [us]" not in line:
-            names.add(line.rsplit("|", 1)[1].strip())
-    return names
+# Runs the command line and, as the process exits, prints the modules it imported (a failed
+# import, such as structlog's of rich's traceback renderer when flagwarden hides it, is none).
+RUN_CLI = """
+import atexit, json, runpy, sys
+
+atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules))))
+sys.argv = ["flagwarden", *json.loads(sys.argv[1])]
+runpy.run_module("flagwarden.cli", run_name="__main__")
+"""
+
+
+def _imported(stdout: str) -> set[str]:
+    """The modules a :data:`RUN_CLI` run imported."""
+    (line,) = [line for line in stdout.splitlines() if line.startswith("MODULES ")]
+    return set(json.loads(line.removeprefix("MODULES ")))
 
 
 def _loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
@@ -81,9 +91,9 @@ def _flagwarden(hooks: list[str]) -> list[str]:
 
 def _transition(config: Path, action: str) -> set[str]:
     args = [action, FLAG, "--reason", "startup test", "-c", str(config)]
-    done = _python("-X", "importtime", "-m", "flagwarden.cli", *args)
+    done = _python("-c", RUN_CLI, json.dumps(args))
     assert done.returncode == 0, done.stdout + done.stderr
-    return _imported(done.stderr)
+    return _imported(done.stdout)
 
 
 def _state(config: Path) -> dict[str, object]:
