@@ -76,10 +76,9 @@ class _Refused(Exception):
         self.problem = problem
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML, stricter: a key given twice is an error (the second would silently win), dates
-    stay text (the models parse them, so a bad one is a field error, not a bad file), aliases
-    are refused (400 bytes of them expand to gigabytes when walked) and so is deep nesting."""
+class _BoundedLoader(yaml.SafeLoader):
+    """Safe YAML without what makes it hostile: aliases are refused (400 bytes of them expand
+    to gigabytes when walked) and so is deep nesting."""
 
     _depth = 0
 
@@ -98,6 +97,12 @@ class _StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+class _StrictLoader(_BoundedLoader):
+    """Bounded YAML, stricter for flagwarden's own documents: a key given twice is an error
+    (the second would silently win) and dates stay text (the models parse them, so a bad one
+    is a field error, not a bad file)."""
 
 
 _StrictLoader.yaml_implicit_resolvers = {
@@ -147,10 +152,12 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def parse_yaml(text: str, file: Path | str) -> Any:
-    """Parse YAML with the strict loader; every problem is a ConfigError naming ``file``."""
+def parse_yaml(text: str, file: Path | str, *, strict: bool = True) -> Any:
+    """Parse YAML; every problem is a ConfigError naming ``file``. Aliases and deep nesting are
+    always refused; ``strict`` (flagwarden's own documents) also refuses a key given twice and
+    keeps dates as text, where ``strict=False`` reads them as YAML does (flag files)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        return yaml.load(text, Loader=_StrictLoader if strict else _BoundedLoader)
     except _Refused as exc:
         where = f"line {exc.mark.line + 1}, column {exc.mark.column + 1}"
         raise ConfigError(file, None, f"refused at {where}: {exc.problem}") from None

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +29,11 @@ from flagwarden.background import (
     report_ok,
     run_supervised,
 )
+from flagwarden.errors import ConfigError
 from flagwarden.periodic import PeriodicCounter
 from flagwarden.providers import file as file_module
 from flagwarden.providers import snapshot as snapshot_module
+from flagwarden.providers.file import read_flag_file
 from flagwarden.providers.snapshot import open_snapshot_store
 from tests.conftest import ROOT, Project, wait_for
 from tests.servers.launchdarkly import free_port
@@ -163,6 +166,14 @@ def deep_json(levels: int) -> str:
     return '{"flags": {"gate": ' + flag + rule + "}}}"
 
 
+# 30 alias levels of 9: about 10**28 nodes for anything that walks the document.
+ALIAS_BOMB = "x0: &x0 [a, a, a, a, a, a, a, a, a]\n" + "".join(
+    f"x{n + 1}: &x{n + 1} [{', '.join([f'*x{n}'] * 9)}]\n" for n in range(30)
+)
+BOMBED_FLAGS = (
+    "flags:\n  gate: {state: ENABLED, variants: {'on': true}, defaultVariant: 'on'}\n" + ALIAS_BOMB
+)
+
 BAD_FLAG_FILES = {
     "latin-1": (".json", json.dumps(FLAGS).encode().replace(b'"off"', b'"\xf6ff"'), "utf-8"),
     # Deep enough for copying and evaluating to recurse past the limit, not the parser.
@@ -174,9 +185,32 @@ BAD_FLAG_FILES = {
             "flags:\n  gate:\n    state: ENABLED\n    variants: {'on': true}\n"
             "    defaultVariant: 'on'\n    targeting: " + "[" * 400 + "1" + "]" * 400 + "\n"
         ).encode(),
-        "nested deeper than 100 levels",
+        "nested more than 100 levels deep",
     ),
+    "alias-bomb": (".yaml", BOMBED_FLAGS.encode(), "YAML aliases (*name) are not allowed"),
 }
+
+
+def test_an_alias_bomb_in_a_flag_file_is_refused_at_once(tmp_path: Path):
+    bombed = tmp_path / "flags.yaml"
+    bombed.write_text(BOMBED_FLAGS)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"YAML aliases \(\*name\) are not allowed"):
+        read_flag_file(bombed)
+    assert time.monotonic() - started < 1
+    # `check` (in a process of its own: before, it never finished) names the file.
+    (tmp_path / "providers").mkdir()
+    (tmp_path / "providers" / "file.yaml").write_text("type: file\npath: ../flags.yaml\n")
+    (tmp_path / "flagwarden.yaml").write_text("provider: file\nfallback: {snapshot: null}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "flagwarden.cli", "check", "-c", str(tmp_path / "flagwarden.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = f"{bombed}: malformed flag file: refused at line 4, column 10: YAML aliases"
+    assert said in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAG_FILES))

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode, OpenFeatureError
@@ -32,6 +31,7 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagType
 from openfeature.provider import ProviderStatus
 
 from flagwarden.background import run_supervised
+from flagwarden.documents import parse_yaml
 from flagwarden.errors import ConfigError
 from flagwarden.logs import get_logger
 from flagwarden.providers.base import SourceProvider, error_details, too_deep, type_matches
@@ -223,11 +223,15 @@ def read_flag_file(path: Path) -> FlagFile:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(path, None, f"cannot read the flag file ({reason})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        # YAML with aliases refused (a few hundred bytes of them expand to billions of nodes
+        # for whatever walks the document) and nesting bounded; otherwise read as YAML reads it.
+        data = json.loads(text) if path.suffix == ".json" else parse_yaml(text, path, strict=False)
     except RecursionError:
         raise ConfigError(path, None, f"nested deeper than {MAX_NESTING} levels") from None
-    except (ValueError, yaml.YAMLError) as exc:
+    except ValueError as exc:
         raise ConfigError(path, None, f"malformed flag file: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(path, None, f"malformed flag file: {exc.problem}") from None
     if (deep := too_deep(data, MAX_NESTING)) is not None:
         raise ConfigError(path, deep, f"nested deeper than {MAX_NESTING} levels")
     if not isinstance(data, dict) or not isinstance(data.get("flags"), dict):
