@@ -58,7 +58,7 @@ def test_status_of_an_unknown_flag(project: Project):
     config = governed_project(project)
     result = cli(config, "status", "nope")
     assert result.returncode == 1
-    assert "'nope' has no policy (governed flags: new-scoring-model)" in result.stderr
+    assert "'nope' has no policy and no state (governed flags: new-scoring-model)" in result.stderr
 
 
 def test_status_shows_only_the_current_stages_verdicts_and_why_it_is_paused(project: Project):

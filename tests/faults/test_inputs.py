@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
+from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 from flagwarden.config import load_settings
 from flagwarden.errors import ConfigError
 from flagwarden.governance.policy import load_policy, read_policies
-from tests.conftest import POLICY, ROOT, Project, governed_project, run_cli
+from tests.conftest import POLICY, ROOT, Project, governed_project, run_cli, wait_for
 
 FLAG = POLICY["flag"]
 
@@ -85,6 +86,40 @@ def test_kill_works_without_a_policies_folder(project: Project):
     revived = cli(config, "revive", FLAG, "--reason", "drill over")
     assert revived.returncode == 0, revived.stderr
     assert cli(config, "status").returncode == 0
+
+
+def test_a_flag_whose_policy_is_gone_can_be_killed_and_workers_obey(project: Project):
+    """The policy file removed (the folder stays): the kill still works, and a worker that
+    started without the policy serves the caller's default while the flag is killed."""
+    config = governed_project(project)  # the vendor serves True
+    assert cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    (project.root / "policies" / f"{FLAG}.yaml").unlink()
+    client = flagwarden.configure(config)
+    ctx = EvaluationContext("unit-1")
+    assert client.get_boolean_value(FLAG, False, ctx) is True  # ungoverned: the vendor's
+
+    killed = cli(config, "kill", FLAG, "--reason", "policy gone, stop it")
+    assert killed.returncode == 0, killed.stderr
+    assert f"{FLAG} has no policy here" in killed.stderr
+    wait_for(lambda: client.get_boolean_value(FLAG, False, ctx) is False)
+    details = client.get_boolean_details(FLAG, False, ctx)
+    assert (details.value, details.reason) == (False, "DISABLED")
+    assert details.flag_metadata["flagwarden.killed"] is True
+    shown = cli(config, "status", FLAG)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{FLAG}: there is no policy for it; workers serve the caller's default" in shown.stdout
+    assert "there is no policy for it" in cli(config, "status").stdout  # killed: listed
+
+    # A flag never seen before is killed just as well (no typo check can stand in the way).
+    assert client.get_boolean_value("other-flag", False, ctx) is False  # flag not found
+    assert cli(config, "kill", "other-flag", "--reason", "drill").returncode == 0
+    assert cli(config, "revive", FLAG, "--reason", "back").returncode == 0
+    wait_for(lambda: client.get_boolean_value(FLAG, False, ctx) is True)
+    other = client.get_boolean_details("other-flag", True, ctx)
+    assert (other.value, other.reason) == (True, "DISABLED")
+    # Pause and resume still need a policy, or a stored state.
+    assert cli(config, "pause", "third-flag", "--reason", "x").returncode == 1
+    assert cli(config, "pause", FLAG, "--reason", "x").returncode == 0
 
 
 WORKER = """

@@ -360,7 +360,8 @@ def test_hostile_text_reaches_no_terminal_raw(project: Project):
         (["kill", FLAG, "--reason", "again", "--actor", actor], 0),  # already killed (reason)
         (["status", FLAG], 0),
         (["status", f"no-such-flag {TERMINAL}"], 1),
-        (["kill", f"no-such-flag {TERMINAL}", "--reason", "r"], 1),
+        (["kill", f"no-such-flag {TERMINAL}", "--reason", "r"], 0),  # no policy: said so
+        (["advance", f"no-such-flag {TERMINAL}", "--reason", "r"], 1),
         (["check"], 0),
         (["audit", "verify"], 0),
         (["report", "--format", "md"], 0),

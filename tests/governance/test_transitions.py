@@ -147,7 +147,11 @@ def test_cli_exit_codes_and_actor(project: Project):
     refused = cli(project, "advance", FLAG, "--reason", "again")
     assert refused.returncode == 1 and "soaked" in refused.stderr
     assert cli(project, "advance", FLAG).returncode == 2  # --reason is required
-    assert cli(project, "kill", "no-such-flag", "--reason", "x").returncode == 1
+    # The red button needs no policy: a flag without one is killed, and the command says what
+    # that means (pause, resume, advance and rollback still refuse it).
+    other = cli(project, "kill", "no-such-flag", "--reason", "x")
+    assert other.returncode == 0 and "no-such-flag has no policy here" in other.stderr
+    assert cli(project, "advance", "no-such-flag", "--reason", "x").returncode == 1
     killed = cli(project, "kill", FLAG, "--reason", "nulls", "--actor", "erin")
     assert killed.returncode == 0
     # stdout is the command's own output; the structured log line goes to stderr.
@@ -165,10 +169,10 @@ def test_cli_exit_codes_and_actor(project: Project):
     assert cli(project, "resume", FLAG).returncode == 2
     gov = Governance.open(load_settings(project.root / "flagwarden.yaml"))
     try:
-        actors = [r.actor for r in gov.audit.records() if r.kind == "transition"]
+        actors = [(r.actor, r.flag) for r in gov.audit.records() if r.kind == "transition"]
     finally:
         gov.close()
-    assert actors == ["dana", "erin"]
+    assert actors == [("dana", FLAG), ("ci-bot", "no-such-flag"), ("erin", FLAG)]
 
 
 def test_actor_resolution(monkeypatch):

@@ -37,9 +37,14 @@ def status(
 
     settings, governance = open_project(config)
     try:
-        if flag is not None and flag not in governance.policies and flag not in governance.broken:
+        if (
+            flag is not None
+            and flag not in governance.policies
+            and flag not in governance.broken
+            and (governance.store is None or governance.store.load(flag) is None)
+        ):
             known = ", ".join(sorted(governance.policies)) or "none"
-            raise fail(f"{flag!r} has no policy (governed flags: {known})")
+            raise fail(f"{flag!r} has no policy and no state (governed flags: {known})")
         doc = project_status(settings, governance, None if flag is None else [flag])
     except (StateStoreUnavailable, AuditError) as exc:
         raise fail(str(exc)) from None
@@ -72,6 +77,14 @@ def status(
     for broken in doc.broken_policies:
         _line("")
         state = "killed" if broken.killed else f"stage {percent(broken.stage)}"
+        if broken.missing:
+            serve = "the caller's default" if broken.killed else "the vendor's answer, ungoverned"
+            _line(
+                f"{broken.flag}: {broken.problem}; workers serve {serve} for it "
+                f"({state}{', paused' if broken.paused else ''}, version {broken.version})",
+                "red" if broken.killed else "yellow",
+            )
+            continue
         _line(
             f"{broken.flag}: its policy cannot be used ({broken.problem}); workers serve the "
             f"caller's default for it ({state}{', paused' if broken.paused else ''}, "

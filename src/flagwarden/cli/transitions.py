@@ -96,6 +96,11 @@ def _transition(
     if backlog.error is not None and not done.audit_error:
         warn(f"earlier records still wait in the outbox: {backlog.error}")
     say(describe(done))
+    if flag not in governance.policies and flag not in governance.broken and done.changed:
+        warn(
+            f"{flag} has no policy here: while it is killed, workers serve the caller's default "
+            "for it; otherwise the vendor's answer, ungoverned"
+        )
     for paused in done.cascade:
         say(f"{describe(paused)}, because {paused.after.reason}", tag="also")
     for violation in done.violations:

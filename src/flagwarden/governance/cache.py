@@ -57,6 +57,9 @@ class StateCache:
         self.reload_interval = reload_interval
         self.heartbeat_interval = heartbeat_interval
         self._states: dict[str, FlagState] = {flag: FlagState(flag) for flag in self.flags}
+        # Flags outside ``flags`` (no policy here) that the store says are killed: a kill
+        # reaches them too. Only the killed ones are kept, so memory stays bounded.
+        self._killed_elsewhere: frozenset[str] = frozenset()
         self._tickets = itertools.count(1)
         self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
         self._healthy = True
@@ -99,9 +102,28 @@ class StateCache:
 
         run_supervised("flagwarden-state-backstop", step, self.reload_interval, self._stop)
 
+    def killed_elsewhere(self, flag: str) -> bool:
+        """Whether ``flag``, one outside ``flags``, is killed in the store."""
+        return flag in self._killed_elsewhere
+
+    def _note_elsewhere(self, flag: str, killed: bool) -> None:
+        with self._lock:
+            if killed != (flag in self._killed_elsewhere):
+                self._killed_elsewhere = (
+                    self._killed_elsewhere | {flag} if killed else self._killed_elsewhere - {flag}
+                )
+
     def refresh(self, flag: str | None) -> None:
         """Reload one flag (or all) from the store; on failure keep the last known state."""
-        if self.store is None or (flag is not None and flag not in self.flags):
+        if self.store is None:
+            return
+        if flag is not None and flag not in self.flags:
+            try:
+                other = self.store.load(flag)
+            except StateStoreUnavailable as exc:
+                self._mark(False, str(exc))
+                return
+            self._note_elsewhere(flag, other is not None and other.killed)
             return
         ticket = next(self._tickets)
         try:
@@ -132,6 +154,12 @@ class StateCache:
                     self._taken[name] = ticket
             if generation or flag is None:
                 self.generation = generation
+            if flag is None:
+                self._killed_elsewhere = frozenset(
+                    name
+                    for name, state in loaded.items()
+                    if name not in self.flags and state.killed
+                )
             self._states = states  # one assignment: readers see the old dict or the new one
         try:
             self._mark(True, None)  # logs "recovered": a log that fails must not hold the plans
@@ -146,6 +174,7 @@ class StateCache:
         from an older copy, which counts lower again) waits for the read, whose answer wins
         whatever its version: a kill still arrives, a round trip later."""
         if state.flag not in self.flags:
+            self._note_elsewhere(state.flag, state.killed)
             return
         ticket = next(self._tickets)
         with self._lock:

@@ -236,6 +236,21 @@ class GovernedProvider(SourceProvider):
         self._record(flag_key, details, "default", "none", evaluation_context, state.stage)
         return details
 
+    def _killed_without_policy(
+        self,
+        flag_key: str,
+        default_value: Any,
+        evaluation_context: EvaluationContext | None,
+        label: str,
+    ) -> FlagResolutionDetails[Any]:
+        details: FlagResolutionDetails[Any] = FlagResolutionDetails(
+            value=default_value,
+            reason=Reason.DISABLED,
+            flag_metadata={SOURCE: "default", ARM: "none", CAPPED: False, KILLED: True},
+        )
+        self._record(flag_key, details, "default", "none", evaluation_context, None, label)
+        return details
+
     def _unregistered(
         self,
         flag_type: FlagType,
@@ -245,6 +260,9 @@ class GovernedProvider(SourceProvider):
     ) -> FlagResolutionDetails[Any]:
         # Counted and said under a bounded label: a flood of keys must not grow memory.
         label = flag_labels(flag_key, registered=False)
+        if self.cache.killed_elsewhere(flag_key) or flag_key in self.env_killed:
+            # A kill always wins, policy or not: with no control value, the caller's default.
+            return self._killed_without_policy(flag_key, default_value, evaluation_context, label)
         if self.unregistered == "allow":
             details = self.inner.resolve(flag_type, flag_key, default_value, evaluation_context)
             source = str(details.flag_metadata.get(SOURCE, ""))

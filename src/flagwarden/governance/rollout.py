@@ -91,10 +91,11 @@ class Rollout:
         self.audit = audit
         self.cache = cache
         # Flags whose policy file cannot be read, and why: they can still be killed, revived,
-        # paused and resumed (the red button needs no policy), not advanced or rolled back.
+        # paused and resumed (the red button needs no policy: any flag can be killed), not
+        # advanced or rolled back.
         self.broken = dict(broken or {})
         # The policies folder could not be listed: no flag can be told to be ungoverned, so
-        # kill, revive, pause and resume reach any flag.
+        # pause and resume reach any flag too.
         self.any_flag_switchable = any_flag_switchable
         self.changes = ChangeRecorder(store, audit, audit_problem=audit_problem, cache=cache)
         # Webhooks hear of every stored change (never blocks, never raises).
@@ -116,10 +117,20 @@ class Rollout:
         self.policy(flag)
         return self.store.load(flag) or FlagState(flag)
 
-    def _switchable_state(self, flag: str) -> FlagState:
-        if flag not in self.broken and not self.any_flag_switchable:
+    def _switchable_state(self, flag: str, field: str) -> FlagState:
+        """The flag's stored state, for a kill, revive, pause or resume. A kill and a revive
+        reach any flag (workers serve the caller's default for a killed flag without a
+        policy); a pause and a resume need a policy, one that cannot be read, a stored state,
+        or a policies folder that cannot be listed."""
+        state = self.store.load(flag)
+        if (
+            field != "killed"
+            and state is None
+            and flag not in self.broken
+            and not self.any_flag_switchable
+        ):
             self.policy(flag)
-        return self.store.load(flag) or FlagState(flag)
+        return state or FlagState(flag)
 
     def _unchanged(self, action: str, state: FlagState, note: str) -> Transition:
         return Transition(action, state, state, changed=False, note=note)
@@ -404,7 +415,7 @@ class Rollout:
         """
         reason = require_reason(reason)
         for attempt in range(_SWITCH_ATTEMPTS):
-            before = self._switchable_state(flag)
+            before = self._switchable_state(flag, field)
             if only_if_live and (before.stage <= 0 or before.killed):
                 return self._unchanged(action, before, f"{flag} is not live")
             if getattr(before, field) == value:

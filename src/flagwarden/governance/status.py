@@ -116,7 +116,8 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class BrokenPolicy:
-    """A flag whose policy file cannot be used: workers serve the caller's default for it."""
+    """A flag whose policy file cannot be used (or, ``missing``, that has none but a stored
+    state): workers serve the caller's default for it (without a policy: while killed)."""
 
     flag: str
     problem: str
@@ -124,6 +125,7 @@ class BrokenPolicy:
     paused: bool
     stage: float
     version: int
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,23 @@ def project_status(
         for flag in wanted
         if flag in governance.broken
         for state in [states.get(flag) or FlagState(flag)]
+    ]
+    # Flags with a stored state but no policy (its file removed, or killed by name): asked
+    # for by name, or killed (a kill reaches them).
+    broken += [
+        BrokenPolicy(
+            flag,
+            "there is no policy for it",
+            state.killed,
+            state.paused,
+            state.stage,
+            state.version,
+            missing=True,
+        )
+        for flag, state in sorted(states.items())
+        if flag not in governance.policies
+        and flag not in governance.broken
+        and (flag in wanted if flags is not None else state.killed)
     ]
     audit = governance.audit
     measurements = open_measurement_store(settings.config.state, settings.base_dir)
