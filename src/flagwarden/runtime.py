@@ -136,6 +136,7 @@ def configure(
         telemetry.provider_status(governed.inner.status.value)
         _live.add(governed)
         client = api.get_client(CLIENT_DOMAIN)
+        _recover_outbox(governance)
         _current = Runtime(
             settings,
             profile,
@@ -147,6 +148,18 @@ def configure(
             client,
         )
         return client
+
+
+def _recover_outbox(governance: Governance) -> None:
+    """At start: write the audit records a change left in the state store's outbox (its
+    process died, or the audit log failed, before they were written). Never raises."""
+    if governance.store is None or governance.audit is None:
+        return
+    done = governance.rollout().reconcile()
+    if done.written:
+        _log.info("flagwarden.outbox_recovered", records=done.written)
+    if done.error is not None:
+        _log.warning("flagwarden.outbox_pending", error=done.error)
 
 
 def _open_measurements(settings: Settings) -> MeasurementStore | None:

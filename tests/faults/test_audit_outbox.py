@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import flagwarden
 from flagwarden.audit.log import AuditLog
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
@@ -146,6 +147,42 @@ def test_an_unwritable_audit_log_does_not_turn_a_kill_into_a_failure(
         assert len(kills) == 1 and kills[0].data["reason"] == "null spike"
     finally:
         log.close()
+
+
+def test_a_pending_record_is_said_by_report_and_status_and_a_start_recovers_it(
+    project: Project,
+):
+    config = governed_project(project)
+    assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    audit_db = project.root / ".flagwarden" / "audit.db"
+    _refuse_writes(audit_db)
+    assert run_cli(config, "kill", FLAG, "--reason", "null spike").returncode == 0
+
+    # While the record cannot be written, the report does not call the log verified.
+    shown = run_cli(config, "report", "--format", "json")
+    assert shown.returncode == 1, shown.stderr  # written, and said to be incomplete
+    assert "error: the audit log is incomplete: 1 change record(s)" in shown.stderr
+    audit = json.loads(shown.stdout)["audit"]
+    assert audit["verified"] is False and audit["pending_records"] == 1
+    assert "1 change record(s) still wait in the state store's outbox" in audit["problem"]
+    assert "change records still wait in the outbox" in shown.stderr
+    md = run_cli(config, "report", "--format", "md").stdout
+    assert "- Audit chain: **INCOMPLETE**" in md
+    status = run_cli(config, "status", FLAG)
+    assert status.returncode == 0 and "change records still wait in the outbox" in status.stderr
+
+    # Writable again: a worker's start writes it, before any transition or verify.
+    _allow_writes(audit_db)
+    flagwarden.configure(config)
+    flagwarden.shutdown()
+    log = AuditLog(f"sqlite:///{audit_db}")
+    try:
+        kills = [r for r in log.records(flag=FLAG) if r.data.get("action") == "kill"]
+        assert len(kills) == 1 and kills[0].data["reason"] == "null spike"
+    finally:
+        log.close()
+    audit = json.loads(run_cli(config, "report", "--format", "json").stdout)["audit"]
+    assert audit["verified"] is True and audit["pending_records"] == 0
 
 
 def test_an_audit_log_that_cannot_be_opened_does_not_block_a_kill(project: Project, pg_url: str):

@@ -285,6 +285,12 @@ def report(
         except StateStoreUnavailable as exc:
             warn(f"guard charts without measurements: {exc}")
         public_key = public_key_from_settings(settings)  # signatures checked when configured
+        # Records a change left in the outbox (its audit write failed) go to the log first;
+        # what still cannot be written is said, and the log is then not called verified.
+        backlog = governance.rollout().reconcile()
+        pending = len(governance.store.pending_outbox())
+        if backlog.error is not None:
+            warn(f"change records still wait in the outbox: {backlog.error}")
         doc = build_report(
             governance.audit,
             governance.policies,
@@ -295,6 +301,7 @@ def report(
             measurements=measurements,
             provider=settings.provider_name,
             public_key=public_key,
+            pending=pending,
         )
     except (StateStoreUnavailable, AuditError, ConfigError) as exc:
         raise fail(str(exc)) from None
@@ -317,6 +324,8 @@ def report(
         except OSError as exc:
             raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
         say(f"{fmt} report written to {output} (digest {doc.digest[:16]})")
+    if not doc.audit.verified and doc.audit.pending_records and doc.audit.first_bad_record is None:
+        raise fail(f"the audit log is incomplete: {doc.audit.problem}")
     if not doc.audit.verified:
         raise fail(
             f"the audit chain did not verify (record {doc.audit.first_bad_record}: "

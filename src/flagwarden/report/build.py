@@ -201,7 +201,9 @@ def _before(
     return start, None
 
 
-def _audit_status(checked: Verification, unreadable: Mapping[int, UnreadableRecord]) -> AuditStatus:
+def _audit_status(
+    checked: Verification, unreadable: Mapping[int, UnreadableRecord], pending: int = 0
+) -> AuditStatus:
     """The chain's verification, and the records the report could not read: a record whose
     data is not JSON (or not of its kind's shape) was not written by flagwarden, so the log
     does not verify either."""
@@ -224,6 +226,16 @@ def _audit_status(checked: Verification, unreadable: Mapping[int, UnreadableReco
         if status.verified:
             status.verified = False
             status.first_bad_record = named[0].seq
+    if pending:
+        # Changes that took effect but whose records still wait in the state store's outbox:
+        # the log is not the whole story, so it is not called verified.
+        words = (
+            f"{pending} change record(s) still wait in the state store's outbox, not in this "
+            "log yet (the next transition, watch pass or `audit verify` writes them)"
+        )
+        status.problem = f"{status.problem}; {words}" if status.problem else words
+        status.verified = False
+        status.pending_records = pending
     return status
 
 
@@ -240,12 +252,14 @@ def build_report(
     now: datetime | None = None,
     public_key: PublicKey | None = None,
     verify: bool = True,
+    pending: int = 0,
 ) -> Report:
     """The report for ``[since, until]`` (``since`` a moment, or a duration before ``until``;
     ``until`` defaults to now), for ``flags`` (default: every governed flag). With
     ``public_key`` the log's signatures are checked too. ``verify`` False skips walking the
     whole chain (the dashboard's charts, redrawn on every change): the report then says the
-    chain was not checked."""
+    chain was not checked. ``pending``: records still waiting in the state store's outbox
+    (the audit section says so, and the log is not called verified)."""
     now = now or datetime.now(UTC)
     until = until or now
     period = Period(until - since if isinstance(since, timedelta) else since, until)
@@ -269,7 +283,7 @@ def build_report(
         for r in audit.records(period.since, until=period.until, kind=_GLOBAL_KINDS):
             reading.add_global(r)
     before = {flag: _before(audit, flag, period.since, reading) for flag in selected}
-    status = _audit_status(checked, reading.unreadable)
+    status = _audit_status(checked, reading.unreadable, pending)
 
     flag_reports = []
     to_remove = []

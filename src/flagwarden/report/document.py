@@ -102,6 +102,7 @@ class AuditStatus:
     signed: bool = False  # records carry Ed25519 signatures
     # verified | not checked (no public key) | failed: ... | unsigned
     signatures: str = "unsigned"
+    pending_records: int = 0  # change records still waiting in the state store's outbox
 
 
 @dataclass

@@ -39,12 +39,18 @@ _SIGNATURES = {
 
 def _header(r: Report) -> list[str]:
     a = r.audit
-    chain = (
-        f"**verified** ({count(a.records_checked)} records, head `{a.chain_head[:16]}`)"
-        if a.verified
-        else f"**BROKEN at record {a.first_bad_record}**: {e(a.problem)}. Everything below "
-        "rests on a log that may be incomplete or altered."
-    )
+    if a.verified:
+        chain = f"**verified** ({count(a.records_checked)} records, head `{a.chain_head[:16]}`)"
+    elif a.pending_records and a.first_bad_record is None:
+        chain = (
+            f"**INCOMPLETE** ({count(a.records_checked)} records verify): {e(a.problem)}. "
+            "Everything below may miss those changes."
+        )
+    else:
+        chain = (
+            f"**BROKEN at record {a.first_bad_record}**: {e(a.problem)}. Everything below "
+            "rests on a log that may be incomplete or altered."
+        )
     flags = (
         "every governed flag"
         if r.selected_flags is None
