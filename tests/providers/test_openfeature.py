@@ -10,14 +10,22 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.exception import ErrorCode
-from openfeature.provider import ProviderStatus
+from openfeature.event import ProviderEvent, ProviderEventDetails
+from openfeature.exception import (
+    ErrorCode,
+    FlagNotFoundError,
+    GeneralError,
+    TypeMismatchError,
+)
+from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
+from openfeature.provider import AbstractProvider, Metadata, ProviderStatus
 
 import flagwarden
 from flagwarden.errors import ConfigError
@@ -785,3 +793,302 @@ def test_a_bad_openfeature_profile_never_blocks_a_kill(project: Project):
     checked = run_cli(config, "check")
     assert checked.returncode == 1 and "cannot import 'nowhere_mod'" in checked.stderr
     assert secret not in killed.stdout + killed.stderr + checked.stdout + checked.stderr
+
+
+class Staling(AbstractProvider):
+    """A provider whose service can fall behind, as a streaming SDK whose connection drops: it
+    says PROVIDER_STALE (its definitions may be old) and goes on answering from what it holds,
+    then PROVIDER_READY when it has caught up. It answers FLAGS' flags: the flag on, batch-size
+    500, and a color that depends on the targeting key."""
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="staling")
+
+    def _answer(self, flag_key: str, wanted: type, value: Any) -> FlagResolutionDetails[Any]:
+        if not isinstance(value, wanted):
+            raise TypeMismatchError(f"{flag_key} is not a {wanted.__name__}")
+        return FlagResolutionDetails(value=value, variant=str(value), reason=Reason.STATIC)
+
+    def _value(self, flag_key: str, context: EvaluationContext | None) -> Any:
+        if flag_key == FLAG:
+            return True
+        if flag_key == "batch-size":
+            return 500
+        if flag_key == "color":
+            key = (context.targeting_key if context is not None else None) or ""
+            return ("red", "blue", "green")[len(key) % 3]
+        raise FlagNotFoundError(f"no flag {flag_key}")
+
+    def resolve_boolean_details(
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[bool]:
+        return self._answer(flag_key, bool, self._value(flag_key, evaluation_context))
+
+    def resolve_string_details(
+        self,
+        flag_key: str,
+        default_value: str,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[str]:
+        return self._answer(flag_key, str, self._value(flag_key, evaluation_context))
+
+    def resolve_integer_details(
+        self,
+        flag_key: str,
+        default_value: int,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[int]:
+        value = self._value(flag_key, evaluation_context)
+        return self._answer(flag_key, int, None if isinstance(value, bool) else value)
+
+    def resolve_float_details(
+        self,
+        flag_key: str,
+        default_value: float,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[float]:
+        return self._answer(flag_key, float, self._value(flag_key, evaluation_context))
+
+    def resolve_object_details(
+        self,
+        flag_key: str,
+        default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[Sequence[FlagValueType] | Mapping[str, FlagValueType]]:
+        return self._answer(flag_key, dict, self._value(flag_key, evaluation_context))
+
+
+class StaleThenUnreachable(Staling):
+    """As flagd's RPC resolver in its retry grace period: it says PROVIDER_STALE when its
+    connection drops, and its evaluations (remote calls) fail until it is back."""
+
+    down = False
+
+    def _value(self, flag_key: str, context: EvaluationContext | None) -> Any:
+        if self.down:
+            raise GeneralError("connection refused")
+        return super()._value(flag_key, context)
+
+    def connection_lost(self) -> None:
+        self.down = True
+        self.emit(ProviderEvent.PROVIDER_STALE, ProviderEventDetails(message="stream lost"))
+
+
+def test_a_stale_provider_that_cannot_answer_is_answered_from_its_last_answers(
+    project: Project,
+):
+    governed(project)
+    project.profile("stale", {"type": "openfeature", "class": f"{__name__}:StaleThenUnreachable"})
+    client = flagwarden.configure(project.config("stale"))
+    runtime = flagwarden.current()
+    assert runtime is not None
+    before = answers(client)
+    assert before["errors"] == [] and before["sources"] == {"vendor"}
+    runtime.provider.vendor.provider.connection_lost()
+    wait_for(lambda: runtime.provider.outage is not None, timeout=5)
+    assert runtime.provider.vendor.status is ProviderStatus.STALE
+    during = answers(client)
+    # Not the caller's default with GENERAL: the answer cache's (the keys were seen before).
+    assert during["errors"] == [] and during["sources"] == {"snapshot"}
+    for column in ("flag", "color", "size"):
+        assert during[column] == before[column], column
+
+
+def _gauge(name: str, labels: dict[str, str]) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_a_stale_openfeature_provider_opens_and_closes_an_outage_window(project: Project):
+    """PROVIDER_STALE from the provider (said from its own thread, while a pipeline evaluates)
+    opens an outage window answered from the provider's own memory (source ``vendor``, no
+    evaluation fails, no answer changes); PROVIDER_READY closes it. The window reaches the
+    outage events, the audit log, the status and the provider's gauges."""
+    from flagwarden.governance.status import provider_status
+
+    governed(project)
+    project.profile("staling", {"type": "openfeature", "class": f"{__name__}:Staling"})
+    client = flagwarden.configure(project.config("staling"))
+    stage(25)
+    runtime = flagwarden.current()
+    assert runtime is not None
+    events: list[Any] = []
+    runtime.events.subscribe(events.append)
+    chain, vendor = runtime.provider, runtime.provider.vendor
+    inner = vendor.provider
+    assert type(inner).__name__ == "Staling" and isinstance(inner, AbstractProvider)
+    assert vendor.status is ProviderStatus.READY and chain.outage is None
+    before = answers(client)
+    assert before["errors"] == [] and before["sources"] == {"vendor"}
+    assert set(before["color"]) == {"red", "blue", "green"}
+
+    failures: list[Any] = []
+    changed: list[str] = []
+    sources: set[str] = set()
+    evaluated = [0]
+    stop = threading.Event()
+
+    def pipeline() -> None:
+        i = 0
+        while not stop.is_set():
+            n = i % len(KEYS)
+            color = client.get_string_details("color", "none", EvaluationContext(KEYS[n]))
+            if color.error_code is not None:
+                failures.append((color.error_code, color.error_message))
+            if color.value != before["color"][n]:
+                changed.append(KEYS[n])
+            sources.add(color.flag_metadata["flagwarden.source"])
+            evaluated[0] += 1
+            i += 1
+
+    def provider_says(event: ProviderEvent, message: str) -> None:
+        said = threading.Thread(
+            target=inner.emit, args=(event, ProviderEventDetails(message=message))
+        )
+        said.start()
+        said.join()
+
+    cause = "stream interrupted: serving cached definitions"
+    worker = threading.Thread(target=pipeline)
+    worker.start()
+    try:
+        wait_for(lambda: evaluated[0] > 50)
+        provider_says(ProviderEvent.PROVIDER_STALE, cause)
+        wait_for(lambda: chain.outage is not None, timeout=5)
+        assert vendor.status is ProviderStatus.STALE and vendor.status_message == cause
+        assert chain.status is ProviderStatus.STALE
+        assert client.get_provider_status() is ProviderStatus.STALE
+        gauge = {"feature_flag_provider_name": "staling"}
+        assert _gauge("flagwarden_provider_state", {**gauge, "state": "STALE"}) == 1
+        assert _gauge("flagwarden_fallback_active", gauge) == 1
+        during = answers(client)
+        seen = evaluated[0]
+        wait_for(lambda: evaluated[0] > seen + 50)  # the pipeline went on inside the window
+        provider_says(ProviderEvent.PROVIDER_READY, "caught up")
+        wait_for(lambda: chain.outage is None, timeout=5)
+        assert vendor.status is ProviderStatus.READY and chain.status is ProviderStatus.READY
+        assert client.get_provider_status() is ProviderStatus.READY
+        assert _gauge("flagwarden_provider_state", {**gauge, "state": "READY"}) == 1
+        assert _gauge("flagwarden_fallback_active", gauge) == 0
+        seen = evaluated[0]
+        wait_for(lambda: evaluated[0] > seen + 50)
+    finally:
+        stop.set()
+        worker.join()
+
+    assert failures == [] and changed == [] and sources == {"vendor"}
+    assert during["errors"] == [] and during["sources"] == {"vendor"}
+    for column in ("flag", "color", "size", "assigned"):
+        assert during[column] == before[column], column
+    (window,) = chain.outages
+    assert window.cause == cause and window.started_at < window.ended_at
+    # Every answer in the window came from the provider's memory: three flags per key and
+    # assign's batch, and the pipeline's.
+    assert set(window.served) == {"vendor"} and window.served["vendor"] > 4 * len(KEYS) + 50
+    started = [e for e in events if e.name == "flagwarden.outage_started"]
+    ended = [e for e in events if e.name == "flagwarden.outage"]
+    assert len(started) == 1 and len(ended) == 1
+    assert started[0].fields["cause"] == cause
+    assert started[0].fields["fallback"] == "vendor_cache"
+    assert ended[0].fields["ended_by"] == "vendor_ready" and ended[0].fields["ended_at"]
+    statuses = [e.fields["status"] for e in events if e.name == "flagwarden.provider_status"]
+    assert statuses == ["STALE", "READY"]
+    audited = wait_for(
+        lambda: [r for r in runtime.governance.audit.records() if r.kind == "outage"]
+    )
+    assert len(audited) == 1
+    assert audited[0].data["cause"] == cause and audited[0].data["ended_at"]
+    assert audited[0].data["started_at"] == ended[0].fields["started_at"]
+    assert set(audited[0].data["served"]) == {"vendor"}
+    last = provider_status("staling", runtime.governance.audit, None).last_outage
+    assert last is not None and last["cause"] == cause and last["ended_at"]
+
+
+def _evaluations(flag: str, provider: str, source: str) -> float:
+    """``feature_flag_evaluations_total`` for the flag, provider name and source (a collection
+    of the default registry folds what the recorders counted first)."""
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name != "feature_flag_evaluations":
+            continue
+        for sample in metric.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_total")
+                and labels["feature_flag_key"] == flag
+                and labels["feature_flag_provider_name"] == provider
+                and labels["flagwarden_source"] == source
+            ):
+                total += sample.value
+    return total
+
+
+def test_env_overrides_beat_an_openfeature_provider_and_are_counted(
+    project: Project, ofrep: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """``FLAGWARDEN_FLAG_<KEY>`` (the key upper-cased, ``-`` as ``_``) wins over an OFREP
+    provider for a governed flag and for flags without a policy: the provider is not even
+    asked. Every answer, the provider's and the environment's, is counted in the exposure
+    summary and in ``feature_flag_evaluations_total`` under the profile's name."""
+    from tests.conftest import counted
+
+    governed(project)
+    name = "ofrep-env"  # the profile's name, not its type, names the provider
+    project.profile(
+        name, {"type": "openfeature", "class": OFREP, "options": {"base_url": ofrep.url}}
+    )
+    client = flagwarden.configure(project.config(name))
+    stage(100)
+    keys = KEYS[:40]
+
+    def evaluate() -> list[tuple[Any, ...]]:
+        got = []
+        for key in keys:
+            context = EvaluationContext(key)
+            for details in (
+                client.get_boolean_details(FLAG, False, context),
+                client.get_string_details("color", "none", context),
+                client.get_integer_details("batch-size", 0, context),
+            ):
+                got.append((details.value, details.flag_metadata["flagwarden.source"]))
+                assert details.error_code is None, details
+        return got
+
+    found: dict[str, Any] = {}
+    vendor_before = _evaluations(FLAG, name, "vendor")
+    summary, _ = counted(lambda: found.update(vendor=evaluate()))
+    assert {source for _, source in found["vendor"]} == {"vendor"}
+    assert {value for value, _ in found["vendor"][0::3]} == {True}
+    assert {value for value, _ in found["vendor"][2::3]} == {500}
+    assert summary[(FLAG, "on", "STATIC", "vendor", "treatment", False)] == len(keys)
+    assert _evaluations(FLAG, name, "vendor") - vendor_before == len(keys)
+    assert len(ofrep.requests) == 3 * len(keys)
+
+    monkeypatch.setenv("FLAGWARDEN_FLAG_NEW_SCORING_MODEL", "off")
+    monkeypatch.setenv("FLAGWARDEN_FLAG_COLOR", "purple")
+    monkeypatch.setenv("FLAGWARDEN_FLAG_BATCH_SIZE", "7")
+    ofrep.clear_requests()
+    env_before = _evaluations(FLAG, name, "env")
+    color_before = _evaluations("color", name, "env")
+
+    def overridden() -> None:
+        found["env"] = evaluate()
+        found["assigned"] = flagwarden.assign(FLAG, KEYS, True)
+
+    summary, _ = counted(overridden)
+    assert found["env"] == [(False, "env"), ("purple", "env"), (7, "env")] * len(keys)
+    assert found["assigned"] == [False] * len(KEYS)
+    assert ofrep.requests == []  # the provider was never asked
+    env_counts = {k: n for k, n in summary.items() if k[0] == FLAG}
+    assert set(env_counts) == {(FLAG, "false", "STATIC", "env", "control", False)}
+    assert sum(env_counts.values()) == len(keys) + len(KEYS)  # evaluations, and assign's records
+    assert summary[("color", "", "STATIC", "env", "", False)] == len(keys)
+    assert _evaluations(FLAG, name, "env") - env_before == len(keys) + len(KEYS)
+    assert _evaluations("color", name, "env") - color_before == len(keys)
+    assert _evaluations(FLAG, "openfeature", "env") == 0

@@ -315,8 +315,12 @@ class FailoverProvider(SourceProvider):
                 key = flag_key if self._vendor_key.identity else self._vendor_key(flag_key)
                 details = vendor.resolve(flag_type, key, default_value, evaluation_context)
                 source = vendor.source
-                if details.error_code is not None and not vendor.has_data:
-                    # The vendor went out on this very call: the last-known-good answers it.
+                if details.error_code is not None and (
+                    not vendor.has_data or vendor.status is ProviderStatus.STALE
+                ):
+                    # The vendor went out on this very call, or says it is stale and cannot
+                    # answer (flagd's resolver, until its grace period ends): the last-known-
+                    # good answers it.
                     replay = self._snapshot or vendor.last_known_replay()
                     if replay is not None:
                         details = replay.resolve(flag_type, key, default_value, evaluation_context)
