@@ -5,8 +5,9 @@ audit records, :mod:`flagwarden.report.series` the measurements behind the guard
 :mod:`flagwarden.report.verdict` judges each flag; the renderers only render the result.
 
 The audit log is read in bounded memory: the period's records are streamed once and folded
-(exposure summaries into tallies, outages and pipeline runs into rows); only each covered
-flag's transitions, guard decisions and violations are kept, because the document lists them.
+(exposure summaries into tallies, guard records into one decision per guard and tick,
+violation windows into one event per kind and detail, outages and pipeline runs into rows);
+only each covered flag's transitions are kept as records, because the document lists them.
 What came before the period is read backwards per flag, by index, only as far as the last
 stage change.
 """
@@ -57,7 +58,9 @@ _MOST_NAMED = 10  # unreadable records named in the audit problem
 def _flag(
     policy: Policy,
     state: FlagState,
-    history: list[AuditRecord],
+    transitions: list[AuditRecord],
+    decided: read.DecisionTally,
+    violated: read.ViolationTally,
     before: tuple[StageState | None, datetime | None],
     exposures: Exposures,
     period: Period,
@@ -65,11 +68,10 @@ def _flag(
     audit: AuditStatus,
     now: datetime,
 ) -> FlagReport:
-    transitions = [r for r in history if r.kind == "transition"]
     changes = read.changes(transitions)
     start, entered = before
-    decisions = read.decisions(history)
-    counts, events = read.violations(changes, history)
+    decisions = decided.result()
+    counts, events = read.violations(changes, violated)
     timeline = [
         TimelinePoint(c.at, c.action, c.after.stage, c.after.killed, c.after.paused, c.actor)
         for c in changes
@@ -126,7 +128,11 @@ class _Reading:
     def __init__(self, selected: Sequence[str], *, every_flag: bool) -> None:
         self.selected = frozenset(selected)
         self.every_flag = every_flag  # no --flag: unregistered flags and their runs too
-        self.history: dict[str, list[AuditRecord]] = defaultdict(list)
+        self.transitions: dict[str, list[AuditRecord]] = defaultdict(list)
+        self.decisions: dict[str, read.DecisionTally] = {f: read.DecisionTally() for f in selected}
+        self.violations: dict[str, read.ViolationTally] = {
+            f: read.ViolationTally() for f in selected
+        }
         self.exposures: dict[str, read.ExposureTally] = {f: read.ExposureTally() for f in selected}
         self.outages: list[Outage] = []
         self.runs: dict[int, PipelineRun] = {}  # by seq
@@ -153,8 +159,15 @@ class _Reading:
             self.unreadable[r.seq] = UnreadableRecord(r.seq, r.kind, r.flag, problem)
 
     def add_history(self, r: AuditRecord) -> None:
-        if r.flag in self.selected and r.kind in _HISTORY_KINDS and self.readable(r):
-            self.history[r.flag].append(r)
+        if r.flag not in self.selected or r.kind not in _HISTORY_KINDS or not self.readable(r):
+            return
+        assert r.flag is not None
+        if r.kind == "violation":
+            self.violations[r.flag].add(r)
+            return
+        if r.kind == "transition":
+            self.transitions[r.flag].append(r)
+        self.decisions[r.flag].add(r)  # guard records, and transitions that carry guards
 
     def add_global(self, r: AuditRecord) -> None:
         if r.kind not in (*_GLOBAL_KINDS, "violation") or not self.readable(r):
@@ -294,7 +307,9 @@ def build_report(
             _flag(
                 policy,
                 state,
-                reading.history.pop(flag, []),  # released once its section is built
+                reading.transitions.pop(flag, []),  # released once its section is built
+                reading.decisions.pop(flag),
+                reading.violations.pop(flag),
                 before[flag],
                 reading.exposures[flag].result(),
                 period,

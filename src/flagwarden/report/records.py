@@ -40,7 +40,9 @@ __all__ = [
     "NOT_A_VIOLATION",
     "TRANSITION_KINDS",
     "WATCH_ACTOR",
+    "DecisionTally",
     "ExposureTally",
+    "ViolationTally",
     "changes",
     "decisions",
     "exposures",
@@ -190,14 +192,19 @@ def soak(
     return rows
 
 
-def decisions(history: list[AuditRecord]) -> list[GuardDecision]:
-    """One row per guard per watch tick, whichever records carry it."""
-    found: dict[tuple[Any, ...], GuardDecision] = {}
-    for r in history:
+class DecisionTally:
+    """Guard decisions, folded as their records stream past: one row per guard per watch
+    tick, whichever records carry it (the records themselves are not kept)."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[Any, ...], GuardDecision] = {}
+
+    def add(self, r: AuditRecord) -> None:
         if r.kind not in ("guard", "transition") or not r.data.get("guards"):
-            continue
+            return
         tick = r.data.get("tick")
         failures = r.data.get("failures") or {}
+        found = self._found
         for g in r.data["guards"]:
             name = str(g.get("guard", ""))
             key: tuple[Any, ...] = (
@@ -226,13 +233,67 @@ def decisions(history: list[AuditRecord]) -> list[GuardDecision]:
                 failures=failures.get(name) if name in failures else None,
                 outcome=outcome,
             )
-    return list(found.values())
+
+    def result(self) -> list[GuardDecision]:
+        return list(self._found.values())
+
+
+def decisions(history: Iterable[AuditRecord]) -> list[GuardDecision]:
+    """One row per guard per watch tick, whichever records carry it."""
+    tally = DecisionTally()
+    for r in history:
+        tally.add(r)
+    return tally.result()
+
+
+class ViolationTally:
+    """A flag's ``violation`` records, folded as they stream past: the counts per kind, and
+    one event per kind, detail and actor spanning every window that reported it (the
+    aggregator writes one record per window: a busy week is tens of thousands of them, and
+    the document names each kind's detail, not each window)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._events: dict[tuple[str, str, str | None], ViolationEvent] = {}
+
+    def add(self, r: AuditRecord) -> None:
+        if r.kind != "violation":
+            return
+        note = violation(r.data)
+        if note.kind in NOT_A_VIOLATION or note.kind in TRANSITION_KINDS:
+            return  # capping is the mechanism; forced transitions are counted with changes
+        n = int(r.data.get("count", 1) or 1)
+        self.counts[note.kind] += n
+        since = parse_time(r.data.get("since")) or r.at
+        until = parse_time(r.data.get("until"))
+        key = (note.kind, note.detail, r.actor)
+        event = self._events.get(key)
+        if event is None:
+            self._events[key] = ViolationEvent(
+                since, note.kind, note.detail, n, r.actor, until=until
+            )
+            return
+        event.count += n
+        event.at = min(event.at, since)
+        ends = [t for t in (event.until, until, since) if t is not None]
+        event.until = max(ends) if ends else None
+
+    def events(self) -> list[ViolationEvent]:
+        return list(self._events.values())
 
 
 def violations(
-    changes: list[Change], records: list[AuditRecord]
+    changes: list[Change], records: Iterable[AuditRecord] | ViolationTally
 ) -> tuple[dict[str, int], list[ViolationEvent]]:
-    counts: Counter[str] = Counter()
+    """The counts per kind and the events: each forced transition, and the aggregated
+    windows (see :class:`ViolationTally`), in time order."""
+    if isinstance(records, ViolationTally):
+        tally = records
+    else:
+        tally = ViolationTally()
+        for r in records:
+            tally.add(r)
+    counts: Counter[str] = Counter(tally.counts)
     events: list[ViolationEvent] = []
     for change in changes:
         for v in change.violations:
@@ -250,24 +311,8 @@ def violations(
                     change.after.stage,
                 )
             )
-    for r in records:
-        if r.kind != "violation":
-            continue
-        note = violation(r.data)
-        if note.kind in NOT_A_VIOLATION or note.kind in TRANSITION_KINDS:
-            continue  # capping is the mechanism; forced transitions are counted above
-        n = int(r.data.get("count", 1) or 1)
-        counts[note.kind] += n
-        events.append(
-            ViolationEvent(
-                parse_time(r.data.get("since")) or r.at,
-                note.kind,
-                note.detail,
-                n,
-                r.actor,
-                until=parse_time(r.data.get("until")),
-            )
-        )
+    events += tally.events()
+    events.sort(key=lambda e: e.at)
     return dict(sorted(counts.items())), events
 
 
