@@ -30,6 +30,7 @@ from flagwarden.providers.failover import FailoverProvider
 from flagwarden.providers.registry import build_vendor, replay_for
 from flagwarden.providers.shadow import ShadowComparator
 from flagwarden.providers.snapshot import open_snapshot_store
+from flagwarden.telemetry.cardinality import flag_labels
 from flagwarden.telemetry.logging import configure_logging
 from flagwarden.telemetry.metrics import METRIC_VALUE
 from flagwarden.telemetry.stdlib_logs import register_secrets
@@ -201,8 +202,10 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
             problem=f"count must be a whole number of observations, at least 1, got {count!r}",
         )
         return
-    METRIC_VALUE.labels(flag_key, name, variant).set(value)
     runtime = _current
+    # A flag without a policy is labelled as every metric labels it: bounded in number.
+    registered = runtime is not None and flag_key in runtime.governed.policies
+    METRIC_VALUE.labels(flag_labels(flag_key, registered=registered), name, variant).set(value)
     if runtime is None or runtime.measurements is None:
         _log.warning(
             "flagwarden.record_metric_not_stored",

@@ -358,6 +358,9 @@ for i in range(5000):
     client.get_boolean_value(f"adhoc-{i}", False, EvaluationContext(f"k{i % 7}"))
 for i in range(30):
     client.get_boolean_value("new-scoring-model", False, EvaluationContext(f"unit-{i}"))
+for i in range(200):
+    flagwarden.record_metric(f"adhoc-{i}", "null_rate", 0.1, variant="treatment")
+flagwarden.record_metric("new-scoring-model", "null_rate", 0.01, variant="treatment")
 runtime = flagwarden.current()
 # A scrape folds the counts taken in memory into the metrics (and the summary) first.
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").read().decode()
@@ -405,6 +408,14 @@ def test_unregistered_flags_beyond_the_limit_share_one_label(project: Project):
     assert counts["__unregistered__"] == 4950
     assert counts["new-scoring-model"] == 30  # a governed flag keeps its own label
     assert out["sizes"]["children"] <= 52 and out["sizes"]["summary"] <= 60
+    # record_metric's gauge is bounded the same way.
+    quality = {
+        line.split('feature_flag_key="', 1)[1].split('"', 1)[0]
+        for line in out["metrics"].splitlines()
+        if line.startswith("flagwarden_data_quality{")
+    }
+    assert "new-scoring-model" in quality and "__unregistered__" in quality
+    assert len(quality) <= 52
 
     from flagwarden.audit.log import AuditLog
 
@@ -426,3 +437,38 @@ def test_max_unregistered_flags_is_validated(project: Project):
     config = project.config("file", telemetry={"max_unregistered_flags": -1})
     with pytest.raises(ConfigError, match="max_unregistered_flags"):
         load_settings(config)
+
+
+# -- the state store's change watchers -----------------------------------------------------
+
+
+def test_a_state_watcher_whose_callback_fails_keeps_watching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from flagwarden.governance import sql_store
+    from flagwarden.governance.state import FlagState, open_state_store
+
+    logs = recorder(monkeypatch, sql_store)
+    url = f"sqlite:///{tmp_path}/state.db"
+    watched, writer = open_state_store(url), open_state_store(url)
+    calls: list[str | None] = []
+
+    def callback(flag: str | None) -> None:
+        calls.append(flag)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the callback")
+
+    try:
+        watched.watch(callback)
+        time.sleep(0.3)  # the first poll only takes the fingerprint
+        assert writer.compare_and_set(FlagState("f").changed(actor="t", reason="a", stage=1))
+        wait_for(lambda: len(calls) == 1)
+        (failed,) = logs.named("flagwarden.state_watch_failed")
+        assert "RuntimeError: a bug in the callback" in failed["error"]
+        state = writer.load("f")
+        assert state is not None
+        assert writer.compare_and_set(state.changed(actor="t", reason="b", killed=True))
+        wait_for(lambda: len(calls) == 2)  # the poll went on
+    finally:
+        watched.close()
+        writer.close()

@@ -375,3 +375,11 @@ def test_check_never_echoes_a_secret_in_a_wrong_field(project: Project):
     assert "misspelt.yaml: sdk_kye: is not a known field" in said
     assert "wrongtype.yaml: sdk_key: input should be a valid string" in said
     assert "leaky.yaml: soak: expected a duration like 30s" in said
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "1e300", "0"])
+def test_watch_refuses_an_unbounded_interval(project: Project, interval: str):
+    config = governed_project(project)
+    done = cli(config, "watch", "--interval", interval)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--interval" in done.stderr and "a flagwarden bug" not in done.stderr

@@ -19,7 +19,9 @@ ACTED = 3  # the exit code of a pass that rolled back or paused
 def watch(
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit (for cron)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="decisions as JSON (--once)")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between passes", min=0.1)] = 30.0,
+    interval: Annotated[
+        float, typer.Option(help="seconds between passes (0.1 to 86400)", min=0.1, max=86400)
+    ] = 30.0,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate guards; roll back or pause on breach, advance when healthy (auto_advance)."""

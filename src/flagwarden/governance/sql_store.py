@@ -33,7 +33,7 @@ from flagwarden.governance.state import (
     parse_states,
 )
 from flagwarden.logs import get_logger
-from flagwarden.storage import create_tables, store_failure
+from flagwarden.storage import create_tables, redact_url, store_failure
 
 __all__ = ["PostgresStateStore", "SQLiteStateStore"]
 
@@ -324,8 +324,16 @@ class SQLiteStateStore(_SQLStateStore):
                         on_error(store_failure(self.url, exc))
                     conn, first = None, False  # and wait a poll interval before trying again
                     continue
-                if states != before and not first:
-                    callback(None)
+                try:
+                    if states != before and not first:
+                        callback(None)
+                except Exception as exc:
+                    # The callback's own failure (a bug): said, and the poll goes on.
+                    _log.error(
+                        "flagwarden.state_watch_failed",
+                        store=redact_url(self.url),
+                        error=f"{type(exc).__name__}: {exc}"[:500],
+                    )
                 first = False
             if conn is not None:
                 conn.close()

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from flagwarden.errors import FlagwardenError
 from flagwarden.logs import get_logger
-from flagwarden.storage import redact_url, store_failure
+from flagwarden.storage import redact_text, redact_url, store_failure
 
 __all__ = [
     "FlagState",
@@ -309,6 +309,18 @@ def keep_listening(
                 )
                 if time.monotonic() - began > 10:
                     backoff = 0.1  # it had been working: retry quickly
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                # Not the driver's: a bug of ours or of a library. Said, and listened again
+                # (the cache's periodic reload covers the gap): never a thread that dies.
+                if stop.is_set():
+                    return
+                _log.error(
+                    "flagwarden.state_watch_failed",
+                    store=redact_url(url),
+                    error=redact_text(f"{type(exc).__name__}: {exc}")[:500],
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
