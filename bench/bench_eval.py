@@ -47,11 +47,17 @@ for name in ("ldclient", "splitio", "launchdarkly-openfeature-server"):
 
 
 def per_eval_ns(client: Any, contexts: list[EvaluationContext]) -> float:
+    return timed(client, contexts)[0]
+
+
+def timed(client: Any, contexts: list[EvaluationContext]) -> tuple[float, int]:
+    """ns per evaluation, and how many answers were True (what the row compares)."""
     get = client.get_boolean_value
+    on = 0
     start = time.perf_counter_ns()
     for ctx in contexts:
-        get(FLAG, False, ctx)
-    return (time.perf_counter_ns() - start) / len(contexts)
+        on += get(FLAG, False, ctx)
+    return (time.perf_counter_ns() - start) / len(contexts), on
 
 
 def write_project(root: Path, provider: str, profile: dict[str, Any]) -> Path:
@@ -100,12 +106,16 @@ def alternate(
         api.set_provider_and_wait(bare())
         client = api.get_client()
         per_eval_ns(client, contexts[:1000])  # warm up
-        bare_times.append(per_eval_ns(client, contexts))
+        ns, bare_on = timed(client, contexts)
+        bare_times.append(ns)
         api.clear_providers()
         measured = subject()
         per_eval_ns(measured, contexts[:1000])
-        subject_times.append(per_eval_ns(measured, contexts))
+        ns, subject_on = timed(measured, contexts)
+        subject_times.append(ns)
         close()
+        # The row measures the provider's answers, the same on both sides (not defaults).
+        assert bare_on == subject_on > 0, (bare_on, subject_on)
     return statistics.median(bare_times), statistics.median(subject_times)
 
 
