@@ -191,7 +191,11 @@ def _audit(governance: "Governance", kind: str, data: dict[str, Any], actor: str
 
 def describe_request(r: "ChangeRequest") -> str:
     approved = f"; approved by {', '.join(r.approved_by)}" if r.approvals else ""
-    decided = f"; {r.status} by {r.decided_by}: {r.decision_reason}" if r.decided_by else ""
+    why = f": {r.decision_reason}" if r.decision_reason else ""
+    if r.status == "approved" and r.decided_by in r.approved_by:
+        decided = why  # "approved by bob" is said above
+    else:
+        decided = f"; {r.status} by {r.decided_by}{why}" if r.decided_by else ""
     return (
         f"{r.id} [{r.status}] {r.flag} {percent(r.from_stage)} -> {percent(r.to_stage)}, "
         f"asked by {r.requested_by} at {r.requested_at} ({r.reason}), expires {r.expires_at}, "
