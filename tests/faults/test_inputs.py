@@ -117,9 +117,10 @@ def test_a_flag_whose_policy_is_gone_can_be_killed_and_workers_obey(project: Pro
     wait_for(lambda: client.get_boolean_value(FLAG, False, ctx) is True)
     other = client.get_boolean_details("other-flag", True, ctx)
     assert (other.value, other.reason) == (True, "DISABLED")
-    # Pause and resume still need a policy, or a stored state.
+    # Pause and resume still need a policy: without one, a pause means nothing to workers.
     assert cli(config, "pause", "third-flag", "--reason", "x").returncode == 1
-    assert cli(config, "pause", FLAG, "--reason", "x").returncode == 0
+    assert cli(config, "pause", FLAG, "--reason", "x").returncode == 1
+    assert cli(config, "kill", " ", "--reason", "x").returncode == 1  # a blank key
 
 
 WORKER = """
@@ -383,3 +384,55 @@ def test_watch_refuses_an_unbounded_interval(project: Project, interval: str):
     done = cli(config, "watch", "--interval", interval)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--interval" in done.stderr and "a flagwarden bug" not in done.stderr
+
+
+def test_an_unreadable_state_row_is_a_watch_error_not_a_flag_at_zero(project: Project):
+    import sqlite3
+
+    guard = {"name": "null-rate", "metric": "null_rate", "max": 0.02, "min_samples": 10}
+    config = governed_project(project, policy={"guards": [guard]})
+    assert cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    with sqlite3.connect(project.root / ".flagwarden" / "state.db") as conn:
+        conn.execute("UPDATE flagwarden_state SET data = 'not json' WHERE flag = ?", (FLAG,))
+    done = cli(config, "watch", "--once", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (decision,) = [d for d in json.loads(done.stdout) if d["flag"] == FLAG]
+    assert decision["action"] == "error" and "stored state cannot be read" in decision["detail"]
+    assert "a flagwarden bug" not in done.stderr
+
+
+def test_a_full_reload_that_began_before_a_kill_does_not_undo_it(tmp_path: Path):
+    """A flag without a policy killed while a full reload is reading: the notification's read
+    (later) wins over the reload's answer (earlier), as for a governed flag."""
+    from flagwarden.governance.cache import StateCache
+    from flagwarden.governance.state import FlagState, open_state_store
+
+    url = f"sqlite:///{tmp_path}/state.db"
+    store, writer = open_state_store(url), open_state_store(url)
+    cache = StateCache(store, ["governed"])
+    cache.refresh(None)
+    real_load_all = store.load_all
+
+    def slow_load_all() -> dict[str, FlagState]:
+        read = real_load_all()  # the reload's read: "orphan" not killed yet
+        assert writer.compare_and_set(
+            FlagState("orphan").changed(actor="t", reason="k", killed=True)
+        )
+        cache.refresh("orphan")  # the kill's notification, read and noted meanwhile
+        return read
+
+    try:
+        store.load_all = slow_load_all  # type: ignore[method-assign]
+        cache.refresh(None)
+        assert cache.killed_elsewhere("orphan")
+        store.load_all = real_load_all  # type: ignore[method-assign]
+        cache.refresh(None)
+        assert cache.killed_elsewhere("orphan")
+        state = writer.load("orphan")
+        assert state is not None
+        assert writer.compare_and_set(state.changed(actor="t", reason="r", killed=False))
+        cache.refresh(None)
+        assert not cache.killed_elsewhere("orphan")
+    finally:
+        store.close()
+        writer.close()

@@ -84,7 +84,11 @@ def status(
         _line("")
         state = "killed" if broken.killed else f"stage {percent(broken.stage)}"
         if broken.missing:
-            serve = "the caller's default" if broken.killed else "the vendor's answer, ungoverned"
+            serve = (
+                "the caller's default"
+                if broken.killed
+                else "what `unregistered:` says for a flag without a policy"
+            )
             _line(
                 f"{broken.flag}: {broken.problem}; workers serve {serve} for it "
                 f"({state}{', paused' if broken.paused else ''}, version {broken.version})",

@@ -99,7 +99,7 @@ def _transition(
     if flag not in governance.policies and flag not in governance.broken and done.changed:
         warn(
             f"{flag} has no policy here: while it is killed, workers serve the caller's default "
-            "for it; otherwise the vendor's answer, ungoverned"
+            "for it; otherwise they serve it as any flag without a policy (`unregistered:`)"
         )
     for paused in done.cascade:
         say(f"{describe(paused)}, because {paused.after.reason}", tag="also")

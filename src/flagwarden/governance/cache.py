@@ -60,6 +60,7 @@ class StateCache:
         # Flags outside ``flags`` (no policy here) that the store says are killed: a kill
         # reaches them too. Only the killed ones are kept, so memory stays bounded.
         self._killed_elsewhere: frozenset[str] = frozenset()
+        self._elsewhere_taken: dict[str, int] = {}  # flag -> ticket of a read since the reload
         self._tickets = itertools.count(1)
         self._taken: dict[str, int] = {}  # flag -> ticket of the read (or write) cached
         self._healthy = True
@@ -106,8 +107,11 @@ class StateCache:
         """Whether ``flag``, one outside ``flags``, is killed in the store."""
         return flag in self._killed_elsewhere
 
-    def _note_elsewhere(self, flag: str, killed: bool) -> None:
+    def _note_elsewhere(self, flag: str, killed: bool, ticket: int) -> None:
         with self._lock:
+            if self._elsewhere_taken.get(flag, 0) >= ticket:
+                return  # a read that started later got there first
+            self._elsewhere_taken[flag] = ticket
             if killed != (flag in self._killed_elsewhere):
                 self._killed_elsewhere = (
                     self._killed_elsewhere | {flag} if killed else self._killed_elsewhere - {flag}
@@ -118,12 +122,15 @@ class StateCache:
         if self.store is None:
             return
         if flag is not None and flag not in self.flags:
+            ticket = next(self._tickets)
             try:
                 other = self.store.load(flag)
             except StateStoreUnavailable as exc:
                 self._mark(False, str(exc))
                 return
-            self._note_elsewhere(flag, other is not None and other.killed)
+            if flag in self.store.last_unreadable:
+                return  # kept at its last state, as a governed flag's row is
+            self._note_elsewhere(flag, other is not None and other.killed, ticket)
             return
         ticket = next(self._tickets)
         try:
@@ -155,11 +162,23 @@ class StateCache:
             if generation or flag is None:
                 self.generation = generation
             if flag is None:
-                self._killed_elsewhere = frozenset(
+                # Killed flags outside ``flags``: as read, except where a later read (a
+                # notification's) already answered, or the row cannot be read (kept).
+                killed = {
                     name
                     for name, state in loaded.items()
                     if name not in self.flags and state.killed
-                )
+                }
+                for name, taken in self._elsewhere_taken.items():
+                    if taken > ticket:
+                        killed.discard(name)
+                        if name in self._killed_elsewhere:
+                            killed.add(name)
+                killed |= self._killed_elsewhere & (unreadable.keys() - self.flags)
+                self._killed_elsewhere = frozenset(killed)
+                self._elsewhere_taken = {
+                    name: taken for name, taken in self._elsewhere_taken.items() if taken > ticket
+                }
             self._states = states  # one assignment: readers see the old dict or the new one
         try:
             self._mark(True, None)  # logs "recovered": a log that fails must not hold the plans
@@ -174,7 +193,7 @@ class StateCache:
         from an older copy, which counts lower again) waits for the read, whose answer wins
         whatever its version: a kill still arrives, a round trip later."""
         if state.flag not in self.flags:
-            self._note_elsewhere(state.flag, state.killed)
+            self._note_elsewhere(state.flag, state.killed, next(self._tickets))
             return
         ticket = next(self._tickets)
         with self._lock:

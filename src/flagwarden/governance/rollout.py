@@ -115,22 +115,24 @@ class Rollout:
 
     def state(self, flag: str) -> FlagState:
         self.policy(flag)
-        return self.store.load(flag) or FlagState(flag)
+        state = self.store.load(flag)
+        if state is None and flag in self.store.last_unreadable:
+            # Not "not started": a watch pass must not take a live flag for one at 0%.
+            raise StateStoreUnavailable(
+                f"{flag}: its stored state cannot be read ({self.store.last_unreadable[flag]})"
+            )
+        return state or FlagState(flag)
 
     def _switchable_state(self, flag: str, field: str) -> FlagState:
         """The flag's stored state, for a kill, revive, pause or resume. A kill and a revive
         reach any flag (workers serve the caller's default for a killed flag without a
-        policy); a pause and a resume need a policy, one that cannot be read, a stored state,
-        or a policies folder that cannot be listed."""
-        state = self.store.load(flag)
-        if (
-            field != "killed"
-            and state is None
-            and flag not in self.broken
-            and not self.any_flag_switchable
-        ):
+        policy); a pause and a resume need a policy, one that cannot be read, or a policies
+        folder that cannot be listed (without a policy, a pause means nothing to workers)."""
+        if not flag.strip():
+            raise TransitionRefused("a flag key cannot be blank")
+        if field != "killed" and flag not in self.broken and not self.any_flag_switchable:
             self.policy(flag)
-        return state or FlagState(flag)
+        return self.store.load(flag) or FlagState(flag)
 
     def _unchanged(self, action: str, state: FlagState, note: str) -> Transition:
         return Transition(action, state, state, changed=False, note=note)
