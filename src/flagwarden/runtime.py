@@ -152,15 +152,24 @@ def configure(
 
 
 def _recover_outbox(governance: Governance) -> None:
-    """At start: write the audit records a change left in the state store's outbox (its
+    """At start, on a thread of its own (an audit store that hangs must not hold up
+    ``configure()``): write the audit records a change left in the state store's outbox (its
     process died, or the audit log failed, before they were written). Never raises."""
     if governance.store is None or governance.audit is None:
         return
-    done = governance.rollout().reconcile()
-    if done.written:
-        _log.info("flagwarden.outbox_recovered", records=done.written)
-    if done.error is not None:
-        _log.warning("flagwarden.outbox_pending", error=done.error)
+
+    def recover() -> None:
+        try:
+            done = governance.rollout().reconcile()
+        except Exception as exc:  # closed under it by a shutdown, say: the next start retries
+            _log.warning("flagwarden.outbox_pending", error=f"{type(exc).__name__}: {exc}")
+            return
+        if done.written:
+            _log.info("flagwarden.outbox_recovered", records=done.written)
+        if done.error is not None:
+            _log.warning("flagwarden.outbox_pending", error=done.error)
+
+    threading.Thread(target=recover, name="flagwarden-outbox-recovery", daemon=True).start()
 
 
 def _open_measurements(settings: Settings) -> MeasurementStore | None:
@@ -204,7 +213,9 @@ def record_metric(flag_key: str, name: str, value: float, *, variant: str, count
         return
     runtime = _current
     # A flag without a policy is labelled as every metric labels it: bounded in number.
-    registered = runtime is not None and flag_key in runtime.governed.policies
+    registered = runtime is not None and (
+        flag_key in runtime.governed.policies or flag_key in runtime.governed.broken
+    )
     METRIC_VALUE.labels(flag_labels(flag_key, registered=registered), name, variant).set(value)
     if runtime is None or runtime.measurements is None:
         _log.warning(

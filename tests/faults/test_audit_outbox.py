@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,7 +22,7 @@ import flagwarden
 from flagwarden.audit.log import AuditLog
 from flagwarden.config import load_settings
 from flagwarden.governance.project import Governance
-from tests.conftest import POLICY, Project, governed_project, run_cli
+from tests.conftest import POLICY, Project, governed_project, run_cli, wait_for
 
 FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,16 +172,22 @@ def test_a_pending_record_is_said_by_report_and_status_and_a_start_recovers_it(
     status = run_cli(config, "status", FLAG)
     assert status.returncode == 0 and "change records still wait in the outbox" in status.stderr
 
-    # Writable again: a worker's start writes it, before any transition or verify.
+    # Writable again: a worker's start writes it (on a thread of its own), before any
+    # transition or verify.
     _allow_writes(audit_db)
     flagwarden.configure(config)
-    flagwarden.shutdown()
     log = AuditLog(f"sqlite:///{audit_db}")
     try:
-        kills = [r for r in log.records(flag=FLAG) if r.data.get("action") == "kill"]
-        assert len(kills) == 1 and kills[0].data["reason"] == "null spike"
+
+        def kills() -> list[Any]:
+            return [r for r in log.records(flag=FLAG) if r.data.get("action") == "kill"]
+
+        wait_for(lambda: kills())
+        (kill,) = kills()
+        assert kill.data["reason"] == "null spike"
     finally:
         log.close()
+        flagwarden.shutdown()
     audit = json.loads(run_cli(config, "report", "--format", "json").stdout)["audit"]
     assert audit["verified"] is True and audit["pending_records"] == 0
 

@@ -288,8 +288,9 @@ def report(
         # Records a change left in the outbox (its audit write failed) go to the log first;
         # what still cannot be written is said, and the log is then not called verified.
         backlog = governance.rollout().reconcile()
-        pending = len(governance.store.pending_outbox())
-        if backlog.error is not None:
+        pending = 0
+        if backlog.error is not None:  # else what waits now is a change still being made
+            pending = len(governance.store.pending_outbox())
             warn(f"change records still wait in the outbox: {backlog.error}")
         doc = build_report(
             governance.audit,
