@@ -33,7 +33,7 @@ from flagwarden.governance.state import (
     parse_states,
 )
 from flagwarden.logs import get_logger
-from flagwarden.storage import create_tables, redact_url, store_failure
+from flagwarden.storage import create_tables, redact_text, redact_url, store_failure
 
 __all__ = ["PostgresStateStore", "SQLiteStateStore"]
 
@@ -332,7 +332,7 @@ class SQLiteStateStore(_SQLStateStore):
                     _log.error(
                         "flagwarden.state_watch_failed",
                         store=redact_url(self.url),
-                        error=f"{type(exc).__name__}: {exc}"[:500],
+                        error=redact_text(f"{type(exc).__name__}: {exc}")[:500],
                     )
                 first = False
             if conn is not None:

@@ -38,6 +38,9 @@ from flagwarden.providers.snapshot import Snapshot, SnapshotStore, SnapshotWrite
 __all__ = ["FailoverProvider", "aggregate_status"]
 
 _log = get_logger("flagwarden.failover")
+# A stale vendor's errors that mean "cannot answer now" (its service is out), not an answer
+# about the flag (FLAG_NOT_FOUND, TYPE_MISMATCH): those the last-known-good answers instead.
+_CANNOT_ANSWER_NOW = frozenset({ErrorCode.GENERAL, ErrorCode.PROVIDER_NOT_READY})
 
 SOURCE = "flagwarden.source"
 REFORK_THREAD = "flagwarden-refork"
@@ -316,7 +319,11 @@ class FailoverProvider(SourceProvider):
                 details = vendor.resolve(flag_type, key, default_value, evaluation_context)
                 source = vendor.source
                 if details.error_code is not None and (
-                    not vendor.has_data or vendor.status is ProviderStatus.STALE
+                    not vendor.has_data
+                    or (
+                        vendor.status is ProviderStatus.STALE
+                        and details.error_code in _CANNOT_ANSWER_NOW
+                    )
                 ):
                     # The vendor went out on this very call, or says it is stale and cannot
                     # answer (flagd's resolver, until its grace period ends): the last-known-
