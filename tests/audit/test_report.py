@@ -3,6 +3,7 @@ in headless Chromium."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -293,6 +294,39 @@ def test_markdown_escape_and_formats():
     assert num(0.0767603505590813) == "0.07676" and num(12345.6) == "12,350" and num(0) == "0"
     assert num(None) == "-" and num(2.5e-06) == "2.5e-06"
     assert when(datetime(2026, 11, 27, 10, 2, 3, 456789, tzinfo=UTC)) == "2026-11-27 10:02:03 UTC"
+
+
+def test_the_stage_chart_steps_on_a_stage_index_axis(project: Project, tmp_path: Path):
+    """0% -> 1% -> 5% -> 25%, rendered into the HTML report: the stage chart is a step line
+    (only horizontal and vertical segments) whose levels are the policy's stages equally
+    spaced, so the step from 0% to 1% is as tall as the one from 5% to 25% (on a percent
+    axis it would be 1/20 of it), each level on the grid line labelled with its percent."""
+    config = governed_project(project, policy={"soak": "0s"})  # no soak cut short: no violation
+    for _ in range(3):
+        assert cli(config, "advance", FLAG, "--reason", "healthy").returncode == 0
+    out = tmp_path / "r.html"
+    assert cli(config, "report", "--format", "html", "-o", str(out)).returncode == 0
+    svg = out.read_text().split('<svg class="chart stage-chart"')[1].split("</svg>")[0]
+    (d,) = re.findall(r'<path class="stage" d="([^"]*)"', svg)
+    points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([-\d.]+),([-\d.]+)", d)]
+    assert len(points) >= 8 and d.startswith("M") and d.count("M") == 1
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        assert x0 == x1 or y0 == y1, (x0, y0, x1, y1)  # a step, never a slope
+        assert x1 >= x0  # forward in time
+    levels = [y for i, (_, y) in enumerate(points) if i == 0 or y != points[i - 1][1]]
+    assert len(levels) == 4, d  # 0%, 1%, 5%, 25%
+    rises = [low - high for low, high in itertools.pairwise(levels)]  # SVG y grows downwards
+    assert all(rise > 20 for rise in rises), rises
+    assert max(rises) - min(rises) <= 0.11, rises  # evenly spaced (to the 0.1 px printed)
+    grid = dict(
+        re.findall(r'<line class="grid" [^>]*y1="([\d.]+)"[^>]*/><text [^>]*>([^<]+)</text>', svg)
+    )
+    assert [grid.get(f"{y:.1f}") for y in levels] == ["0%", "1%", "5%", "25%"], grid
+    change = r'<circle class="change" cx="[\d.]+" cy="([\d.]+)".*?advance to (\d+%)'
+    changes = re.findall(change, svg)
+    assert [(float(y), label) for y, label in changes] == list(
+        zip(levels[1:], ["1%", "5%", "25%"], strict=True)
+    )
 
 
 # -- built in-process: guard charts, limits, dedupe, older records -----------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -12,7 +14,7 @@ from openfeature.flag_evaluation import Reason
 
 import flagwarden
 from flagwarden.governance.bucketing import bucket
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, ROOT, Project, governed_project
 
 FLAG = POLICY["flag"]
 
@@ -150,6 +152,83 @@ def test_capping_is_counted_not_a_violation(project):
     (summary,) = [r for r in records if r.kind == "exposure_summary"]
     rows = {(row["arm"], row["capped"]): row["count"] for row in summary.data["rows"]}
     assert rows == {("control", True): capped, ("treatment", False): 400 - capped}
+
+
+# A healthy rollout, as a pipeline process lives it: flagwarden's own logging set-up (JSON
+# lines on stderr), the stages advanced one at a time after their soak (0s), 300 units asked
+# at each, shutdown at the end (it flushes exposures, summary and violations). Prints what
+# it was served and what its Prometheus counters say.
+HEALTHY_RUN = """
+import json, sys, time
+from openfeature.evaluation_context import EvaluationContext
+from prometheus_client import REGISTRY
+import flagwarden
+
+FLAG = "new-scoring-model"
+
+def total(name, **labels):
+    return sum(
+        s.value for m in REGISTRY.collect() for s in m.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+client = flagwarden.configure(sys.argv[1])
+runtime = flagwarden.current()
+capped = treated = 0
+for stage in (1, 5, 25, 50):
+    done = runtime.rollout.advance(FLAG, actor="alice", reason="guards healthy")
+    assert done.changed and done.after.stage == stage and not done.violations, done
+    deadline = time.monotonic() + 10
+    while runtime.governed.state(FLAG).stage != stage:
+        assert time.monotonic() < deadline, "the stage never reached the worker"
+        time.sleep(0.01)
+    for i in range(300):
+        details = client.get_boolean_details(FLAG, False, EvaluationContext(f"{stage}-{i}"))
+        capped += details.flag_metadata["flagwarden.capped"]
+        treated += details.value
+flagwarden.shutdown()
+print(json.dumps({
+    "capped": capped,
+    "treated": treated,
+    "capped_total": total("flagwarden_capped_evaluations_total", feature_flag_key=FLAG),
+    "violations_total": total("flagwarden_policy_violations_total"),
+}))
+"""
+
+
+def test_capping_is_never_a_warning_nor_a_violation_in_a_healthy_rollout(project):
+    """A healthy rollout 1% -> 5% -> 25% -> 50% (each advance soaked, none forced) while the
+    vendor serves the treatment to everyone: most answers are capped. On the process's JSON
+    stderr, through its shutdown, no line is at WARNING or above and none speaks of capping
+    or violations; the capped answers are said at INFO (their exposures and the summary).
+    ``flagwarden_capped_evaluations_total`` counts every capped answer and
+    ``flagwarden_policy_violations_total`` counts nothing."""
+    config = governed_project(project, serve=True, policy={"soak": "0s"})
+    run = subprocess.run(
+        [sys.executable, "-c", HEALTHY_RUN, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = json.loads(run.stdout)
+    capped = said["capped"]
+    assert capped + said["treated"] == 1200 and 900 < capped < 1100  # ~99, 95, 75, 50 in 100
+    assert said["capped_total"] == capped
+    assert said["violations_total"] == 0
+    lines = [json.loads(line) for line in run.stderr.splitlines()]  # every line is JSON
+    loud = [e for e in lines if e["level"] not in ("debug", "info")]
+    assert loud == [], loud
+    assert not [e for e in lines if "violation" in e["event"] or "capp" in e["event"]]
+    exposures = [e for e in lines if e["event"] == "feature_flag.evaluation"]
+    said_capped = [e for e in exposures if e["feature_flag.result.reason"] == "split"]
+    assert len(exposures) == 1200 and len(said_capped) == capped
+    assert {(e["level"], e["flagwarden.arm"]) for e in said_capped} == {("info", "control")}
+    summaries = [e for e in lines if e["event"] == "feature_flag.summary"]
+    assert summaries and {e["level"] for e in summaries} == {"info"}
+    rows = [row for e in summaries for row in e["rows"]]
+    assert sum(row["count"] for row in rows if row["capped"]) == capped
 
 
 def test_kill_serves_control_for_everyone(project):

@@ -323,3 +323,47 @@ def test_measurements_that_cannot_count_are_ignored_not_raised(setup_factory):
     (decision,) = s.watch.tick()
     assert decision.action == "rollback"  # a negative count could have hidden the breach
     assert decision.results[0].samples == 500
+
+
+def test_watch_once_exits_3_when_it_pauses_a_flag_on_a_breach(project: Project):
+    """``on_breach: pause``: the pass that pauses exits 3 and says ``pause`` in its JSON; the
+    flag stays at its stage, paused. The next pass finds it paused and still breaching: it
+    holds, changes nothing, and exits 0."""
+    policy = {"guards": [{**NULL_GUARD, "min_samples": 10}], "on_breach": "pause"}
+    config = governed_project(project, policy=policy)
+    assert run_cli(config, "advance", FLAG, "--reason", "go").returncode == 0
+    flagwarden.configure(config)
+    flagwarden.record_metric(FLAG, "null_rate", 0.9, variant="treatment", count=5000)
+    acted = run_cli(config, "watch", "--once", "--json")
+    assert acted.returncode == 3, acted.stdout + acted.stderr
+    (decision,) = json.loads(acted.stdout)
+    assert decision["action"] == "pause"
+    assert decision["detail"].startswith("guard breach: null-rate=0.9")
+    assert [(g["guard"], g["verdict"]) for g in decision["guards"]] == [("null-rate", "breach")]
+    (flag,) = json.loads(run_cli(config, "status", FLAG, "--json").stdout)["flags"]
+    assert (flag["stage"], flag["paused"], flag["killed"]) == (1, True, False)  # not rolled back
+    held = run_cli(config, "watch", "--once", "--json")
+    assert held.returncode == 0, held.stdout + held.stderr
+    (decision,) = json.loads(held.stdout)
+    assert decision["action"] == "hold" and "paused; still breaching" in decision["detail"]
+
+
+def test_watch_once_exits_1_when_the_state_store_cannot_be_reached(project: Project):
+    """The state store (PostgreSQL, nothing listening) cannot be reached: each flag is an
+    ``error`` decision, the pass exits 1, in JSON and in words, with no traceback and without
+    the store's password."""
+    url = f"postgresql://watcher:s3cret-pw@127.0.0.1:{free_port()}/flags"
+    config = governed_project(project, policy={"guards": [NULL_GUARD]}, state=url)
+    failed = run_cli(config, "watch", "--once", "--json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    (decision,) = json.loads(failed.stdout)
+    assert (decision["flag"], decision["action"]) == (FLAG, "error")
+    assert decision["detail"].startswith("StateStoreUnavailable: postgresql://")
+    assert "refused" in decision["detail"]
+    said = run_cli(config, "watch", "--once")
+    assert said.returncode == 1
+    assert said.stdout.startswith(f"{FLAG}: error StateStoreUnavailable: postgresql://")
+    for result in (failed, said):
+        shown = result.stdout + result.stderr
+        assert "Traceback" not in shown and "a flagwarden bug" not in shown
+        assert "s3cret-pw" not in shown
