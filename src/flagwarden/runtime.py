@@ -137,7 +137,7 @@ def configure(
         telemetry.provider_status(governed.inner.status.value)
         _live.add(governed)
         client = api.get_client(CLIENT_DOMAIN)
-        _recover_outbox(governance)
+        _recover_outbox(settings, governance)
         _current = Runtime(
             settings,
             profile,
@@ -151,25 +151,39 @@ def configure(
         return client
 
 
-def _recover_outbox(governance: Governance) -> None:
-    """At start, on a thread of its own (an audit store that hangs must not hold up
-    ``configure()``): write the audit records a change left in the state store's outbox (its
-    process died, or the audit log failed, before they were written). Never raises."""
+_recovery: threading.Thread | None = None
+_RECOVERY_JOIN = 5.0  # seconds shutdown() waits for the outbox recovery
+
+
+def _recover_outbox(settings: Settings, governance: Governance) -> None:
+    """At start, on a thread of its own with connections of its own (an audit store that hangs
+    must not hold up ``configure()``, and ``shutdown()`` closes the runtime's connections
+    under it): write the audit records a change left in the state store's outbox (its process
+    died, or the audit log failed, before they were written). Never raises."""
+    global _recovery
     if governance.store is None or governance.audit is None:
         return
 
     def recover() -> None:
         try:
-            done = governance.rollout().reconcile()
-        except Exception as exc:  # closed under it by a shutdown, say: the next start retries
+            own = Governance.open(settings, strict=False)
+        except Exception as exc:
             _log.warning("flagwarden.outbox_pending", error=f"{type(exc).__name__}: {exc}")
             return
-        if done.written:
+        try:
+            done = own.rollout().reconcile() if own.store is not None else None
+        except Exception as exc:  # the next start retries
+            _log.warning("flagwarden.outbox_pending", error=f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            own.close()
+        if done is not None and done.written:
             _log.info("flagwarden.outbox_recovered", records=done.written)
-        if done.error is not None:
+        if done is not None and done.error is not None:
             _log.warning("flagwarden.outbox_pending", error=done.error)
 
-    threading.Thread(target=recover, name="flagwarden-outbox-recovery", daemon=True).start()
+    _recovery = threading.Thread(target=recover, name="flagwarden-outbox-recovery", daemon=True)
+    _recovery.start()
 
 
 def _open_measurements(settings: Settings) -> MeasurementStore | None:
@@ -279,6 +293,8 @@ def shutdown() -> None:
         runtime, _current = _current, None
         if runtime is None:
             return
+        if _recovery is not None:
+            _recovery.join(_RECOVERY_JOIN)
         _live.discard(runtime.governed)
         runtime.governed.shutdown()  # synchronously, so the flush is done when we return
         runtime.telemetry.close()

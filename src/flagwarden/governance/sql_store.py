@@ -345,7 +345,8 @@ class SQLiteStateStore(_SQLStateStore):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        self._conn.close()
+        with self._lock:  # never under a read or write of another thread (a crash in sqlite3)
+            self._conn.close()
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
