@@ -408,3 +408,24 @@ def test_processes_sharing_stderr_never_split_each_others_lines(project: Project
     assert done.returncode == 0, done.stderr[-2000:]
     keys = [json.loads(line).get("feature_flag.context.id") for line in done.stderr.splitlines()]
     assert len([k for k in keys if k]) == 12_000
+
+
+def test_structlogs_capture_logs_after_configure_gets_the_events(project: Project):
+    """structlog.testing.capture_logs edits the configured processor list in place (the same
+    list object): exposure lines must go through it too, not straight to the stream."""
+    config = governed_project(project, serve=True)
+    script = (
+        "import flagwarden\n"
+        "from structlog.testing import capture_logs\n"
+        "from openfeature.evaluation_context import EvaluationContext as E\n"
+        f"c = flagwarden.configure({str(config)!r})\n"
+        "with capture_logs() as logs:\n"
+        f"    c.get_boolean_value({FLAG!r}, True, E('captured'))\n"
+        "    flagwarden.current().telemetry.recorder.flush()\n"
+        "flagwarden.shutdown()\n"
+        "exposures = [e for e in logs if e['event'] == 'feature_flag.evaluation']\n"
+        "print(sorted(e['feature_flag.context.id'] for e in exposures))\n"
+    )
+    result = run(script)
+    assert result.stdout.strip() == "['captured']", result.stderr
+    assert exposure_keys(result.stderr) == []

@@ -20,7 +20,7 @@ __all__ = ["configure_logging", "exposure_stream"]
 
 # What flagwarden configured (None: structlog was configured by the application, or not yet):
 # the processor list (to see that nobody replaced it since), the stream, and the level.
-_own: tuple[list[Any], TextIO, int] | None = None
+_own: tuple[list[Any], tuple[Any, ...], TextIO, int] | None = None
 
 
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
@@ -49,7 +49,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto") -> bool:
         cache_logger_on_first_use=True,
     )
     global _own
-    _own = (processors, stream, level) if not console else None
+    _own = (processors, tuple(processors), stream, level) if not console else None
     _release_in_forked_children(stream)
     from flagwarden.telemetry import stdlib_logs  # pydantic: not before the first log line
 
@@ -86,7 +86,8 @@ def exposure_stream() -> TextIO | None:
     and nobody configured structlog since. None: log each event through structlog."""
     if _own is None:
         return None
-    processors, stream, level = _own
-    if level > logging.INFO or structlog.get_config()["processors"] is not processors:
-        return None
+    processors, as_configured, stream, level = _own
+    current = structlog.get_config()["processors"]
+    if level > logging.INFO or current is not processors or tuple(current) != as_configured:
+        return None  # reconfigured, or the list edited in place (structlog's capture_logs)
     return stream
