@@ -163,6 +163,11 @@ def _recover_outbox(settings: Settings, governance: Governance) -> None:
     global _recovery
     if governance.store is None or governance.audit is None:
         return
+    try:
+        if not governance.store.pending_outbox():
+            return  # the common case: no thread at all (nothing to wait for at a fork)
+    except StateStoreUnavailable:
+        return  # the next start, transition or watch pass retries
 
     def recover() -> None:
         try:
@@ -305,6 +310,8 @@ def shutdown() -> None:
 
 
 def _before_fork() -> None:
+    if _recovery is not None:  # a fork must not copy it half-way (its locks held)
+        _recovery.join(_RECOVERY_JOIN)
     for governed in list(_live):
         try:
             governed.inner.before_fork()
