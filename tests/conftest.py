@@ -200,6 +200,19 @@ def governed_project(
     return project.config("file", **config)
 
 
+def key_rule_project(project: Project, server: LaunchDarklyServer) -> Path:
+    """A project governed by POLICY whose flag LaunchDarkly serves by a 40% rollout on the
+    targeting key (a vendor rule that depends on the key): its config file."""
+    from tests.servers.launchdarkly import boolean_flag
+
+    flag = str(POLICY["flag"])
+    server.set_flag(boolean_flag(flag, rollout_percent=40))
+    project.profile("launchdarkly", server.profile())
+    (project.root / "policies").mkdir(exist_ok=True)
+    (project.root / "policies" / f"{flag}.yaml").write_text(yaml.safe_dump(POLICY))
+    return project.config("launchdarkly", fallback={"snapshot": None})
+
+
 def counted(run: Any) -> tuple[dict[Any, int], dict[Any, int]]:
     """What ``run()`` counted in the configured process: the exposure summary's rows and the
     violations (both emptied first)."""

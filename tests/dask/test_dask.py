@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import flagwarden
 from flagwarden.dask import FlagKilled, FlagwardenPlugin, assign_partitions
 from flagwarden.errors import FlagwardenError
-from tests.conftest import POLICY, Project, counted, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project, key_rule_project
 from tests.governance.test_assign import stage
-from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
+from tests.servers.launchdarkly import LaunchDarklyServer
 
 pytestmark = [pytest.mark.xdist_group("dask"), pytest.mark.slow]
 FLAG = POLICY["flag"]
@@ -189,11 +188,7 @@ def test_the_plugin_configures_spawned_workers_for_per_key_flags(
 ):
     """The vendor's own 40% rollout decides per key: the workers ask their own client,
     configured by the plugin in each spawned worker, and shut down when it is removed."""
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    config = project.config("launchdarkly", fallback={"snapshot": None})
+    config = key_rule_project(project, ld_server)
     flagwarden.configure(config)
     stage(100)
     client.run(flagwarden.shutdown)  # what earlier tests may have configured lazily
@@ -281,11 +276,7 @@ def test_a_worker_of_several_threads_configures_once_for_per_key_flags(
     another was asking, whose keys got the default)."""
     from distributed import Client, LocalCluster
 
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    flagwarden.configure(key_rule_project(project, ld_server))
     stage(100)
     frame, ddf = keys_frame(8_000, partitions=8)
     with (

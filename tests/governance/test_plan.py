@@ -18,7 +18,7 @@ from openfeature.evaluation_context import EvaluationContext
 
 import flagwarden
 from flagwarden.governance.assignment import FORMAT, AssignmentError
-from tests.conftest import POLICY, Project, counted, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project, key_rule_project
 from tests.governance.test_assign import KEYS, per_key, stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -185,13 +185,7 @@ def test_record_exposures_of_a_per_key_plan_counts_only_its_killed_rows(
     """A per-key job killed midway: the workers' clients answered (and counted) the rows before
     the kill; the driver's record stands for the killed rows alone, counted in the outage window
     and the summary under the source the chain answers from (not all the rows, under "")."""
-    import yaml
-
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    flagwarden.configure(key_rule_project(project, ld_server))
     stage(100)
     assignment = flagwarden.plan(FLAG, False)
     assert assignment.mode == "per_key" and assignment.source == ""

@@ -12,15 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from openfeature.evaluation_context import EvaluationContext
 from structlog.testing import capture_logs
 
 import flagwarden
 from flagwarden.governance import runs
-from tests.conftest import POLICY, Project, governed_project
+from tests.conftest import POLICY, Project, governed_project, key_rule_project
 from tests.governance.test_assign import KEYS, stage
-from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
+from tests.servers.launchdarkly import LaunchDarklyServer
 
 FLAG = POLICY["flag"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,11 +220,7 @@ def test_a_pinned_plan_carries_the_callers_context_only_when_asked_per_key(proje
 def test_a_pinned_per_key_plan_keeps_the_callers_context(
     project: Project, ld_server: LaunchDarklyServer
 ):
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    flagwarden.configure(key_rule_project(project, ld_server))
     stage(100)
     for _ in range(2):  # pinned now, then from the memo
         pin = flagwarden.plan(FLAG, False, context=SECRET_CONTEXT, run_id=RUN)

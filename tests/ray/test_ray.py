@@ -16,7 +16,7 @@ import yaml
 import flagwarden
 from flagwarden.errors import FlagwardenError
 from flagwarden.ray import assign_dataset
-from tests.conftest import POLICY, Project, counted, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project, key_rule_project
 from tests.governance.test_assign import stage
 from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
 
@@ -196,11 +196,7 @@ def ld_server() -> Iterator[LaunchDarklyServer]:
 def test_a_vendor_rule_on_the_key_is_asked_per_key_on_the_workers(
     ray_session: Any, project: Project, ld_server: LaunchDarklyServer
 ):
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    flagwarden.configure(key_rule_project(project, ld_server))
     stage(100)
     keys, ds = keys_dataset(ray_session, 3_000, blocks=2)
     _, values, table = served(assign_dataset(ds, FLAG, "k", False, arm="arm"))

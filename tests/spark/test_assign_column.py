@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import flagwarden
 from flagwarden.spark import assign_column
-from tests.conftest import POLICY, Project, counted, governed_project
+from tests.conftest import POLICY, Project, counted, governed_project, key_rule_project
 from tests.governance.test_assign import stage
-from tests.servers.launchdarkly import LaunchDarklyServer, boolean_flag
+from tests.servers.launchdarkly import LaunchDarklyServer
 
 pytestmark = [pytest.mark.xdist_group("spark"), pytest.mark.slow]
 FLAG = POLICY["flag"]
@@ -211,11 +210,7 @@ def ld_server() -> Any:
 def test_a_vendor_rule_on_the_key_is_asked_per_key_on_the_workers(
     spark: Any, project: Project, ld_server: LaunchDarklyServer
 ):
-    ld_server.set_flag(boolean_flag(FLAG, rollout_percent=40))
-    project.profile("launchdarkly", ld_server.profile())
-    (project.root / "policies").mkdir(exist_ok=True)
-    (project.root / "policies" / f"{FLAG}.yaml").write_text(yaml.safe_dump(POLICY))
-    flagwarden.configure(project.config("launchdarkly", fallback={"snapshot": None}))
+    flagwarden.configure(key_rule_project(project, ld_server))
     stage(100)
     routed = assign_column(keys_frame(spark, 20_000, partitions=2), FLAG, "k", False)
     keys, values = served(routed)
