@@ -44,7 +44,6 @@ __all__ = [
     "ExposureTally",
     "ViolationTally",
     "changes",
-    "decisions",
     "exposures",
     "parse_time",
     "soak",
@@ -238,14 +237,6 @@ class DecisionTally:
         return list(self._found.values())
 
 
-def decisions(history: Iterable[AuditRecord]) -> list[GuardDecision]:
-    """One row per guard per watch tick, whichever records carry it."""
-    tally = DecisionTally()
-    for r in history:
-        tally.add(r)
-    return tally.result()
-
-
 class ViolationTally:
     """A flag's ``violation`` records, folded as they stream past: the counts per kind, and
     one event per kind, detail and actor spanning every window that reported it (the
@@ -283,16 +274,10 @@ class ViolationTally:
 
 
 def violations(
-    changes: list[Change], records: Iterable[AuditRecord] | ViolationTally
+    changes: list[Change], tally: ViolationTally
 ) -> tuple[dict[str, int], list[ViolationEvent]]:
     """The counts per kind and the events: each forced transition, and the aggregated
     windows (see :class:`ViolationTally`), in time order."""
-    if isinstance(records, ViolationTally):
-        tally = records
-    else:
-        tally = ViolationTally()
-        for r in records:
-            tally.add(r)
     counts: Counter[str] = Counter(tally.counts)
     events: list[ViolationEvent] = []
     for change in changes:
