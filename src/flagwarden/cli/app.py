@@ -88,6 +88,17 @@ def warn(message: str) -> None:
     )
 
 
+def write_pending_records(governance: Governance) -> bool:
+    """Before a command reads the audit log: write the records changes left waiting in the
+    state store's outbox (their audit write failed), and say what still cannot be written.
+    True when something still waits."""
+    backlog = governance.rollout().reconcile()
+    if backlog.error is None:
+        return False
+    warn(f"change records still wait in the outbox: {backlog.error}")
+    return True
+
+
 def fail(message: str) -> typer.Exit:
     """Say what went wrong on stderr; the caller raises the returned exit (code 1).
 

@@ -18,6 +18,7 @@ from flagwarden.cli.app import (
     out,
     say,
     warn,
+    write_pending_records,
 )
 from flagwarden.errors import ConfigError
 
@@ -285,13 +286,9 @@ def report(
         except StateStoreUnavailable as exc:
             warn(f"guard charts without measurements: {exc}")
         public_key = public_key_from_settings(settings)  # signatures checked when configured
-        # Records a change left in the outbox (its audit write failed) go to the log first;
-        # what still cannot be written is said, and the log is then not called verified.
-        backlog = governance.rollout().reconcile()
-        pending = 0
-        if backlog.error is not None:  # else what waits now is a change still being made
-            pending = len(governance.store.pending_outbox())
-            warn(f"change records still wait in the outbox: {backlog.error}")
+        # What still cannot be written makes the log not verified; when everything could be,
+        # what waits now is a change still being made.
+        pending = len(governance.store.pending_outbox()) if write_pending_records(governance) else 0
         doc = build_report(
             governance.audit,
             governance.policies,

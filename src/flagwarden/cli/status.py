@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
-from flagwarden.cli.app import ConfigOption, app, clean, fail, open_project, out, warn
+from flagwarden.cli.app import (
+    ConfigOption,
+    app,
+    clean,
+    fail,
+    open_project,
+    out,
+    write_pending_records,
+)
 from flagwarden.humanize import duration, number, percent, when
 
 if TYPE_CHECKING:
@@ -46,11 +54,7 @@ def status(
             known = ", ".join(sorted(governance.policies)) or "none"
             raise fail(f"{flag!r} has no policy and no state (governed flags: {known})")
         if governance.store is not None:
-            # Records a change left in the outbox go to the audit log first (the last change
-            # shown is then the real one); what still cannot be written is said.
-            backlog = governance.rollout().reconcile()
-            if backlog.error is not None:
-                warn(f"change records still wait in the outbox: {backlog.error}")
+            write_pending_records(governance)  # the last change shown is then the real one
         doc = project_status(settings, governance, None if flag is None else [flag])
     except (StateStoreUnavailable, AuditError) as exc:
         raise fail(str(exc)) from None
